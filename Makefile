@@ -1,0 +1,62 @@
+# coupon-spark: `make help` lists the targets. Every target that runs code installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+CONF ?= conf/local.yaml
+RUN_DATE ?= $(shell date -u +%F)
+DAYS ?= 3
+
+# Spark workers must use the venv's interpreter; TensorFlow 2.18 with tf-keras (Keras 2) for Horovod.
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+# horovod 0.28.1 from source, against the TensorFlow just installed; Gloo on CPU, NCCL where CUDA is found.
+HOROVOD_BUILD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=GLOO MAKEFLAGS=-j2
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test check bench package clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: setup.py $(CONSTRAINTS)
+	@command -v java >/dev/null || [ -n "$$JAVA_HOME" ] || { echo "Spark needs Java 17+: install a JDK (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) --upgrade pip setuptools wheel
+	$(BIN)/pip install -c $(CONSTRAINTS) -e ".[dev,train]"
+	touch $@
+
+$(VENV)/.horovod: $(VENV)/.installed
+	$(HOROVOD_BUILD_ENV) $(BIN)/pip install --no-build-isolation -c $(CONSTRAINTS) horovod==0.28.1
+	$(BIN)/python -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'horovod built without Gloo'"
+	touch $@
+
+setup: $(VENV)/.horovod ## create .venv and install the pinned stack (horovod built from source: ~5 min once)
+
+demo: setup ## run the whole loop on a local Spark with the synthetic shop (lakehouse in ./lakehouse)
+	$(BIN)/coupon-spark doctor --conf $(CONF) --run-date $(RUN_DATE)
+	$(BIN)/coupon-spark pipeline --conf $(CONF) --run-date $(RUN_DATE) --days $(DAYS)
+
+test: setup ## run the test suite (real Spark, real Delta tables)
+	$(BIN)/python -m pytest
+
+check: setup ## lint and type-check (ruff, mypy)
+	$(BIN)/ruff check coupon_spark jobs tests bench
+	$(BIN)/ruff format --check coupon_spark jobs tests bench
+	$(BIN)/mypy coupon_spark
+
+bench: setup ## benchmarks: figures printed as ratios against a baseline measured in the same run
+	$(BIN)/python bench/lake_write.py
+
+package: setup ## build the wheel (dist/) that spark-submit --py-files ships to the cluster
+	rm -rf dist build
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist
+	@echo "spark-submit --py-files dist/$$(cd dist && ls *.whl) jobs/<stage>.py --conf conf/cluster.yaml"
+
+clean: ## remove build outputs and the local lakehouse (keeps .venv)
+	rm -rf dist build *.egg-info lakehouse .pytest_cache .mypy_cache .ruff_cache

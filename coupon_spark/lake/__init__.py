@@ -1,0 +1,25 @@
+"""Delta Lake tables for coupon-spark: one API (:class:`Lake`) over the native and bridge backends."""
+
+from __future__ import annotations
+
+from coupon_spark.lake.api import (
+    Lake,
+    LakeError,
+    SchemaMismatchError,
+    TableInfo,
+    TableNotFoundError,
+    Txn,
+    UnsupportedTableError,
+    WriteResult,
+)
+
+__all__ = [
+    "Lake",
+    "LakeError",
+    "SchemaMismatchError",
+    "TableInfo",
+    "TableNotFoundError",
+    "Txn",
+    "UnsupportedTableError",
+    "WriteResult",
+]

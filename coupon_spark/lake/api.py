@@ -1,0 +1,230 @@
+"""One small Delta table API over two backends (native delta-spark, jar-less bridge)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pyspark.sql import DataFrame, SparkSession
+
+from coupon_spark.config import LakeConfig
+from coupon_spark.session import resolve_backend
+
+WriteMode = Literal["append", "overwrite", "replace_partitions"]
+SchemaMode = Literal["strict", "add_columns", "overwrite"]
+# Partition predicate: column -> one value or a list of values (the union), all columns ANDed.
+PartitionPredicate = dict[str, Any]
+
+
+class LakeError(RuntimeError):
+    """Base class of the table layer's errors."""
+
+
+class TableNotFoundError(LakeError):
+    """No Delta table at the location."""
+
+
+class SchemaMismatchError(LakeError, ValueError):
+    """The DataFrame does not match the table's schema; nothing was written."""
+
+
+class UnsupportedTableError(LakeError):
+    """The table uses Delta features this backend cannot read or write correctly."""
+
+
+@dataclass(frozen=True)
+class Txn:
+    """A Delta application transaction id: a write with (app_id, version) commits at most once.
+
+    Use the job name as ``app_id`` and a number that grows with each job run (for example the run date as
+    ``YYYYMMDD``) as ``version``; a rerun with the same or a lower version commits nothing.
+    """
+
+    app_id: str
+    version: int
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did: the table version it produced (or found, when skipped) and what it added."""
+
+    table: str
+    version: int
+    num_files: int = 0
+    num_rows: int = 0
+    removed_files: int = 0
+    skipped: bool = False  # True when the idempotency key had already been committed
+
+    def __str__(self) -> str:
+        if self.skipped:
+            return f"{self.table}: already committed (version {self.version}), nothing written"
+        return (
+            f"{self.table}: version {self.version}, +{self.num_rows} rows in {self.num_files} files"
+            + (f", {self.removed_files} files replaced" if self.removed_files else "")
+        )
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """Current state of a table."""
+
+    location: str
+    version: int
+    num_files: int
+    num_rows: int | None
+    partition_columns: list[str] = field(default_factory=list)
+    schema: str = ""
+
+
+class Backend(Protocol):
+    name: str
+
+    def exists(self, location: str) -> bool: ...
+
+    def write(
+        self,
+        df: DataFrame,
+        location: str,
+        mode: WriteMode,
+        partition_by: list[str] | None,
+        replace_where: PartitionPredicate | None,
+        txn: Txn | None,
+        schema_mode: SchemaMode,
+        description: str | None,
+    ) -> WriteResult: ...
+
+    def read(
+        self,
+        location: str,
+        version: int | None,
+        timestamp: dt.datetime | str | None,
+        where: PartitionPredicate | None,
+    ) -> DataFrame: ...
+
+    def version(self, location: str) -> int: ...
+
+    def history(self, location: str, limit: int | None) -> list[dict[str, Any]]: ...
+
+    def info(self, location: str) -> TableInfo: ...
+
+    def compact(self, location: str, where: PartitionPredicate | None, target_file_rows: int) -> dict[str, Any]: ...
+
+    def vacuum(self, location: str, retention_hours: int, dry_run: bool) -> list[str]: ...
+
+
+class Lake:
+    """The lakehouse: Delta tables addressed by logical name (from config) or path.
+
+    Example:
+        >>> lake = Lake.from_config(spark, cfg.lake)
+        >>> lake.write(df, "orders", mode="replace_partitions", partition_by=["ingest_date"],
+        ...            txn=Txn("cleanse.orders", 20261128))
+        >>> lake.read("orders", where={"ingest_date": "2026-11-28"})
+    """
+
+    def __init__(self, spark: SparkSession, cfg: LakeConfig, backend: Backend):
+        self.spark = spark
+        self.cfg = cfg
+        self.backend = backend
+
+    @classmethod
+    def from_config(cls, spark: SparkSession, cfg: LakeConfig) -> Lake:
+        """Open the lakehouse with the backend ``cfg.backend`` asks for (``auto`` picks native if present)."""
+        name = resolve_backend(spark, cfg.backend)
+        if name == "native":
+            from coupon_spark.lake.native import NativeBackend
+
+            return cls(spark, cfg, NativeBackend(spark))
+        from coupon_spark.lake.bridge import BridgeBackend
+
+        return cls(spark, cfg, BridgeBackend(spark, cfg.target_file_rows, cfg.compression))
+
+    def location(self, table: str) -> str:
+        """Where ``table`` (a logical name or a path) lives."""
+        return self.cfg.table_path(table)
+
+    def exists(self, table: str) -> bool:
+        return self.backend.exists(self.location(table))
+
+    def write(
+        self,
+        df: DataFrame,
+        table: str,
+        mode: WriteMode = "append",
+        partition_by: list[str] | None = None,
+        replace_where: PartitionPredicate | None = None,
+        txn: Txn | None = None,
+        schema_mode: SchemaMode = "strict",
+        description: str | None = None,
+    ) -> WriteResult:
+        """Write ``df`` to ``table`` in one atomic commit.
+
+        Args:
+            df: The rows to write.
+            table: Logical table name or path.
+            mode: ``append``; ``overwrite`` (the whole table, or only the partitions matching
+                ``replace_where``); ``replace_partitions`` (only the partitions present in ``df``).
+            partition_by: Partition columns (string, date, integer or boolean); must equal the table's.
+            replace_where: With ``overwrite``: replace only matching partitions; every written row must
+                match too.
+            txn: Idempotency key: when the table has already committed ``txn.app_id`` at ``txn.version``
+                or later, nothing is written and the result says ``skipped``.
+            schema_mode: ``strict`` (the DataFrame must have the table's columns and types), ``add_columns``
+                (new columns become nullable columns of the table), ``overwrite`` (with ``mode="overwrite"``
+                only: the table takes the DataFrame's schema).
+            description: Free text stored in the commit.
+
+        Raises:
+            SchemaMismatchError: Before anything is written, with the differing columns named.
+        """
+        if mode not in ("append", "overwrite", "replace_partitions"):
+            raise ValueError(f"mode must be append, overwrite or replace_partitions, not {mode!r}")
+        if replace_where is not None and mode != "overwrite":
+            raise ValueError("replace_where only goes with mode='overwrite'")
+        if schema_mode == "overwrite" and (mode != "overwrite" or replace_where is not None):
+            raise ValueError("schema_mode='overwrite' replaces the whole table: use it with mode='overwrite' only")
+        if mode == "replace_partitions" and not partition_by and not self.exists(table):
+            raise ValueError("replace_partitions needs partition_by when the table does not exist yet")
+        return self.backend.write(
+            df, self.location(table), mode, partition_by, replace_where, txn, schema_mode, description
+        )
+
+    def read(
+        self,
+        table: str,
+        version: int | None = None,
+        timestamp: dt.datetime | str | None = None,
+        where: PartitionPredicate | None = None,
+    ) -> DataFrame:
+        """Read the current version of ``table``, or the one at ``version`` / ``timestamp``.
+
+        ``where`` selects partitions before any file is opened (partition pruning).
+        """
+        if version is not None and timestamp is not None:
+            raise ValueError("give version or timestamp, not both")
+        return self.backend.read(self.location(table), version, timestamp, where)
+
+    def version(self, table: str) -> int:
+        """Current version of ``table``."""
+        return self.backend.version(self.location(table))
+
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commits of ``table``, newest first, as dicts with at least version, timestamp and operation."""
+        return self.backend.history(self.location(table), limit)
+
+    def info(self, table: str) -> TableInfo:
+        return self.backend.info(self.location(table))
+
+    def compact(self, table: str, where: PartitionPredicate | None = None) -> dict[str, Any]:
+        """Rewrite small files into larger ones (a commit with dataChange=false); returns its metrics."""
+        return self.backend.compact(self.location(table), where, self.cfg.target_file_rows)
+
+    def vacuum(self, table: str, retention_hours: int = 168, dry_run: bool = False) -> list[str]:
+        """Delete files no longer referenced by versions within ``retention_hours``; returns the files."""
+        return self.backend.vacuum(self.location(table), retention_hours, dry_run)
+
+
+def predicate_values(where: PartitionPredicate) -> dict[str, list[Any]]:
+    """Normalise a partition predicate to column -> list of accepted values."""
+    return {c: (list(v) if isinstance(v, (list, tuple, set, frozenset)) else [v]) for c, v in where.items()}

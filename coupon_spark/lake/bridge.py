@@ -1,0 +1,382 @@
+"""The jar-less Delta backend: Spark tasks write Parquet with pyarrow, the driver commits once with delta-rs.
+
+Why: the Delta Spark connector is a JVM jar fetched from a Maven repository, which many laptops and build
+machines cannot reach. The tables this backend writes are plain Delta (reader 1 / writer 2), readable by
+Spark + Delta, Databricks, Trino, DuckDB and polars.
+
+How a write goes:
+1. The DataFrame's schema is checked against the table's *before* anything is written (delta-rs does not
+   check a commit's schema, and a wrong one corrupts the table).
+2. ``mapInArrow`` tasks write Parquet data files (hive-style partition folders, unique file names) and
+   return one metadata row per file: path, size, partition values, row count, statistics.
+3. The driver turns those rows into add actions (and remove actions for the files being replaced) and
+   makes a single delta-rs commit, carrying the idempotency key as a Delta app transaction.
+A task or job that fails never reaches step 3: the files it wrote are invisible (not in the log) and
+``vacuum`` deletes them.
+
+Reads never list directories: the snapshot's add actions give the file list (pruned by partition values),
+and Spark reads exactly those files with the Delta schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+from deltalake import DeltaTable, Field
+from deltalake import Schema as DeltaSchema
+from deltalake.exceptions import TableNotFoundError as DeltaRsTableNotFound
+from deltalake.transaction import (
+    AddAction,
+    CommitProperties,
+    RemoveAction,
+    Transaction,
+    create_table_with_add_actions,
+)
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from coupon_spark.lake._files import FILE_META_DDL, make_task_writer, partition_value_to_str
+from coupon_spark.lake.api import (
+    PartitionPredicate,
+    SchemaMismatchError,
+    SchemaMode,
+    TableInfo,
+    TableNotFoundError,
+    Txn,
+    UnsupportedTableError,
+    WriteMode,
+    WriteResult,
+    predicate_values,
+)
+
+log = logging.getLogger(__name__)
+
+_PARTITION_TYPES = {"string", "date", "long", "integer", "short", "byte", "boolean"}
+
+
+def _delta_fields(schema: DeltaSchema) -> list[dict[str, Any]]:
+    return list(json.loads(schema.to_json())["fields"])
+
+
+def _type_str(t: Any) -> str:
+    return t if isinstance(t, str) else json.dumps(t, separators=(",", ":"))
+
+
+def delta_schema_of(df: DataFrame, location: str) -> DeltaSchema:
+    """The Delta schema a DataFrame would be written with; refuses types Delta cannot store."""
+    try:
+        arrow = to_arrow_schema(df.schema, timezone="UTC")
+    except Exception as exc:  # noqa: BLE001 - pyspark raises several types for unsupported columns
+        raise SchemaMismatchError(f"{location}: the DataFrame has a column Arrow cannot carry: {exc}") from exc
+    void = [f.name for f in arrow if pa.types.is_null(f.type)]
+    if void:
+        raise SchemaMismatchError(
+            f"{location}: columns {void} have no type (a bare lit(None)?): cast them, e.g. "
+            "F.lit(None).cast('string'); nothing was written"
+        )
+    return DeltaSchema.from_arrow(arrow)
+
+
+def reconcile_schema(
+    table: list[dict[str, Any]], incoming: list[dict[str, Any]], schema_mode: SchemaMode, location: str
+) -> tuple[list[dict[str, Any]], bool]:
+    """The schema to write with, or :class:`SchemaMismatchError` naming every difference.
+
+    Returns the target fields (the table's, in its order, then any added columns, nullable) and whether the
+    table's schema changes.
+    """
+    if schema_mode == "overwrite":
+        return incoming, [f["name"] for f in incoming] != [f["name"] for f in table] or any(
+            a != b for a, b in zip(incoming, table)
+        )
+    have = {f["name"]: f for f in incoming}
+    want = {f["name"]: f for f in table}
+    missing = [f"{n} ({_type_str(want[n]['type'])})" for n in want if n not in have]
+    extra = [f for f in incoming if f["name"] not in want]
+    wrong = [
+        f"{n}: table has {_type_str(want[n]['type'])}, DataFrame has {_type_str(have[n]['type'])}"
+        for n in want
+        if n in have and have[n]["type"] != want[n]["type"]
+    ]
+    problems = []
+    if missing:
+        problems.append("missing columns: " + ", ".join(missing))
+    if wrong:
+        problems.append("type mismatch: " + "; ".join(wrong))
+    if extra and schema_mode != "add_columns":
+        problems.append(
+            "extra columns: "
+            + ", ".join(f"{f['name']} ({_type_str(f['type'])})" for f in extra)
+            + " (pass schema_mode='add_columns' to add them as nullable columns)"
+        )
+    if problems:
+        raise SchemaMismatchError(
+            f"{location}: the DataFrame does not match the Delta table's schema; nothing was written.\n  "
+            + "\n  ".join(problems)
+        )
+    added = [dict(f, nullable=True) for f in extra]
+    return table + added, bool(added)
+
+
+def _matches(pvals: dict[str, str | None], where: dict[str, list[str | None]]) -> bool:
+    return all(pvals.get(c) in vals for c, vals in where.items())
+
+
+def _normalise_where(where: PartitionPredicate, partition_cols: list[str], location: str) -> dict[str, list[str | None]]:
+    bad = [c for c in where if c not in partition_cols]
+    if bad:
+        raise ValueError(
+            f"{location}: {bad} are not partition columns (partitioned by {partition_cols}); the bridge "
+            "backend selects and replaces whole partitions only"
+        )
+    return {c: [partition_value_to_str(v) for v in vals] for c, vals in predicate_values(where).items()}
+
+
+class BridgeBackend:
+    """Delta tables through Spark tasks + pyarrow + one delta-rs commit per write."""
+
+    name = "bridge"
+
+    def __init__(self, spark: SparkSession, target_file_rows: int = 1_000_000, compression: str = "snappy"):
+        self.spark = spark
+        self.target_file_rows = target_file_rows
+        self.compression = compression
+
+    # ---- opening -----------------------------------------------------------------------------------------
+    def _open(
+        self, location: str, version: int | None = None, timestamp: dt.datetime | str | None = None
+    ) -> DeltaTable | None:
+        try:
+            table = DeltaTable(location, version=version) if version is not None else DeltaTable(location)
+        except DeltaRsTableNotFound:
+            return None
+        except Exception as exc:  # a version that does not exist, a corrupt log
+            if version is not None and DeltaTable.is_deltatable(location):
+                raise LookupError(f"{location}: no version {version} ({exc})") from exc
+            raise
+        if timestamp is not None:
+            try:
+                table.load_as_version(timestamp)
+            except Exception as exc:
+                raise LookupError(f"{location}: no version at or before {timestamp} ({exc})") from exc
+        return table
+
+    def _require(self, location: str, **kw: Any) -> DeltaTable:
+        table = self._open(location, **kw)
+        if table is None:
+            raise TableNotFoundError(f"no Delta table at {location}")
+        return table
+
+    @staticmethod
+    def _check_protocol(table: DeltaTable, location: str) -> None:
+        p = table.protocol()
+        if p.min_reader_version > 1 or p.reader_features:
+            raise UnsupportedTableError(
+                f"{location}: reader version {p.min_reader_version} with features {p.reader_features}: the "
+                "bridge backend reads plain (reader 1) tables only; use the native backend for this table"
+            )
+
+    def exists(self, location: str) -> bool:
+        return DeltaTable.is_deltatable(location)
+
+    # ---- writing -----------------------------------------------------------------------------------------
+    def write(
+        self,
+        df: DataFrame,
+        location: str,
+        mode: WriteMode,
+        partition_by: list[str] | None,
+        replace_where: PartitionPredicate | None,
+        txn: Txn | None,
+        schema_mode: SchemaMode,
+        description: str | None,
+    ) -> WriteResult:
+        started = time.perf_counter()
+        table = self._open(location)
+        if table is not None:
+            self._check_protocol(table, location)
+            if txn is not None:
+                done = table.transaction_version(txn.app_id)
+                if done is not None and done >= txn.version:
+                    log.info("%s: %s v%s already committed, skipping", location, txn.app_id, txn.version)
+                    return WriteResult(location, table.version(), skipped=True)
+
+        incoming = _delta_fields(delta_schema_of(df, location))
+        if table is None:
+            fields, evolved = incoming, False
+            parts = list(partition_by or [])
+        else:
+            fields, evolved = reconcile_schema(_delta_fields(table.schema()), incoming, schema_mode, location)
+            existing_parts = list(table.metadata().partition_columns)
+            parts = list(partition_by) if partition_by is not None else existing_parts
+            if parts != existing_parts and schema_mode != "overwrite":
+                raise SchemaMismatchError(
+                    f"{location}: the table is partitioned by {existing_parts}, the write asks for {parts}; "
+                    "nothing was written"
+                )
+        by_name = {f["name"]: f for f in fields}
+        missing_parts = [c for c in parts if c not in by_name]
+        if missing_parts:
+            raise SchemaMismatchError(f"{location}: partition columns {missing_parts} are not in the DataFrame")
+        bad_parts = [f"{c} ({_type_str(by_name[c]['type'])})" for c in parts if by_name[c]["type"] not in _PARTITION_TYPES]
+        if bad_parts:
+            raise SchemaMismatchError(
+                f"{location}: cannot partition by {bad_parts}: use string, date, integer or boolean columns"
+            )
+        where = _normalise_where(replace_where, parts, location) if replace_where is not None else None
+
+        if table is not None and evolved and schema_mode == "add_columns":
+            # delta-rs keeps the table's schema on an append, so the new nullable columns are added first, in
+            # a metadata-only commit. Should the data commit then fail, the table only has extra null columns.
+            new = [f for f in fields if f["name"] not in set(table.schema().to_arrow().names)]
+            table.alter.add_columns([Field.from_json(json.dumps(f)) for f in new])
+            table = DeltaTable(location)
+        target = DeltaSchema.from_json(json.dumps({"type": "struct", "fields": fields}))
+        target_arrow = pa.schema(target.to_arrow())
+        write_id = uuid.uuid4().hex[:16]
+        writer = make_task_writer(
+            location,
+            target_arrow.serialize().to_pybytes(),
+            parts,
+            self.target_file_rows,
+            self.compression,
+            write_id,
+        )
+        columns = [f["name"] for f in fields if f["name"] in {x["name"] for x in incoming}]
+        rows = df.select(*columns).mapInArrow(writer, FILE_META_DDL).collect()
+        files = [r.asDict() for r in rows]
+        for f in files:
+            f["partition_values"] = json.loads(f["partition_values"])
+        adds = [
+            AddAction(f["path"], f["size"], f["partition_values"], f["modification_time"], True, f["stats"])
+            for f in files
+        ]
+        num_rows = sum(f["num_records"] for f in files)
+
+        if where is not None:
+            outside = {json.dumps(f["partition_values"]) for f in files if not _matches(f["partition_values"], where)}
+            if outside:
+                raise ValueError(
+                    f"{location}: replace_where={replace_where} but the data has rows in other partitions "
+                    f"{sorted(outside)[:5]}; nothing was committed"
+                )
+        props = CommitProperties(
+            custom_metadata={"userMetadata": description} if description else None,
+            app_transactions=[Transaction(txn.app_id, txn.version)] if txn is not None else None,
+        )
+        replaced = 0
+        if table is None:
+            create_table_with_add_actions(
+                location, target, adds, mode="error", partition_by=parts or None, commit_properties=props
+            )
+        elif mode == "append":
+            table.create_write_transaction(adds, "append", target, parts or None, commit_properties=props)
+        elif mode == "overwrite" and where is None:
+            replaced = len(table.get_add_actions(flatten=True))  # delta-rs derives the removes itself
+            table.create_write_transaction(adds, "overwrite", target, parts or None, commit_properties=props)
+        else:
+            if mode == "replace_partitions":
+                present = {tuple(f["partition_values"].get(c) for c in parts) for f in files}
+                selector = lambda pv: tuple(pv.get(c) for c in parts) in present  # noqa: E731
+            else:
+                assert where is not None
+                selector = lambda pv: _matches(pv, where)  # noqa: E731
+            now = int(time.time() * 1000)
+            removes = [
+                RemoveAction(path, True, now, size, pv)
+                for path, size, pv in self._files(table, parts)
+                if selector(pv)
+            ]
+            replaced = len(removes)
+            table.create_write_transaction([*adds, *removes], "append", target, parts or None, commit_properties=props)
+        after = DeltaTable(location)
+        result = WriteResult(location, after.version(), len(adds), num_rows, replaced)
+        log.info("%s (%s, %.1fs%s)", result, mode, time.perf_counter() - started, ", schema evolved" if evolved else "")
+        return result
+
+    @staticmethod
+    def _files(table: DeltaTable, parts: list[str]) -> list[tuple[str, int, dict[str, str | None]]]:
+        """(log path, size, partition values as protocol strings) of every file in the snapshot."""
+        actions = pa.table(table.get_add_actions(flatten=True))
+        paths = actions.column("path").to_pylist()
+        sizes = actions.column("size_bytes").to_pylist()
+        pvals = {c: actions.column(f"partition.{c}").to_pylist() for c in parts}
+        return [
+            (p, s, {c: partition_value_to_str(pvals[c][i]) for c in parts}) for i, (p, s) in enumerate(zip(paths, sizes))
+        ]
+
+    # ---- reading -----------------------------------------------------------------------------------------
+    def read(
+        self,
+        location: str,
+        version: int | None,
+        timestamp: dt.datetime | str | None,
+        where: PartitionPredicate | None,
+    ) -> DataFrame:
+        table = self._require(location, version=version, timestamp=timestamp)
+        self._check_protocol(table, location)
+        spark_schema = from_arrow_schema(pa.schema(table.schema().to_arrow()))
+        parts = list(table.metadata().partition_columns)
+        files = self._files(table, parts)
+        if where:
+            w = _normalise_where(where, parts, location)
+            files = [f for f in files if _matches(f[2], w)]
+        if not files:
+            return self.spark.createDataFrame([], spark_schema)
+        base = location.rstrip("/")
+        uris = [p if "://" in p else f"{base}/{unquote(p)}" for p, _, _ in files]
+        reader = self.spark.read.schema(spark_schema)
+        if parts:
+            reader = reader.option("basePath", base)
+        return reader.parquet(*uris).select(*spark_schema.fieldNames())
+
+    def version(self, location: str) -> int:
+        return self._require(location).version()
+
+    def history(self, location: str, limit: int | None) -> list[dict[str, Any]]:
+        return list(self._require(location).history(limit))
+
+    def info(self, location: str) -> TableInfo:
+        table = self._require(location)
+        actions = pa.table(table.get_add_actions(flatten=True))
+        rows = actions.column("num_records").to_pylist() if "num_records" in actions.column_names else []
+        return TableInfo(
+            location=location,
+            version=table.version(),
+            num_files=actions.num_rows,
+            num_rows=None if any(r is None for r in rows) else int(sum(rows)),
+            partition_columns=list(table.metadata().partition_columns),
+            schema=table.schema().to_json(),
+        )
+
+    # ---- maintenance -------------------------------------------------------------------------------------
+    def compact(self, location: str, where: PartitionPredicate | None, target_file_rows: int) -> dict[str, Any]:
+        """delta-rs bin-packing compaction (runs on the driver, streaming; dataChange=false commit)."""
+        table = self._require(location)
+        self._check_protocol(table, location)
+        parts = list(table.metadata().partition_columns)
+        filters = None
+        if where:
+            w = _normalise_where(where, parts, location)
+            filters = [(c, "in", [v for v in vals if v is not None]) for c, vals in w.items()]
+        info = self.info(location)
+        total_bytes = sum(pa.table(table.get_add_actions(flatten=True)).column("size_bytes").to_pylist())
+        bytes_per_row = total_bytes / info.num_rows if info.num_rows else 100.0
+        target_size = max(1 << 20, int(bytes_per_row * target_file_rows))
+        return dict(table.optimize.compact(partition_filters=filters, target_size=target_size))
+
+    def vacuum(self, location: str, retention_hours: int, dry_run: bool) -> list[str]:
+        """Delete unreferenced files older than the retention, orphans of failed writes included."""
+        table = self._require(location)
+        return list(
+            table.vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+            )
+        )

@@ -1,0 +1,135 @@
+"""The SparkSession, built from configuration, and detection of the Delta backend it can use.
+
+Library code never creates a session: jobs call :func:`build_spark_session` once and pass the session on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Literal
+
+from pyspark.sql import SparkSession
+
+from coupon_spark.config import LakeConfig, SparkConfig
+
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.1"
+DELTA_CATALOG_CLASS = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+MIN_JAVA = 17
+
+Backend = Literal["bridge", "native"]
+
+
+class JavaNotFoundError(RuntimeError):
+    """No usable Java runtime for Spark."""
+
+
+class DeltaConnectorMissingError(RuntimeError):
+    """The native Delta backend was asked for but the connector is not on Spark's classpath."""
+
+
+def java_version(java: str | None = None) -> int:
+    """Major version of the Java runtime Spark will start (``JAVA_HOME`` first, then ``java`` on PATH).
+
+    Raises:
+        JavaNotFoundError: No Java, or one older than Spark 4 needs, with what to install.
+    """
+    if java is None:
+        home = os.environ.get("JAVA_HOME")
+        java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+    hint = (
+        f"Spark 4 needs a Java {MIN_JAVA} or newer runtime. Install one (Debian/Ubuntu: "
+        f"`sudo apt-get install openjdk-{MIN_JAVA}-jre-headless`; macOS: `brew install openjdk@{MIN_JAVA}`) "
+        "and put it on PATH or set JAVA_HOME."
+    )
+    if not java or not os.path.exists(java):
+        where = f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java" if os.environ.get("JAVA_HOME") else (
+            "no `java` on PATH"
+        )
+        raise JavaNotFoundError(f"No Java runtime found ({where}). {hint}")
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise JavaNotFoundError(f"Could not run {java} -version ({exc}). {hint}") from exc
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not m:
+        raise JavaNotFoundError(f"Could not read the version of {java}: {out.stderr.strip()!r}. {hint}")
+    major = int(m.group(1))
+    if major == 1 and m.group(2):  # 1.8 style
+        major = int(m.group(2))
+    if major < MIN_JAVA:
+        raise JavaNotFoundError(f"{java} is Java {major}. {hint}")
+    return major
+
+
+def build_spark_session(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
+    """Start (or join) the SparkSession described by ``cfg``.
+
+    Sets ``PYSPARK_PYTHON`` to this interpreter when unset, so that Python workers see the same packages; UTC
+    session time zone (all timestamps in the lake are UTC); Arrow for pandas conversions with the configured
+    batch size; the configured shuffle partitions. With ``lake.backend == "native"`` the Delta session
+    extension and catalog are configured (the connector jar itself must come from ``spark.jars.packages``
+    or the platform).
+    """
+    if not os.environ.get("SPARK_REMOTE") and not os.environ.get("SPARK_HOME"):
+        java_version()  # a clear message instead of Py4J's "Java gateway process exited"
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if cfg.master:
+        builder = builder.master(cfg.master)
+    settings = {
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_size),
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        "spark.driver.memory": cfg.driver_memory,
+        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+    }
+    if lake is not None and lake.backend == "native":
+        settings["spark.sql.extensions"] = "io.delta.sql.DeltaSparkSessionExtension"
+        settings["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG_CLASS
+    settings.update(cfg.conf)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def delta_connector_available(spark: SparkSession) -> bool:
+    """Whether the Delta Spark connector's classes can be loaded by this session's JVM."""
+    try:
+        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        jvm.java.lang.Class.forName(DELTA_CATALOG_CLASS, False, loader)
+        return True
+    except Exception:  # noqa: BLE001 - py4j raises its own error types for a missing class
+        return False
+
+
+def resolve_backend(spark: SparkSession, requested: str) -> Backend:
+    """Pick the Delta backend: ``native`` where the connector is loaded, else ``bridge``.
+
+    Raises:
+        DeltaConnectorMissingError: ``native`` was requested but the connector is not on the classpath.
+    """
+    if requested == "bridge":
+        return "bridge"
+    available = delta_connector_available(spark)
+    if requested == "native" and not available:
+        raise DeltaConnectorMissingError(
+            "lake.backend is 'native' but the Delta Spark connector is not on Spark's classpath. Add it with "
+            f"`--conf spark.jars.packages={DELTA_PACKAGE}` (or spark.conf in the YAML, or the platform's "
+            "Delta runtime), with spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension and "
+            f"spark.sql.catalog.spark_catalog={DELTA_CATALOG_CLASS}; or set lake.backend: bridge, which needs "
+            "no jar."
+        )
+    if requested not in ("auto", "native"):
+        raise ValueError(f"unknown Delta backend {requested!r}: use auto, bridge or native")
+    return "native" if available else "bridge"

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coupon_spark.config import Config, ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_local_extends_base_and_overrides_only_what_it_sets():
+    cfg = Config.from_file(CONF / "local.yaml")
+    assert cfg.spark.master == "local[*]"
+    assert cfg.spark.shuffle_partitions == 4  # local.yaml
+    assert cfg.spark.arrow_batch_size == 20000  # base.yaml
+    assert cfg.spark.conf == {"spark.ui.enabled": "false"}
+    assert cfg.lake.backend == "auto"
+    assert cfg.lake.tables["allocations"] == "gold/allocations"
+    assert Path(cfg.lake.root).is_absolute()
+
+
+def test_gpu_cluster_merges_spark_conf_through_two_levels():
+    cfg = Config.from_file(CONF / "gpu-cluster.yaml")
+    assert cfg.spark.conf["spark.jars.packages"] == "io.delta:delta-spark_4.2_2.13:4.4.1"  # cluster.yaml
+    assert cfg.spark.conf["spark.task.resource.gpu.amount"] == "1"  # gpu-cluster.yaml
+    assert cfg.spark.master == ""
+    assert cfg.lake.backend == "native"
+    assert cfg.lake.root == "s3a://coupon-lake/prod"
+
+
+def test_overrides_are_typed_and_applied_last():
+    cfg = Config.from_file(CONF / "local.yaml", overrides=["lake.root=/tmp/x", "spark.shuffle_partitions=3"])
+    assert cfg.lake.root == "/tmp/x"
+    assert cfg.spark.shuffle_partitions == 3
+    assert cfg.lake.table_path("orders") == "/tmp/x/silver/orders"
+    assert cfg.lake.table_path("/abs/t") == "/abs/t"
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    write(tmp_path, "base.yaml", "spark: {}\nlake: {root: /r, landing: /l}\n")
+    env = write(tmp_path, "env.yaml", "extends: base.yaml\nspark:\n  shufle_partitions: 4\n")
+    with pytest.raises(ConfigError) as err:
+        Config.from_file(env)
+    msg = str(err.value)
+    assert "spark.shufle_partitions" in msg
+    assert str(env) in msg
+    assert "shuffle_partitions" in msg  # says what is accepted
+
+
+def test_wrong_type_names_the_key_and_the_file_it_came_from(tmp_path):
+    base = write(tmp_path, "base.yaml", "spark: {shuffle_partitions: many}\nlake: {root: /r, landing: /l}\n")
+    env = write(tmp_path, "env.yaml", "extends: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: spark\.shuffle_partitions: expected an integer, found 'many'"):
+        Config.from_file(env)
+    assert base.exists()
+
+
+def test_bool_is_not_an_integer(tmp_path):
+    env = write(tmp_path, "env.yaml", "spark: {shuffle_partitions: true}\nlake: {root: /r, landing: /l}\n")
+    with pytest.raises(ConfigError, match="spark.shuffle_partitions"):
+        Config.from_file(env)
+
+
+def test_missing_required_value(tmp_path):
+    env = write(tmp_path, "env.yaml", "spark: {}\nlake: {landing: /l}\n")
+    with pytest.raises(ConfigError, match=r"missing required key 'lake\.root'"):
+        Config.from_file(env)
+
+
+def test_literal_choices_are_checked(tmp_path):
+    env = write(tmp_path, "env.yaml", "spark: {}\nlake: {root: /r, landing: /l, backend: delta}\n")
+    with pytest.raises(ConfigError, match=r"lake\.backend: must be one of 'auto', 'bridge', 'native', found 'delta'"):
+        Config.from_file(env)
+
+
+def test_extends_cycle_and_missing_file(tmp_path):
+    a = write(tmp_path, "a.yaml", "extends: b.yaml\n")
+    write(tmp_path, "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        Config.from_file(a)
+    with pytest.raises(ConfigError, match="cannot read"):
+        Config.from_file(tmp_path / "nope.yaml")
+
+
+def test_unsafe_yaml_is_refused(tmp_path):
+    env = write(tmp_path, "env.yaml", "spark: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Config.from_file(env)
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        Config.from_file(CONF / "local.yaml", overrides=["lake.root"])

@@ -1,0 +1,308 @@
+"""The bridge Delta backend against real Spark, real Parquet files and real delta-rs commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from chispa import assert_df_equality
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    DateType,
+    DecimalType,
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from coupon_spark.lake import Lake, SchemaMismatchError, TableNotFoundError, Txn
+
+SCHEMA = StructType(
+    [
+        StructField("order_id", LongType()),
+        StructField("user_id", StringType()),
+        StructField("day", DateType()),
+        StructField("amount", DecimalType(12, 2)),
+        StructField("score", DoubleType()),
+        StructField("ts", TimestampType()),
+    ]
+)
+UTC = dt.timezone.utc
+D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
+
+
+def rows(day: dt.date, ids: range, user: str = "u") -> list[tuple]:
+    return [
+        (i, f"{user}{i % 3}", day, Decimal(f"{i}.25"), i / 4, dt.datetime(2026, 11, 1, i % 24, tzinfo=UTC))
+        for i in ids
+    ]
+
+
+def frame(spark: SparkSession, data: list[tuple]):
+    return spark.createDataFrame(data, SCHEMA)
+
+
+def data_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*.parquet")}
+
+
+def log_files(lake: Lake, table: str) -> set[str]:
+    return set(DeltaTable(lake.location(table)).file_uris())
+
+
+def test_round_trip_exact_rows(spark, lake):
+    df = frame(spark, rows(D1, range(10)) + [(99, None, None, None, None, None)])
+    res = lake.write(df, "orders")
+    assert (res.version, res.num_rows, res.skipped) == (0, 11, False)
+    assert_df_equality(lake.read("orders"), df, ignore_row_order=True)
+
+
+def test_partitioned_round_trip_with_hostile_partition_values(spark, lake):
+    odd = ["a/b=c", "sp ace", "pct%25", "quote'\"", "#hash?", "ünï"]
+    data = [(i, v, D1, Decimal("1.00"), 0.5, None) for i, v in enumerate(odd)] + [(9, None, None, None, None, None)]
+    df = frame(spark, data)
+    lake.write(df, "t", partition_by=["user_id", "day"])
+    assert_df_equality(lake.read("t"), df, ignore_row_order=True)
+    got = lake.read("t", where={"user_id": "a/b=c"}).collect()
+    assert [r.order_id for r in got] == [0]
+    assert [r.order_id for r in lake.read("t", where={"user_id": None}).collect()] == [9]
+
+
+def test_overwrite_returns_only_new_rows(spark, lake):
+    lake.write(frame(spark, rows(D1, range(5))), "t")
+    new = frame(spark, rows(D2, range(100, 103)))
+    res = lake.write(new, "t", mode="overwrite")
+    assert res.version == 1 and res.removed_files >= 1
+    assert_df_equality(lake.read("t"), new, ignore_row_order=True)
+
+
+def test_replace_partitions_leaves_other_partitions_alone(spark, lake):
+    lake.write(frame(spark, rows(D1, range(0, 5)) + rows(D2, range(5, 9))), "t", partition_by=["day"])
+    replacement = frame(spark, rows(D2, range(50, 52)) + rows(D3, range(60, 61)))
+    res = lake.write(replacement, "t", mode="replace_partitions")
+    assert res.num_rows == 3
+    got = sorted(r.order_id for r in lake.read("t").collect())
+    assert got == [0, 1, 2, 3, 4, 50, 51, 60]
+
+
+def test_replace_where_replaces_matching_partitions_and_refuses_rows_outside(spark, lake):
+    lake.write(frame(spark, rows(D1, range(0, 3)) + rows(D2, range(3, 6))), "t", partition_by=["day"])
+    lake.write(frame(spark, rows(D1, range(10, 11))), "t", mode="overwrite", replace_where={"day": D1})
+    assert sorted(r.order_id for r in lake.read("t").collect()) == [3, 4, 5, 10]
+    before = lake.version("t")
+    with pytest.raises(ValueError, match="other partitions"):
+        lake.write(frame(spark, rows(D3, range(20, 21))), "t", mode="overwrite", replace_where={"day": D1})
+    assert lake.version("t") == before
+
+
+def test_time_travel_to_each_version_and_timestamp(spark, lake):
+    expected: list[list[int]] = []
+    stamps: list[dt.datetime] = []
+    for v, ids in enumerate([range(0, 2), range(2, 5), range(5, 6)]):
+        mode = "overwrite" if v == 2 else "append"
+        lake.write(frame(spark, rows(D1, ids)), "t", mode=mode)
+        prev = expected[-1] if expected and mode == "append" else []
+        expected.append(sorted(prev + list(ids)))
+        time.sleep(0.05)
+        stamps.append(dt.datetime.now(UTC))
+        time.sleep(0.05)
+    for v, want in enumerate(expected):
+        assert sorted(r.order_id for r in lake.read("t", version=v).collect()) == want
+        assert sorted(r.order_id for r in lake.read("t", timestamp=stamps[v]).collect()) == want
+    assert [h["version"] for h in lake.history("t")] == [2, 1, 0]
+    with pytest.raises(LookupError):
+        lake.read("t", version=7)
+
+
+def test_schema_mismatch_is_refused_and_table_stays_readable(spark, lake):
+    good = frame(spark, rows(D1, range(3)))
+    lake.write(good, "t")
+    before_files = data_files(Path(lake.location("t")))
+    wrong_type = good.withColumn("order_id", F.col("order_id").cast("string"))
+    with pytest.raises(SchemaMismatchError, match=r"order_id: table has long, DataFrame has string"):
+        lake.write(wrong_type, "t")
+    with pytest.raises(SchemaMismatchError, match=r"missing columns: score \(double\)"):
+        lake.write(good.drop("score"), "t")
+    with pytest.raises(SchemaMismatchError, match=r"extra columns: note \(string\).*add_columns"):
+        lake.write(good.withColumn("note", F.lit("x")), "t")
+    with pytest.raises(SchemaMismatchError, match="have no type"):
+        lake.write(good.withColumn("order_id", F.lit(None)), "t")
+    assert lake.version("t") == 0
+    assert data_files(Path(lake.location("t"))) == before_files  # refused before any file was written
+    assert_df_equality(lake.read("t"), good, ignore_row_order=True)
+
+
+def test_add_columns_evolves_schema_and_old_rows_read_null(spark, lake):
+    lake.write(frame(spark, rows(D1, range(2))), "t")
+    extra = frame(spark, rows(D1, range(2, 3))).withColumn("note", F.lit("n"))
+    lake.write(extra, "t", schema_mode="add_columns")
+    got = {r.order_id: r.note for r in lake.read("t").collect()}
+    assert got == {0: None, 1: None, 2: "n"}
+
+
+def test_overwrite_schema(spark, lake):
+    lake.write(frame(spark, rows(D1, range(2))), "t")
+    other = spark.createDataFrame([(1, "x")], "k int, v string")
+    with pytest.raises(SchemaMismatchError):
+        lake.write(other, "t", mode="overwrite")
+    lake.write(other, "t", mode="overwrite", schema_mode="overwrite")
+    assert_df_equality(lake.read("t"), other)
+
+
+def test_rerun_with_same_idempotency_key_adds_no_version_and_no_rows(spark, lake):
+    df = frame(spark, rows(D1, range(4)))
+    first = lake.write(df, "t", txn=Txn("cleanse.orders", 20261101))
+    again = lake.write(df, "t", txn=Txn("cleanse.orders", 20261101))
+    older = lake.write(df, "t", txn=Txn("cleanse.orders", 20261031))
+    assert again.skipped and older.skipped
+    assert lake.version("t") == first.version == 0
+    assert lake.read("t").count() == 4
+    nxt = lake.write(df, "t", txn=Txn("cleanse.orders", 20261102))
+    assert not nxt.skipped and nxt.version == 1 and lake.read("t").count() == 8
+    other_app = lake.write(df, "t", txn=Txn("features", 20261101))
+    assert other_app.version == 2
+
+
+def test_task_failing_mid_write_leaves_previous_version_and_vacuum_removes_its_files(spark, lake):
+    lake.write(frame(spark, rows(D1, range(3))), "t")
+    root = Path(lake.location("t"))
+    committed = data_files(root)
+
+    @F.udf("double")
+    def explode_at_900(i):
+        if i == 900:
+            raise RuntimeError("boom at row 900")
+        return i / 4
+
+    bad = (
+        spark.range(0, 1000, numPartitions=4)
+        .select(
+            F.col("id").alias("order_id"),
+            F.lit("u").alias("user_id"),
+            F.lit(D2).alias("day"),
+            F.lit(Decimal("1.00")).cast("decimal(12,2)").alias("amount"),
+            explode_at_900("id").alias("score"),
+            F.lit(None).cast("timestamp").alias("ts"),
+        )
+    )
+    with pytest.raises(Exception, match="boom at row 900"):
+        lake.write(bad, "t")
+    assert lake.version("t") == 0
+    assert sorted(r.order_id for r in lake.read("t").collect()) == [0, 1, 2]
+    orphans = data_files(root) - committed
+    assert orphans, "the tasks that ran before the failure wrote files (invisible: not in the log)"
+    removed = lake.vacuum("t", retention_hours=0)
+    assert len(removed) == len(orphans)
+    assert data_files(root) == committed
+
+
+def test_not_null_column_with_nulls_fails_without_commit(spark, lake):
+    strict = StructType([StructField("k", LongType(), nullable=False), StructField("v", StringType())])
+    lake.write(spark.createDataFrame([(1, "a")], strict), "t")
+    loose = spark.createDataFrame([(None, "b")], "k long, v string")
+    with pytest.raises(Exception, match="NOT NULL"):
+        lake.write(loose, "t")
+    assert lake.version("t") == 0
+
+
+def test_empty_dataframe_creates_an_empty_table_with_its_schema(spark, lake):
+    res = lake.write(frame(spark, []), "t", partition_by=["day"])
+    assert (res.version, res.num_files) == (0, 0)
+    back = lake.read("t")
+    assert back.count() == 0 and back.schema == SCHEMA
+
+
+def test_missing_table_is_a_clear_error(lake):
+    with pytest.raises(TableNotFoundError, match="no Delta table"):
+        lake.read("nope")
+    assert not lake.exists("nope")
+
+
+def test_file_statistics_are_exact(spark, lake):
+    data = rows(D1, range(7)) + [(100, None, D1, None, None, None)]
+    lake.write(frame(spark, data).coalesce(1), "t", partition_by=["day"])
+    actions = pa.table(DeltaTable(lake.location("t")).get_add_actions(flatten=True)).to_pylist()
+    assert len(actions) == 1
+    a = actions[0]
+    assert a["num_records"] == 8
+    assert (a["min.order_id"], a["max.order_id"]) == (0, 100)
+    assert (a["min.user_id"], a["max.user_id"]) == ("u0", "u2")
+    assert a["null_count.user_id"] == 1 and a["null_count.order_id"] == 0
+    assert a.get("min.score") is None  # floats: no min/max (NaN semantics), so no reader can skip wrongly
+    # the Parquet file itself holds only the data columns; the partition value lives in the log
+    path = DeltaTable(lake.location("t")).file_uris()[0]
+    assert "day" not in pq.read_schema(path).names
+    assert a["partition.day"] == D1
+
+
+def test_files_roll_over_at_target_rows(spark, lake):
+    res = lake.write(spark.range(0, 2500, numPartitions=1).withColumnRenamed("id", "k"), "t")
+    assert res.num_files == 3 and res.num_rows == 2500
+    counts = sorted(r["num_records"] for r in pa.table(DeltaTable(lake.location("t")).get_add_actions(flatten=True)).to_pylist())
+    assert counts == [500, 1000, 1000]
+
+
+def test_compaction_keeps_rows_and_reduces_files(spark, lake):
+    for i in range(4):
+        lake.write(spark.range(i * 10, i * 10 + 10, numPartitions=2).withColumnRenamed("id", "k"), "t")
+    before = lake.info("t")
+    assert before.num_files == 8
+    metrics = lake.compact("t")
+    after = lake.info("t")
+    assert after.num_files == 1 and after.version == before.version + 1
+    assert metrics["numFilesRemoved"] == 8
+    assert sorted(r.k for r in lake.read("t").collect()) == list(range(40))
+
+
+def test_bridge_table_read_by_independent_readers(spark, lake):
+    df = frame(spark, rows(D1, range(6)) + rows(D2, range(6, 9)))
+    lake.write(df, "t", partition_by=["day"])
+    lake.write(frame(spark, rows(D2, range(20, 22))), "t", mode="replace_partitions")
+    expected = sorted(r.order_id for r in lake.read("t").collect())
+    assert expected == [0, 1, 2, 3, 4, 5, 20, 21]
+
+    import duckdb
+    import duckdb_extension_delta
+
+    ext = next(Path(duckdb_extension_delta.__file__).parent.glob("extensions/*/delta.duckdb_extension"))
+    con = duckdb.connect()
+    con.execute(f"LOAD '{ext}'")
+    got = con.execute(
+        f"SELECT order_id, CAST(amount AS VARCHAR), CAST(day AS VARCHAR) FROM delta_scan('{lake.location('t')}') "
+        "ORDER BY order_id"
+    ).fetchall()
+    assert [g[0] for g in got] == expected
+    assert got[0][1:] == ("0.25", "2026-11-01") and got[-1][1:] == ("21.25", "2026-11-02")
+
+    import polars as pl
+
+    pdf = pl.read_delta(lake.location("t")).sort("order_id")
+    assert pdf["order_id"].to_list() == expected
+    assert str(pdf.schema["amount"]) == "Decimal(precision=12, scale=2)"
+
+
+def test_log_is_plain_delta_reader1_writer2(spark, lake):
+    lake.write(frame(spark, rows(D1, range(2))), "t", partition_by=["day"], txn=Txn("job", 5), description="hello")
+    log = Path(lake.location("t")) / "_delta_log" / ("0" * 20 + ".json")
+    actions = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = {next(iter(a)) for a in actions}
+    assert {"protocol", "metaData", "add", "txn", "commitInfo"} <= kinds
+    proto = next(a["protocol"] for a in actions if "protocol" in a)
+    assert (proto["minReaderVersion"], proto["minWriterVersion"]) == (1, 2)
+    txn = next(a["txn"] for a in actions if "txn" in a)
+    assert (txn["appId"], txn["version"]) == ("job", 5)
+    add = next(a["add"] for a in actions if "add" in a)
+    assert add["partitionValues"] == {"day": "2026-11-01"}
+    assert os.path.exists(Path(lake.location("t")) / add["path"])
