@@ -79,11 +79,29 @@ class LakeConfig:
 
 
 @dataclass(frozen=True)
+class ShopConfig:
+    """The synthetic shop (``coupon-spark generate``)."""
+
+
+@dataclass(frozen=True)
+class CleanseConfig:
+    """The cleansing job (``coupon-spark cleanse``)."""
+
+
+@dataclass(frozen=True)
+class AllocationConfig:
+    """The budget-constrained allocation (``coupon-spark allocate``)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a coupon-spark deployment."""
 
     spark: SparkConfig
     lake: LakeConfig
+    shop: ShopConfig = field(default_factory=ShopConfig)
+    cleanse: CleanseConfig = field(default_factory=CleanseConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
     source: str = ""  # the file it was loaded from (not a YAML key)
 
     @classmethod
