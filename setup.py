@@ -12,7 +12,7 @@ setup(
     ),
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["coupon_spark", "coupon_spark.*"]),
-    package_data={"coupon_spark": ["py.typed", "conf/*.yaml"]},
+    package_data={"coupon_spark": ["py.typed"]},
     install_requires=[
         "pyspark>=4.2,<4.3",
         "pyarrow>=18",

@@ -240,7 +240,7 @@ def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str, default_file:
     o = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, origin, prefix=f"{key}.", default_file=default_file)  # type: ignore[type-var]
+        return _build(tp, value, origin, prefix=f"{key}.", default_file=default_file)  # type: ignore[type-var,arg-type]
     if o in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -36,9 +36,11 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
     )
     stamp = int(run_date.strftime("%Y%m%d"))
     res = lake.write(df, DOCTOR_TABLE, mode="replace_partitions", partition_by=["run_date"], txn=Txn("doctor", stamp))
-    back = lake.read(DOCTOR_TABLE, where={"run_date": run_date}).agg(
-        F.count("*").alias("n"), F.sum("value").alias("s")
-    ).first()
+    back = (
+        lake.read(DOCTOR_TABLE, where={"run_date": run_date})
+        .agg(F.count("*").alias("n"), F.sum("value").alias("s"))
+        .first()
+    )
     assert back is not None
     expected_sum = 0.5 * n * (n - 1) / 2
     ok = back["n"] == n and abs(back["s"] - expected_sum) < 1e-9

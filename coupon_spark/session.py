@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 from pyspark.sql import SparkSession
 
@@ -46,8 +46,10 @@ def java_version(java: str | None = None) -> int:
         "and put it on PATH or set JAVA_HOME."
     )
     if not java or not os.path.exists(java):
-        where = f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java" if os.environ.get("JAVA_HOME") else (
-            "no `java` on PATH"
+        where = (
+            f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java"
+            if os.environ.get("JAVA_HOME")
+            else ("no `java` on PATH")
         )
         raise JavaNotFoundError(f"No Java runtime found ({where}). {hint}")
     try:
@@ -105,7 +107,7 @@ def build_spark_session(cfg: SparkConfig, lake: LakeConfig | None = None) -> Spa
 def delta_connector_available(spark: SparkSession) -> bool:
     """Whether the Delta Spark connector's classes can be loaded by this session's JVM."""
     try:
-        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        jvm: Any = spark.sparkContext._jvm
         loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         jvm.java.lang.Class.forName(DELTA_CATALOG_CLASS, False, loader)
         return True

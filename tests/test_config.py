@@ -64,7 +64,7 @@ def test_wrong_type_names_the_key_and_the_file_it_came_from(tmp_path):
 
 def test_bool_is_not_an_integer(tmp_path):
     env = write(tmp_path, "env.yaml", "spark: {shuffle_partitions: true}\nlake: {root: /r, landing: /l}\n")
-    with pytest.raises(ConfigError, match="spark.shuffle_partitions"):
+    with pytest.raises(ConfigError, match=r"spark\.shuffle_partitions"):
         Config.from_file(env)
 
 

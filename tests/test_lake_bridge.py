@@ -45,8 +45,7 @@ D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
 
 def rows(day: dt.date, ids: range, user: str = "u") -> list[tuple]:
     return [
-        (i, f"{user}{i % 3}", day, Decimal(f"{i}.25"), i / 4, dt.datetime(2026, 11, 1, i % 24, tzinfo=UTC))
-        for i in ids
+        (i, f"{user}{i % 3}", day, Decimal(f"{i}.25"), i / 4, dt.datetime(2026, 11, 1, i % 24, tzinfo=UTC)) for i in ids
     ]
 
 
@@ -186,16 +185,13 @@ def test_task_failing_mid_write_leaves_previous_version_and_vacuum_removes_its_f
             raise RuntimeError("boom at row 900")
         return i / 4
 
-    bad = (
-        spark.range(0, 1000, numPartitions=4)
-        .select(
-            F.col("id").alias("order_id"),
-            F.lit("u").alias("user_id"),
-            F.lit(D2).alias("day"),
-            F.lit(Decimal("1.00")).cast("decimal(12,2)").alias("amount"),
-            explode_at_900("id").alias("score"),
-            F.lit(None).cast("timestamp").alias("ts"),
-        )
+    bad = spark.range(0, 1000, numPartitions=4).select(
+        F.col("id").alias("order_id"),
+        F.lit("u").alias("user_id"),
+        F.lit(D2).alias("day"),
+        F.lit(Decimal("1.00")).cast("decimal(12,2)").alias("amount"),
+        explode_at_900("id").alias("score"),
+        F.lit(None).cast("timestamp").alias("ts"),
     )
     with pytest.raises(Exception, match="boom at row 900"):
         lake.write(bad, "t")
@@ -250,7 +246,9 @@ def test_file_statistics_are_exact(spark, lake):
 def test_files_roll_over_at_target_rows(spark, lake):
     res = lake.write(spark.range(0, 2500, numPartitions=1).withColumnRenamed("id", "k"), "t")
     assert res.num_files == 3 and res.num_rows == 2500
-    counts = sorted(r["num_records"] for r in pa.table(DeltaTable(lake.location("t")).get_add_actions(flatten=True)).to_pylist())
+    counts = sorted(
+        r["num_records"] for r in pa.table(DeltaTable(lake.location("t")).get_add_actions(flatten=True)).to_pylist()
+    )
     assert counts == [500, 1000, 1000]
 
 

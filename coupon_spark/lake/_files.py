@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 # Spark's ExternalCatalogUtils.escapePathName escapes these (plus control characters) in partition folders.
-_ESCAPE = set('"#%\'*/:=?\\\x7f{[]^')
+_ESCAPE = set("\"#%'*/:=?\\\x7f{[]^")
 
 # One row of metadata per data file written, returned by each task to the driver.
 FILE_META_DDL = (
@@ -80,71 +79,94 @@ def _json_stat(value: Any) -> Any:
 
 
 class _OpenFile:
-    def __init__(self, fs: pafs.FileSystem, base: str, rel: str, schema: pa.Schema, compression: str):
+    """One Parquet data file being written: batches are buffered into row groups of ``row_group_rows``."""
+
+    def __init__(
+        self, fs: pafs.FileSystem, base: str, rel: str, schema: pa.Schema, compression: str, row_group_rows: int
+    ):
         self.rel = rel
         self.full = f"{base.rstrip('/')}/{rel}"
         self.fs = fs
-        parent = self.full.rsplit("/", 1)[0]
-        fs.create_dir(parent, recursive=True)
-        self.writer = pq.ParquetWriter(
-            self.full, schema, filesystem=fs, compression=compression, write_statistics=True
-        )
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        fs.create_dir(self.full.rsplit("/", 1)[0], recursive=True)
+        self.writer = pq.ParquetWriter(self.full, schema, filesystem=fs, compression=compression)
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
         self.rows = 0
-        self.stats_parts: list[pa.Table] = []
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(batch)
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
         self.rows += batch.num_rows
-        self.stats_parts.append(_stat_summary(batch))
+        if self.pending_rows >= self.row_group_rows:
+            self._flush()
 
-    def close(self, partition_values: dict[str, str | None], data_columns: list[str]) -> dict[str, Any]:
+    def _flush(self) -> None:
+        if self.pending:
+            self.writer.write_table(pa.Table.from_batches(self.pending, self.schema), row_group_size=self.pending_rows)
+            self.pending, self.pending_rows = [], 0
+
+    def close(self, partition_values: dict[str, str | None]) -> dict[str, Any]:
+        self._flush()
         self.writer.close()
         info = self.fs.get_file_info(self.full)
-        summary = pa.concat_tables(self.stats_parts) if self.stats_parts else None
         return {
             "path": self.rel,  # raw relative path: delta-rs URI-encodes it in the log
             "size": info.size,
             "partition_values": json.dumps(partition_values),
             "num_records": self.rows,
-            "stats": _merge_stats(summary, self.rows, data_columns),
+            "stats": footer_stats(self.writer.writer.metadata, self.schema),
             "modification_time": int(time.time() * 1000),
         }
 
 
-def _stat_summary(batch: pa.RecordBatch) -> pa.Table:
-    """Per-batch min/max/null count of each column, small enough to keep until the file closes."""
-    arrays, names = [], []
-    for i, field in enumerate(batch.schema):
-        col = batch.column(i)
-        names.append(f"{field.name}\x00n")
-        arrays.append(pa.array([col.null_count], pa.int64()))
-        if any(f(field.type) for f in _STAT_TYPES) and col.null_count < len(col):
-            mm = pc.min_max(col)
-            names += [f"{field.name}\x00min", f"{field.name}\x00max"]
-            arrays += [pa.array([mm["min"].as_py()], field.type), pa.array([mm["max"].as_py()], field.type)]
-    return pa.table(arrays, names=names)
+def footer_stats(meta: pq.FileMetaData, schema: pa.Schema) -> str:
+    """Delta per-file statistics from the Parquet footer the writer just produced (no second pass).
 
-
-def _merge_stats(summary: pa.Table | None, rows: int, data_columns: list[str]) -> str:
+    numRecords and nullCount for every top-level primitive column; min/max only for integers, dates and
+    strings of at most 32 characters, whose values round-trip exactly. Timestamps (millisecond-truncated in
+    the protocol) and floats (NaN) get none, so no reader can skip a file it should have read.
+    """
+    top = {f.name: f for f in schema}
     nulls: dict[str, int] = {}
     mins: dict[str, Any] = {}
     maxs: dict[str, Any] = {}
-    for name in data_columns:
-        if summary is None:
-            nulls[name] = 0
-            continue
-        nulls[name] = int(pc.sum(summary.column(f"{name}\x00n")).as_py() or 0)
-        if f"{name}\x00min" not in summary.column_names:
-            continue
-        lo = pc.min(summary.column(f"{name}\x00min")).as_py()
-        hi = pc.max(summary.column(f"{name}\x00max")).as_py()
-        if lo is None or hi is None:
-            continue
-        if isinstance(lo, str) and (len(lo) > _MAX_STRING_STAT or len(hi) > _MAX_STRING_STAT):
-            continue
-        mins[name], maxs[name] = _json_stat(lo), _json_stat(hi)
+    exact: dict[str, bool] = {}
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for c in range(rg.num_columns):
+            col = rg.column(c)
+            name = col.path_in_schema
+            field = top.get(name)
+            if field is None or pa.types.is_nested(field.type):
+                continue
+            st = col.statistics
+            if st is None:
+                exact[name] = False
+                continue
+            nulls[name] = nulls.get(name, 0) + int(st.null_count or 0)
+            if not any(f(field.type) for f in _STAT_TYPES) or not exact.get(name, True):
+                continue
+            if not st.has_min_max:
+                if st.null_count != rg.num_rows:
+                    exact[name] = False  # values without statistics: no bound is safe
+                continue
+            lo, hi = st.min, st.max
+            if isinstance(lo, bytes) or isinstance(hi, bytes):
+                exact[name] = False
+                continue
+            mins[name] = lo if name not in mins else min(mins[name], lo)
+            maxs[name] = hi if name not in maxs else max(maxs[name], hi)
+    for name in list(mins):
+        lo, hi = mins[name], maxs[name]
+        if not exact.get(name, True) or (isinstance(lo, str) and max(len(lo), len(hi)) > _MAX_STRING_STAT):
+            del mins[name], maxs[name]
+        else:
+            mins[name], maxs[name] = _json_stat(lo), _json_stat(hi)
     return json.dumps(
-        {"numRecords": rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}, separators=(",", ":")
+        {"numRecords": meta.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls},
+        separators=(",", ":"),
     )
 
 
@@ -155,6 +177,7 @@ def make_task_writer(
     max_rows_per_file: int,
     compression: str,
     write_id: str,
+    row_group_rows: int = 500_000,
 ):
     """Build the ``mapInArrow`` function that writes one task's rows as Parquet files under ``table_uri``.
 
@@ -167,6 +190,7 @@ def make_task_writer(
         compression: Parquet codec.
         write_id: Unique id of this write, part of every file name, so retries and concurrent writers never
             collide.
+        row_group_rows: Batches are buffered into Parquet row groups of about this many rows.
     """
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -183,7 +207,7 @@ def make_task_writer(
         pvals_of: dict[tuple[str | None, ...], dict[str, str | None]] = {}
 
         def finish(key: tuple[str | None, ...]) -> None:
-            done.append(open_files.pop(key).close(pvals_of[key], data_columns))
+            done.append(open_files.pop(key).close(pvals_of[key]))
 
         for batch in batches:
             if batch.num_rows == 0:
@@ -191,10 +215,11 @@ def make_task_writer(
             for name in non_null:
                 if batch.column(batch.schema.get_field_index(name)).null_count:
                     raise ValueError(
-                        f"column {name!r} is NOT NULL in the Delta table but the data has nulls: nothing "
-                        "was committed"
+                        f"column {name!r} is NOT NULL in the Delta table but the data has nulls: nothing was committed"
                     )
-            tbl = pa.Table.from_batches([batch]).select(target.names).cast(target)
+            tbl = pa.Table.from_batches([batch]).select(target.names)
+            if tbl.schema != target:
+                tbl = tbl.cast(target)
             if partition_by:
                 # one pass: row indices grouped by partition value (nulls form their own group)
                 idx = tbl.select(partition_by).append_column("__row", pa.array(range(tbl.num_rows), pa.int64()))
@@ -214,12 +239,14 @@ def make_task_writer(
                     while offset < chunk.num_rows:
                         f = open_files.get(key)
                         if f is None:
-                            pvals = dict(zip(partition_by, key))
+                            pvals = dict(zip(partition_by, key, strict=True))
                             pvals_of[key] = pvals
                             prefix = partition_dir(partition_by, pvals) + "/" if partition_by else ""
                             rel = f"{prefix}part-{seq:05d}-{write_id}-{task}.c000.{compression}.parquet"
                             seq += 1
-                            f = open_files[key] = _OpenFile(fs, base, rel, data_schema, compression)
+                            f = open_files[key] = _OpenFile(
+                                fs, base, rel, data_schema, compression, min(row_group_rows, max_rows_per_file)
+                            )
                         take = min(chunk.num_rows - offset, max_rows_per_file - f.rows)
                         f.write(chunk.slice(offset, take))
                         offset += take

@@ -59,9 +59,8 @@ class WriteResult:
     def __str__(self) -> str:
         if self.skipped:
             return f"{self.table}: already committed (version {self.version}), nothing written"
-        return (
-            f"{self.table}: version {self.version}, +{self.num_rows} rows in {self.num_files} files"
-            + (f", {self.removed_files} files replaced" if self.removed_files else "")
+        return f"{self.table}: version {self.version}, +{self.num_rows} rows in {self.num_files} files" + (
+            f", {self.removed_files} files replaced" if self.removed_files else ""
         )
 
 

@@ -73,7 +73,7 @@ def delta_schema_of(df: DataFrame, location: str) -> DeltaSchema:
     """The Delta schema a DataFrame would be written with; refuses types Delta cannot store."""
     try:
         arrow = to_arrow_schema(df.schema, timezone="UTC")
-    except Exception as exc:  # noqa: BLE001 - pyspark raises several types for unsupported columns
+    except Exception as exc:
         raise SchemaMismatchError(f"{location}: the DataFrame has a column Arrow cannot carry: {exc}") from exc
     void = [f.name for f in arrow if pa.types.is_null(f.type)]
     if void:
@@ -94,7 +94,7 @@ def reconcile_schema(
     """
     if schema_mode == "overwrite":
         return incoming, [f["name"] for f in incoming] != [f["name"] for f in table] or any(
-            a != b for a, b in zip(incoming, table)
+            a != b for a, b in zip(incoming, table, strict=False)
         )
     have = {f["name"]: f for f in incoming}
     want = {f["name"]: f for f in table}
@@ -129,7 +129,9 @@ def _matches(pvals: dict[str, str | None], where: dict[str, list[str | None]]) -
     return all(pvals.get(c) in vals for c, vals in where.items())
 
 
-def _normalise_where(where: PartitionPredicate, partition_cols: list[str], location: str) -> dict[str, list[str | None]]:
+def _normalise_where(
+    where: PartitionPredicate, partition_cols: list[str], location: str
+) -> dict[str, list[str | None]]:
     bad = [c for c in where if c not in partition_cols]
     if bad:
         raise ValueError(
@@ -225,7 +227,9 @@ class BridgeBackend:
         missing_parts = [c for c in parts if c not in by_name]
         if missing_parts:
             raise SchemaMismatchError(f"{location}: partition columns {missing_parts} are not in the DataFrame")
-        bad_parts = [f"{c} ({_type_str(by_name[c]['type'])})" for c in parts if by_name[c]["type"] not in _PARTITION_TYPES]
+        bad_parts = [
+            f"{c} ({_type_str(by_name[c]['type'])})" for c in parts if by_name[c]["type"] not in _PARTITION_TYPES
+        ]
         if bad_parts:
             raise SchemaMismatchError(
                 f"{location}: cannot partition by {bad_parts}: use string, date, integer or boolean columns"
@@ -272,15 +276,16 @@ class BridgeBackend:
             app_transactions=[Transaction(txn.app_id, txn.version)] if txn is not None else None,
         )
         replaced = 0
+        actions: list[AddAction | RemoveAction] = [*adds]
         if table is None:
             create_table_with_add_actions(
                 location, target, adds, mode="error", partition_by=parts or None, commit_properties=props
             )
         elif mode == "append":
-            table.create_write_transaction(adds, "append", target, parts or None, commit_properties=props)
+            table.create_write_transaction(actions, "append", target, parts or None, commit_properties=props)
         elif mode == "overwrite" and where is None:
             replaced = len(table.get_add_actions(flatten=True))  # delta-rs derives the removes itself
-            table.create_write_transaction(adds, "overwrite", target, parts or None, commit_properties=props)
+            table.create_write_transaction(actions, "overwrite", target, parts or None, commit_properties=props)
         else:
             if mode == "replace_partitions":
                 present = {tuple(f["partition_values"].get(c) for c in parts) for f in files}
@@ -290,12 +295,12 @@ class BridgeBackend:
                 selector = lambda pv: _matches(pv, where)  # noqa: E731
             now = int(time.time() * 1000)
             removes = [
-                RemoveAction(path, True, now, size, pv)
-                for path, size, pv in self._files(table, parts)
-                if selector(pv)
+                RemoveAction(path, True, now, size, pv) for path, size, pv in self._files(table, parts) if selector(pv)
             ]
             replaced = len(removes)
-            table.create_write_transaction([*adds, *removes], "append", target, parts or None, commit_properties=props)
+            table.create_write_transaction(
+                [*actions, *removes], "append", target, parts or None, commit_properties=props
+            )
         after = DeltaTable(location)
         result = WriteResult(location, after.version(), len(adds), num_rows, replaced)
         log.info("%s (%s, %.1fs%s)", result, mode, time.perf_counter() - started, ", schema evolved" if evolved else "")
@@ -309,7 +314,8 @@ class BridgeBackend:
         sizes = actions.column("size_bytes").to_pylist()
         pvals = {c: actions.column(f"partition.{c}").to_pylist() for c in parts}
         return [
-            (p, s, {c: partition_value_to_str(pvals[c][i]) for c in parts}) for i, (p, s) in enumerate(zip(paths, sizes))
+            (p, s, {c: partition_value_to_str(pvals[c][i]) for c in parts})
+            for i, (p, s) in enumerate(zip(paths, sizes, strict=True))
         ]
 
     # ---- reading -----------------------------------------------------------------------------------------
@@ -376,7 +382,5 @@ class BridgeBackend:
         """Delete unreferenced files older than the retention, orphans of failed writes included."""
         table = self._require(location)
         return list(
-            table.vacuum(
-                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
-            )
+            table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True)
         )

@@ -1,0 +1,101 @@
+"""Bridge write vs plain Spark Parquet write of the same DataFrame, in one run.
+
+Prints ``bridge_write_vs_parquet: <ratio>`` (bridge time / Parquet time, median of the repeats; goal <= 1.15)
+and the rows/s of each. The DataFrame (~5M rows, 20 columns of mixed types) is cached first, so both
+writers are timed on the same in-memory rows and neither pays for generating them.
+
+    python bench/lake_write.py [--rows 5000000] [--repeats 3] [--partitioned]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from coupon_spark.config import LakeConfig, SparkConfig
+from coupon_spark.lake import Lake
+from coupon_spark.lake.bridge import BridgeBackend
+from coupon_spark.session import build_spark_session
+
+
+def make_frame(spark: SparkSession, rows: int) -> DataFrame:
+    """20 columns: ids, counts, amounts, scores, flags, categories, dates and timestamps."""
+    i = F.col("id")
+    return spark.range(rows).select(
+        i.alias("order_id"),
+        (i % 1_000_003).alias("user_id"),
+        (i % 977).cast("int").alias("coupon_id"),
+        (i % 13).cast("int").alias("campaign_id"),
+        F.concat(F.lit("cat_"), (i % 37).cast("string")).alias("category"),
+        F.concat(F.lit("region_"), (i % 7).cast("string")).alias("region"),
+        F.element_at(F.array(F.lit("ios"), F.lit("android"), F.lit("web")), (i % 3 + 1).cast("int")).alias("device"),
+        ((i * 7919) % 100000 / 100).cast("decimal(12,2)").alias("amount"),
+        ((i * 104729) % 5000 / 100).cast("decimal(12,2)").alias("discount"),
+        F.sin(i.cast("double")).alias("score"),
+        F.cos(i.cast("double")).alias("p_purchase"),
+        (F.sin(i.cast("double") * 3) / 2 + 0.5).alias("p_redeem"),
+        ((i % 11) == 0).alias("is_holdout"),
+        ((i % 5) == 0).alias("redeemed"),
+        (i % 50).cast("int").alias("quantity"),
+        F.date_add(F.lit("2026-01-01").cast("date"), (i % 300).cast("int")).alias("order_date"),
+        F.timestamp_seconds(F.lit(1_790_000_000) + i % 10_000_000).alias("ts"),
+        F.sha2(i.cast("string"), 256).substr(1, 16).alias("session_id"),
+        (i % 90).cast("int").alias("days_since_signup"),
+        F.date_add(F.lit("2026-11-01").cast("date"), (i % 10).cast("int")).alias("ingest_date"),
+    )
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--partitioned", action="store_true", help="also time a write partitioned by ingest_date")
+    args = ap.parse_args()
+
+    spark = build_spark_session(
+        SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="6g", conf={"spark.ui.enabled": "false"})
+    )
+    work = Path(tempfile.mkdtemp(prefix="bench-lake-"))
+    lake = Lake(spark, LakeConfig(root=str(work), landing=str(work / "landing")), BridgeBackend(spark, 2_000_000))
+    df = make_frame(spark, args.rows).repartition(spark.sparkContext.defaultParallelism * 2).cache()
+    n = df.count()
+    print(
+        f"rows: {n}, columns: {len(df.columns)}, tasks: {df.rdd.getNumPartitions()}, "
+        f"cores: {spark.sparkContext.defaultParallelism}"
+    )
+
+    variants = [("", None)] + ([("partitioned_", ["ingest_date"])] if args.partitioned else [])
+    for label, parts in variants:
+        plain: list[float] = []
+        bridge: list[float] = []
+        for r in range(args.repeats):
+            out = work / f"plain{r}"
+            writer = df.write.mode("overwrite")
+            if parts:
+                writer = writer.partitionBy(*parts)
+            plain.append(timed(lambda: writer.parquet(str(out))))  # noqa: B023
+            bridge.append(timed(lambda: lake.write(df, f"bridge{label}{r}", mode="overwrite", partition_by=parts)))  # noqa: B023
+            shutil.rmtree(out, ignore_errors=True)
+        tp, tb = statistics.median(plain), statistics.median(bridge)
+        print(f"{label}parquet_rows_per_s: {n / tp:,.0f}  (median {tp:.2f}s of {[round(t, 2) for t in plain]})")
+        print(f"{label}bridge_rows_per_s: {n / tb:,.0f}  (median {tb:.2f}s of {[round(t, 2) for t in bridge]})")
+        print(f"{label}bridge_write_vs_parquet: {tb / tp:.3f}")
+    shutil.rmtree(work, ignore_errors=True)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()
