@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import types
 import typing
@@ -78,14 +79,139 @@ class LakeConfig:
         return join_uri(self.root, rel)
 
 
+DEFECT_KINDS = (
+    "malformed",
+    "bad_type",
+    "missing_field",
+    "bad_amount",
+    "future_timestamp",
+    "unknown_user",
+    "unknown_coupon",
+    "exact_duplicate",
+    "near_duplicate",
+    "bad_encoding",
+)
+
+
 @dataclass(frozen=True)
 class ShopConfig:
-    """The synthetic shop (``coupon-spark generate``)."""
+    """The synthetic shop (``coupon-spark generate``).
+
+    Attributes:
+        seed: Every random draw is a hash of (seed, entity, draw number): same seed, same shop, any cluster.
+        users: Size of the population (users who sign up later included).
+        start_date: First day of the simulation (``YYYY-MM-DD``); signups, campaigns and seasonality count
+            from it.
+        signup_history_days: Existing users signed up over this many days before ``start_date``.
+        new_signup_share: Share of the population that signs up after ``start_date``.
+        signup_horizon_days: ...spread over this many days.
+        views_per_user_day: Mean product views per active user and day (heavy-tailed across users).
+        cart_rate: Probability that a view puts the product in the cart.
+        campaigns: Number of coupon campaigns; each has ``coupons_per_campaign`` coupons.
+        coupons_per_campaign: Coupons (face values) per campaign.
+        budget_eur_per_1k_users: Campaign budget, scaled with the population.
+        issue_rate: Share of active users the randomised logging policy reaches each day.
+        control_share: Share of reached users the logging policy deliberately gives nothing (the control arm).
+        dirty_rate: Probability that a landing record carries a defect.
+        defects: Defect kinds to inject (a subset of ``DEFECT_KINDS``), equally likely.
+        partitions: Spark partitions of the generated data (output does not depend on it).
+        truth_dir: Where the hidden truth goes, relative to ``lake.root`` (or absolute); stages never read it.
+        single_file: Concatenate each landing source into one file (else a folder of part files, as on a
+            cluster).
+    """
+
+    seed: int = 42
+    users: int = 10_000
+    start_date: str = "2026-11-02"
+    signup_history_days: int = 365
+    new_signup_share: float = 0.1
+    signup_horizon_days: int = 60
+    views_per_user_day: float = 4.0
+    cart_rate: float = 0.08
+    campaigns: int = 4
+    coupons_per_campaign: int = 3
+    budget_eur_per_1k_users: float = 300.0
+    issue_rate: float = 0.3
+    control_share: float = 0.25
+    dirty_rate: float = 0.01
+    defects: list[str] = field(default_factory=lambda: list(DEFECT_KINDS))
+    partitions: int = 8
+    truth_dir: str = "_truth"
+    single_file: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            dt.date.fromisoformat(self.start_date)
+        except ValueError:
+            raise ConfigError(f"shop.start_date: expected YYYY-MM-DD, found {self.start_date!r}") from None
+        unknown = sorted(set(self.defects) - set(DEFECT_KINDS))
+        if unknown:
+            raise ConfigError(f"shop.defects: unknown kinds {unknown}; known: {', '.join(DEFECT_KINDS)}")
+        for name in ("new_signup_share", "cart_rate", "issue_rate", "control_share", "dirty_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"shop.{name}: must be within [0, 1], found {getattr(self, name)!r}")
+        if self.users < 1 or self.campaigns < 1 or self.coupons_per_campaign < 1 or self.partitions < 1:
+            raise ConfigError("shop.users, shop.campaigns, shop.coupons_per_campaign and shop.partitions must be >= 1")
+
+    @property
+    def start(self) -> dt.date:
+        """``start_date`` as a date."""
+        return dt.date.fromisoformat(self.start_date)
 
 
 @dataclass(frozen=True)
 class CleanseConfig:
-    """The cleansing job (``coupon-spark cleanse``)."""
+    """The cleansing job (``coupon-spark cleanse``).
+
+    Attributes:
+        base_currency: The one currency of every amount in the lake.
+        fx_to_eur: Rate sheet: units of ``base_currency`` per unit of each accepted currency. The synthetic
+            shop prices in the same sheet. A record in another currency is quarantined (``unknown_currency``).
+        categories: Canonical product categories.
+        category_aliases: Spellings mapped to a canonical category (after lower-casing and trimming).
+        max_amount_eur: An amount above this is absurd (``bad_amount``).
+        future_tolerance_minutes: Timestamps later than the end of the ingest date plus this are
+            ``future_timestamp``.
+        max_lateness_days: Fact timestamps more than this many days before the ingest date are
+            ``stale_timestamp``.
+        naive_timezone: Time zone of timestamps that carry no offset.
+        issuance_lookback_days: A redemption may refer to an issuance of the ingest date or this many days
+            before.
+    """
+
+    base_currency: str = "EUR"
+    fx_to_eur: dict[str, float] = field(default_factory=lambda: {"EUR": 1.0, "GBP": 1.17, "USD": 0.92})
+    categories: list[str] = field(
+        default_factory=lambda: ["grocery", "fashion", "electronics", "home", "beauty", "sports", "toys", "books"]
+    )
+    category_aliases: dict[str, str] = field(
+        default_factory=lambda: {
+            "groceries": "grocery",
+            "food": "grocery",
+            "clothing": "fashion",
+            "apparel": "fashion",
+            "electronic": "electronics",
+            "tech": "electronics",
+            "home & garden": "home",
+            "household": "home",
+            "cosmetics": "beauty",
+            "sport": "sports",
+            "toy": "toys",
+            "book": "books",
+        }
+    )
+    max_amount_eur: float = 10_000.0
+    future_tolerance_minutes: int = 60
+    max_lateness_days: int = 7
+    naive_timezone: str = "UTC"
+    issuance_lookback_days: int = 30
+
+    def __post_init__(self) -> None:
+        if self.base_currency not in self.fx_to_eur or self.fx_to_eur[self.base_currency] != 1.0:
+            raise ConfigError(f"cleanse.fx_to_eur: must hold the base currency {self.base_currency!r} at rate 1.0")
+        bad = sorted(k for k, v in self.category_aliases.items() if v not in self.categories)
+        if bad:
+            raise ConfigError(f"cleanse.category_aliases: {bad} map to categories not in cleanse.categories")
 
 
 @dataclass(frozen=True)

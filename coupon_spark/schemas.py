@@ -6,12 +6,220 @@ Each stage's section lists its tables as Spark ``StructType`` constants; the sta
 
 from __future__ import annotations
 
-from pyspark.sql.types import StructType
+from pyspark.sql.types import (
+    BooleanType,
+    DateType,
+    DecimalType,
+    DoubleType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 # ---- silver tables and quarantine (cleanse) --------------------------------------------------------------
+#
+# Landing files (``<lake.landing>/<YYYY-MM-DD>/``) are the raw contract with the shop's exports: the columns
+# of each CSV (header line, in this order) and the keys of each JSON line. Every value arrives as text and is
+# typed by the cleansing job; timestamps are ISO 8601 with an offset (any time zone), money is a decimal
+# number in the ``currency`` of the record.
+LANDING_FIELDS: dict[str, tuple[str, ...]] = {
+    "users": ("user_id", "signup_date", "region", "city", "device", "segment", "updated_at"),
+    "coupons": (
+        "coupon_id", "campaign_id", "kind", "category", "face_value", "min_spend", "cost", "currency",
+        "valid_from", "valid_to", "campaign_budget", "updated_at",
+    ),
+    "events": (
+        "event_id", "event_type", "user_id", "ts", "session_id", "product_id", "category", "price", "currency",
+        "order_id",
+    ),
+    "orders": (
+        "order_id", "user_id", "ordered_at", "category", "amount", "discount", "currency", "coupon_id", "n_items",
+        "updated_at",
+    ),
+    "issuances": ("issuance_id", "user_id", "coupon_id", "issued_at", "policy", "propensity"),
+    "redemptions": (
+        "redemption_id", "issuance_id", "user_id", "coupon_id", "order_id", "redeemed_at", "discount", "currency",
+    ),
+}
+LANDING_FILES: dict[str, str] = {
+    "users": "users.csv",
+    "coupons": "coupons.csv",
+    "events": "events.jsonl",
+    "orders": "orders.csv",
+    "issuances": "issuances.jsonl",
+    "redemptions": "redemptions.jsonl",
+}
+
+MONEY = DecimalType(12, 2)  # every amount in the lake: base currency (EUR), two decimals
+
+USERS = StructType(
+    [
+        StructField("user_id", StringType(), False),
+        StructField("signup_date", DateType()),
+        StructField("region", StringType()),
+        StructField("city", StringType()),
+        StructField("device", StringType()),
+        StructField("segment", StringType()),
+        StructField("updated_at", TimestampType()),
+        StructField("ingest_date", DateType(), False),
+    ]
+)
+"""silver ``users``: the full user snapshot exported on ``ingest_date`` (partition column), one row per
+``user_id`` (the latest ``updated_at`` wins). The snapshot of date D is the dimension as of D: read one
+partition for point-in-time joins, the newest for the current state. ``region`` is an upper-case country code,
+``device`` one of ios/android/web, ``segment`` lower case."""
+
+COUPONS = StructType(
+    [
+        StructField("coupon_id", StringType(), False),
+        StructField("campaign_id", StringType()),
+        StructField("kind", StringType()),
+        StructField("category", StringType()),
+        StructField("face_value_eur", MONEY),
+        StructField("min_spend_eur", MONEY),
+        StructField("cost_eur", MONEY),
+        StructField("valid_from", DateType()),
+        StructField("valid_to", DateType()),
+        StructField("campaign_budget_eur", MONEY),
+        StructField("updated_at", TimestampType()),
+        StructField("ingest_date", DateType(), False),
+    ]
+)
+"""silver ``coupons``: the coupon catalogue snapshot of ``ingest_date`` (partition column), one row per
+``coupon_id``. ``category`` is a canonical category or ``all`` (site-wide); ``cost_eur`` is what one redemption
+costs the shop; ``campaign_budget_eur`` is repeated on every coupon of the campaign; the coupon can be issued
+from ``valid_from`` to ``valid_to`` inclusive (UTC dates)."""
+
+EVENTS = StructType(
+    [
+        StructField("event_id", StringType(), False),
+        StructField("event_type", StringType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("event_time", TimestampType(), False),
+        StructField("session_id", StringType()),
+        StructField("product_id", StringType()),
+        StructField("category", StringType()),
+        StructField("price_eur", MONEY),
+        StructField("order_id", StringType()),
+        StructField("ingest_date", DateType(), False),
+    ]
+)
+"""silver ``events``: views, carts and purchases, one row per ``event_id``, partitioned by ``ingest_date`` (the
+landing folder they arrived in; ``event_time`` is UTC and may be up to ``cleanse.max_lateness_days`` earlier).
+``event_type`` is view, cart or purchase; purchases carry their ``order_id``."""
+
+ORDERS = StructType(
+    [
+        StructField("order_id", StringType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("ordered_at", TimestampType(), False),
+        StructField("category", StringType()),
+        StructField("amount_eur", MONEY, False),
+        StructField("discount_eur", MONEY),
+        StructField("coupon_id", StringType()),
+        StructField("n_items", IntegerType()),
+        StructField("source_currency", StringType()),
+        StructField("updated_at", TimestampType()),
+        StructField("ingest_date", DateType(), False),
+    ]
+)
+"""silver ``orders``: one row per ``order_id`` (the latest ``updated_at`` wins), partitioned by ``ingest_date``.
+``amount_eur`` is the basket before the coupon discount, ``discount_eur`` the coupon's discount (0 without
+coupon), both converted from ``source_currency`` at the configured rates."""
+
+ISSUANCES = StructType(
+    [
+        StructField("issuance_id", StringType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("coupon_id", StringType()),
+        StructField("issued_at", TimestampType(), False),
+        StructField("policy", StringType()),
+        StructField("propensity", DoubleType()),
+        StructField("ingest_date", DateType(), False),
+    ]
+)
+"""silver ``issuances``: the logged decisions of the issuing policy, one row per ``issuance_id``, partitioned by
+``ingest_date``. ``coupon_id`` null is the control arm ("no coupon"); ``propensity`` is the probability with which
+``policy`` chose this action for this user (in (0, 1]), for off-policy evaluation."""
+
+REDEMPTIONS = StructType(
+    [
+        StructField("redemption_id", StringType(), False),
+        StructField("issuance_id", StringType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("coupon_id", StringType(), False),
+        StructField("order_id", StringType()),
+        StructField("redeemed_at", TimestampType(), False),
+        StructField("discount_eur", MONEY),
+        StructField("ingest_date", DateType(), False),
+    ]
+)
+"""silver ``redemptions``: one row per ``redemption_id``, partitioned by ``ingest_date``; every row refers to a
+known issuance (of this date or of the ``cleanse.issuance_lookback_days`` before)."""
+
+QUARANTINE = StructType(
+    [
+        StructField("ingest_date", DateType(), False),
+        StructField("source", StringType(), False),
+        StructField("source_file", StringType(), False),
+        StructField("position", LongType(), False),
+        StructField("raw_text", StringType()),
+        StructField("reason", StringType(), False),
+        StructField("detail", StringType()),
+    ]
+)
+"""``quarantine``: every landing record the cleansing job rejected, partitioned by ``ingest_date``.
+``position`` is the 1-based line number in ``source_file`` (the CSV header is line 1); ``raw_text`` is the line
+as read (invalid UTF-8 bytes replaced by U+FFFD; ``detail`` then holds the original bytes in base64);
+``reason`` is one of :data:`coupon_spark.cleanse.REASONS`, ``detail`` says which field and value."""
+
+RUN_METRICS = StructType(
+    [
+        StructField("ingest_date", DateType(), False),
+        StructField("source", StringType(), False),
+        StructField("records_read", LongType(), False),
+        StructField("records_accepted", LongType(), False),
+        StructField("records_quarantined", LongType(), False),
+        StructField("quarantined_by_reason", MapType(StringType(), LongType(), True)),
+        StructField("reconciled", BooleanType(), False),
+        StructField("run_id", StringType(), False),
+        StructField("started_at", TimestampType(), False),
+        StructField("finished_at", TimestampType(), False),
+    ]
+)
+"""``run_metrics``: one row per (``ingest_date``, ``source``) and cleansing run, partitioned by ``ingest_date``
+and replaced by a rerun. ``records_read = records_accepted + records_quarantined`` always holds for a row
+that was written: the job checks it and fails before writing anything when it does not."""
+
+SILVER_TABLES: dict[str, StructType] = {
+    "users": USERS,
+    "coupons": COUPONS,
+    "events": EVENTS,
+    "orders": ORDERS,
+    "issuances": ISSUANCES,
+    "redemptions": REDEMPTIONS,
+}
 
 # ---- features (features) ---------------------------------------------------------------------------------
 
 # ---- candidates (score) and allocations (allocate) -------------------------------------------------------
 
-__all__: list[str] = ["StructType"]
+__all__: list[str] = [
+    "COUPONS",
+    "EVENTS",
+    "ISSUANCES",
+    "LANDING_FIELDS",
+    "LANDING_FILES",
+    "MONEY",
+    "ORDERS",
+    "QUARANTINE",
+    "REDEMPTIONS",
+    "RUN_METRICS",
+    "SILVER_TABLES",
+    "USERS",
+    "StructType",
+]
