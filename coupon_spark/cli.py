@@ -33,7 +33,8 @@ STAGES: dict[str, Stage] = {
         Stage("features", "point-in-time user/coupon features and training examples", None),
         Stage("train", "train the two-tower uplift model with Horovod on Spark", None),
         Stage("score", "score every user against every live coupon (pandas UDF)", None),
-        Stage("allocate", "budget-constrained allocation through the Lagrangian dual", None),
+        Stage("allocate", "budget-constrained allocation through the Lagrangian dual",
+              "coupon_spark.allocation:run"),
         Stage("evaluate", "model metrics, policy value, budget use, fairness; the report", None),
         Stage("pipeline", "run the stages in order for one or more days", "coupon_spark.pipeline:run"),
     ]

@@ -216,7 +216,81 @@ class CleanseConfig:
 
 @dataclass(frozen=True)
 class AllocationConfig:
-    """The budget-constrained allocation (``coupon-spark allocate``)."""
+    """The budget-constrained allocation (``coupon-spark allocate``).
+
+    Attributes:
+        max_per_user: At most this many coupons per user per run (k >= 1).
+        cost_basis: What a money budget counts: ``expected`` (``p_redeem * coupon_cost``) or ``face`` (the
+            full ``coupon_cost`` of every coupon issued: the worst case, as if all were redeemed).
+        budget: The overall budget over all campaigns (``amount`` and/or ``count``; null = none).
+        campaign_budgets: campaign_id -> its budget (``amount`` and/or ``count``).
+        budgets_table: When set, a table (logical name or path) with ``campaign_id, budget_amount,
+            budget_count`` (``*`` = overall) replaces ``budget`` and ``campaign_budgets``.
+        holdout_share: Share of users who never get a coupon, by ``blake2b(holdout_salt:user_id)``.
+        holdout_salt: Salt of the holdout hash; a user stays in or out as long as it does not change.
+        exploration_share: Share of the other users given a uniformly random option (a coupon or none).
+        exploration_max_budget_fraction: Exploration may use at most this fraction of any budget (it is
+            shrunk, by whole hash buckets, to fit).
+        seed: Seed of the exploration draw (with the run date).
+        tolerance: Target relative duality gap.
+        max_rounds: Most coordinate-descent rounds over the budgets.
+        max_passes: Most passes over the candidates in the dual search.
+        grid_points: Multiplier values evaluated per pass.
+        fill_moves: Most fill / repair candidates per Spark task.
+        partitions: Spark partitions of the packed candidates (0 = default parallelism).
+        block_rows: Most candidate rows per packed block.
+        export_dir: Folder (under the lakehouse root) of the channel export.
+        default_channel: Channel of a campaign not in ``channels``.
+        channels: campaign_id -> push channel.
+    """
+
+    @dataclass(frozen=True)
+    class Limit:
+        """A budget: money (on the cost basis) and/or a number of coupons; null means unlimited."""
+
+        amount: float | None = None
+        count: int | None = None
+
+    max_per_user: int = 1
+    cost_basis: Literal["expected", "face"] = "expected"
+    budget: Limit = field(default_factory=Limit)
+    campaign_budgets: dict[str, Limit] = field(default_factory=dict)
+    budgets_table: str = ""
+    holdout_share: float = 0.05
+    holdout_salt: str = "coupon-spark-holdout-v1"
+    exploration_share: float = 0.02
+    exploration_max_budget_fraction: float = 0.1
+    seed: int = 0
+    tolerance: float = 0.001
+    max_rounds: int = 20
+    max_passes: int = 200
+    grid_points: int = 8
+    fill_moves: int = 20000
+    partitions: int = 0
+    block_rows: int = 500000
+    export_dir: str = "exports/allocations"
+    default_channel: str = "push"
+    channels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("max_per_user", self.max_per_user >= 1, "an integer >= 1"),
+            ("holdout_share", 0.0 <= self.holdout_share < 1.0, "in [0, 1)"),
+            ("exploration_share", 0.0 <= self.exploration_share < 1.0, "in [0, 1)"),
+            ("exploration_max_budget_fraction", 0.0 <= self.exploration_max_budget_fraction <= 1.0, "in [0, 1]"),
+            ("tolerance", self.tolerance > 0, "> 0"),
+            ("grid_points", self.grid_points >= 2, ">= 2"),
+            ("block_rows", self.block_rows >= 1, ">= 1"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"allocation.{key}: must be {want}, found {getattr(self, key)!r}")
+        limits = [("budget", self.budget), *((f"campaign_budgets.{c}", v) for c, v in self.campaign_budgets.items())]
+        for key, lim in limits:
+            for kind in ("amount", "count"):
+                v = getattr(lim, kind)
+                if v is not None and v < 0:
+                    raise ConfigError(f"allocation.{key}.{kind}: must be >= 0 (or null for no limit), found {v!r}")
 
 
 @dataclass(frozen=True)

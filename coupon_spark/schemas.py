@@ -7,6 +7,7 @@ Each stage's section lists its tables as Spark ``StructType`` constants; the sta
 from __future__ import annotations
 
 from pyspark.sql.types import (
+    ArrayType,
     BooleanType,
     DateType,
     DecimalType,
@@ -208,7 +209,108 @@ SILVER_TABLES: dict[str, StructType] = {
 
 # ---- candidates (score) and allocations (allocate) -------------------------------------------------------
 
+CANDIDATES_SCHEMA = StructType(
+    [
+        StructField("run_date", DateType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("coupon_id", StringType(), False),
+        StructField("campaign_id", StringType(), False),
+        StructField("p_purchase", DoubleType()),
+        StructField("p_purchase_none", DoubleType()),
+        StructField("uplift", DoubleType()),
+        StructField("p_redeem", DoubleType()),
+        StructField("coupon_cost", DoubleType()),
+        StructField("expected_cost", DoubleType()),
+        StructField("expected_profit", DoubleType()),
+        StructField("model_version", StringType()),
+        StructField("rank", IntegerType()),
+    ]
+)
+"""``candidates`` (written by ``score``, read by ``allocate``): one row per (``run_date``, ``user_id``,
+``coupon_id``), only the eligible top-K coupons of each user, partitioned by ``run_date``.
+``p_purchase`` = p(purchase | this coupon), ``p_purchase_none`` = p(purchase | no coupon), ``uplift`` =
+``p_purchase - p_purchase_none``; ``coupon_cost``: money the shop pays if the coupon is redeemed;
+``expected_cost = p_redeem * coupon_cost``; ``expected_profit``: expected incremental profit against no
+coupon, net of ``expected_cost`` (the value the allocator maximises; may be negative); ``rank``: 1 = best
+for the user. The allocator skips (and counts) rows with a null id, a non-finite profit or a negative or
+non-finite cost."""
+
+ALLOCATIONS_SCHEMA = StructType(
+    [
+        StructField("run_date", DateType()),
+        StructField("user_id", StringType()),
+        StructField("coupon_id", StringType()),
+        StructField("campaign_id", StringType()),
+        StructField("policy", StringType()),
+        StructField("holdout", BooleanType()),
+        StructField("score", DoubleType()),
+        StructField("expected_uplift", DoubleType()),
+        StructField("expected_profit", DoubleType()),
+        StructField("expected_cost", DoubleType()),
+        StructField("coupon_cost", DoubleType()),
+        StructField("propensity", DoubleType()),
+        StructField("model_version", StringType()),
+        StructField("run_id", StringType()),
+    ]
+)
+"""``allocations`` (written by ``allocate``), partitioned by ``run_date``, replaced by a rerun. Every user with
+candidates that day has at least one row: one per coupon issued, or exactly one with ``coupon_id`` (and the
+option columns) null when it gets nothing, so the evaluation sees the holdout and the untreated users.
+``policy``: ``holdout`` (``holdout`` true; never a coupon), ``exploration`` (a uniformly random option among
+the user's candidates and "none"), or ``model`` (the dual solution). ``propensity``: probability of the
+logged action given the user's arm: 1 for model and holdout, ``1 / (candidates + 1)`` for exploration (the
+arm shares are in ``allocation_runs``). ``score``: the issued coupon's profit less its multiplier-weighted
+cost (what the allocator ranked on); ``expected_uplift``: the candidate's ``uplift``."""
+
+BUDGET_USE = StructType(
+    [
+        StructField("name", StringType()),
+        StructField("kind", StringType()),
+        StructField("campaign_id", StringType()),
+        StructField("limit", DoubleType()),
+        StructField("spend", DoubleType()),
+        StructField("exploration_spend", DoubleType()),
+        StructField("use", DoubleType()),
+        StructField("multiplier", DoubleType()),
+    ]
+)
+
+ALLOCATION_RUNS_SCHEMA = StructType(
+    [
+        StructField("run_date", DateType()),
+        StructField("run_id", StringType()),
+        StructField("started_at", TimestampType()),
+        StructField("seconds", DoubleType()),
+        StructField("n_users", LongType()),
+        StructField("n_options", LongType()),
+        StructField("n_invalid_options", LongType()),
+        StructField("n_holdout", LongType()),
+        StructField("n_exploration", LongType()),
+        StructField("n_model", LongType()),
+        StructField("exploration_share", DoubleType()),
+        StructField("cost_basis", StringType()),
+        StructField("max_per_user", IntegerType()),
+        StructField("primal_value", DoubleType()),
+        StructField("dual_bound", DoubleType()),
+        StructField("gap", DoubleType()),
+        StructField("passes", IntegerType()),
+        StructField("rounds", IntegerType()),
+        StructField("converged", BooleanType()),
+        StructField("budgets", ArrayType(BUDGET_USE)),
+    ]
+)
+"""``allocation_runs``: one row per allocation run, partitioned by ``run_date`` (a rerun replaces it).
+``primal_value``: total expected profit of the allocation (model + exploration arms); ``dual_bound``: the
+Lagrangian upper bound on any allocation within the budgets (model arm, exploration fixed);
+``gap = (dual_bound - primal_value) / dual_bound``. Each budget's ``spend`` (on the run's ``cost_basis`` for
+money, coupons for counts; exploration included) never exceeds its ``limit``; ``multiplier`` is its dual
+price. ``exploration_share`` is the effective share after trimming exploration to its budget fraction."""
+
 __all__: list[str] = [
+    "ALLOCATIONS_SCHEMA",
+    "ALLOCATION_RUNS_SCHEMA",
+    "BUDGET_USE",
+    "CANDIDATES_SCHEMA",
     "COUPONS",
     "EVENTS",
     "ISSUANCES",
