@@ -206,6 +206,81 @@ SILVER_TABLES: dict[str, StructType] = {
 }
 
 # ---- features (features) ---------------------------------------------------------------------------------
+#
+# Feature columns are found by prefix, so the model and the scorer need no list of names:
+#   ``uf_*`` numeric user features (double), ``uc_*`` categorical user features (string),
+#   ``cf_*`` numeric coupon features (double), ``cc_*`` categorical coupon features (string).
+# The per-category spend shares are ``uf_share_<category>`` for every category of ``cleanse.categories``.
+USER_FEATURE_PREFIXES = ("uf_", "uc_")
+COUPON_FEATURE_PREFIXES = ("cf_", "cc_")
+
+USER_FEATURES_KEYS = StructType(
+    [StructField("as_of_date", DateType(), False), StructField("user_id", StringType(), False)]
+)
+"""``user_features``: one row per (``as_of_date``, ``user_id``), partitioned by ``as_of_date``, for every user
+signed up before it. Point in time: the snapshot of date D uses only records with an event time strictly before
+D 00:00 UTC (so a decision taken on day D may use it). Columns: the keys, then ``uf_*`` doubles (recency,
+frequency and monetary value over 7/30/90 days, category spend shares, views/carts/sessions, tenure, coupon
+history: issued, redeemed, redemption rate, average discount taken, price-sensitivity signals) and ``uc_*``
+strings (region, device, segment). Never null: counts are 0, a recency without any purchase is the cap."""
+
+COUPON_FEATURES_KEYS = StructType(
+    [
+        StructField("as_of_date", DateType(), False),
+        StructField("coupon_id", StringType(), False),
+        StructField("campaign_id", StringType()),
+    ]
+)
+"""``coupon_features``: one row per (``as_of_date``, ``coupon_id``) of the coupon catalogue as of D, partitioned by
+``as_of_date``: the keys, ``cf_*`` doubles (face value, minimum spend, discount ratio, cost, campaign budget,
+days left of validity, days since valid_from) and ``cc_*`` strings (kind, category). ``cf_days_left`` <= 0: not
+issuable on D."""
+
+TRAINING_EXAMPLES_KEYS = StructType(
+    [
+        StructField("issue_date", DateType(), False),
+        StructField("issuance_id", StringType(), False),
+        StructField("user_id", StringType(), False),
+        StructField("coupon_id", StringType()),
+        StructField("campaign_id", StringType()),
+        StructField("issued_at", TimestampType(), False),
+        StructField("policy", StringType()),
+        StructField("propensity", DoubleType(), False),
+        StructField("purchased", IntegerType(), False),
+        StructField("redeemed", IntegerType(), False),
+        StructField("revenue_eur", DoubleType(), False),
+        StructField("coupon_cost_eur", DoubleType(), False),
+        StructField("outcome_window_days", IntegerType(), False),
+    ]
+)
+"""``training_examples``: one row per logged issuance whose outcome window has closed, the control arm
+("no coupon": ``coupon_id`` null) included, partitioned by ``issue_date``. Then the user's ``uf_*``/``uc_*``
+columns exactly as in ``user_features`` as of ``issue_date`` (nothing after the issue can leak in), and the
+treatment's ``cf_*``/``cc_*`` columns as in ``coupon_features`` as of ``issue_date`` (0.0 / "none" for the
+control arm). Outcomes over ``[issued_at, issued_at + outcome_window_days)``: ``purchased`` (any order, 0/1),
+``redeemed`` (this issuance's coupon redeemed, 0/1), ``revenue_eur`` (order amounts less discounts),
+``coupon_cost_eur`` (what the redemption cost the shop). ``propensity`` is the logging policy's probability of
+this action for this user, in (0, 1]."""
+
+FEATURE_STATS = StructType(
+    [
+        StructField("as_of_date", DateType(), False),
+        StructField("feature", StringType(), False),
+        StructField("kind", StringType(), False),
+        StructField("transform", StringType(), False),
+        StructField("center", DoubleType()),
+        StructField("scale", DoubleType()),
+        StructField("vocabulary", ArrayType(StringType())),
+        StructField("source_table", StringType(), False),
+        StructField("source_version", LongType(), False),
+    ]
+)
+"""``feature_stats``: the transformation of every feature column, computed in Spark from the feature tables of
+``as_of_date`` (partition) and stored with the Delta ``source_version`` they were computed from, so training
+and scoring apply exactly the same transformation. ``kind`` numeric: ``transform`` is ``standard``
+(``(x - center) / scale``) or ``log1p_standard`` (``(log1p(max(x, 0)) - center) / scale``); ``kind``
+categorical: ``transform`` ``onehot`` over ``vocabulary`` (anything else maps to an out-of-vocabulary slot)."""
+
 
 # ---- candidates (score) and allocations (allocate) -------------------------------------------------------
 
@@ -307,6 +382,12 @@ money, coupons for counts; exploration included) never exceeds its ``limit``; ``
 price. ``exploration_share`` is the effective share after trimming exploration to its budget fraction."""
 
 __all__: list[str] = [
+    "COUPON_FEATURES_KEYS",
+    "COUPON_FEATURE_PREFIXES",
+    "FEATURE_STATS",
+    "TRAINING_EXAMPLES_KEYS",
+    "USER_FEATURES_KEYS",
+    "USER_FEATURE_PREFIXES",
     "ALLOCATIONS_SCHEMA",
     "ALLOCATION_RUNS_SCHEMA",
     "BUDGET_USE",
