@@ -46,7 +46,7 @@ POLICY_HOLDOUT = "holdout"
 #: Exploration users are ordered by their hash into this many buckets; trimming drops whole buckets.
 EXPLORE_BUCKETS = 64
 #: Relative safety margin on money budgets, against float sums taken in a different order on another pass.
-MONEY_MARGIN = 1e-9
+MONEY_MARGIN = 1e-12
 
 
 class AllocationError(RuntimeError):

@@ -97,7 +97,9 @@ def budgets_from_frame(df: DataFrame) -> list[Budget]:
     """Budgets from a DataFrame ``(campaign_id, budget_amount, budget_count)``; ``*`` or null is overall."""
     missing = [c for c in ("campaign_id", "budget_amount", "budget_count") if c not in df.columns]
     if missing:
-        raise MissingColumnsError(f"the budgets table lacks {missing}; expected campaign_id, budget_amount, budget_count")
+        raise MissingColumnsError(
+            f"the budgets table lacks {missing}; expected campaign_id, budget_amount, budget_count"
+        )
     out: list[Budget] = []
     for r in df.select("campaign_id", "budget_amount", "budget_count").orderBy("campaign_id").collect():
         campaign = None if r["campaign_id"] in (None, "*") else r["campaign_id"]
@@ -141,7 +143,9 @@ def dictionaries(candidates: DataFrame) -> Dictionaries:
     return Dictionaries(tuple(rows["coupons"]), tuple(rows["campaigns"]), tuple(rows["versions"]) + (None,))
 
 
-def _pack_fn(dicts: Dictionaries, settings: PackSettings) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _pack_fn(
+    dicts: Dictionaries, settings: PackSettings
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
@@ -162,7 +166,7 @@ def _pack_fn(dicts: Dictionaries, settings: PackSettings) -> Callable[[Iterator[
                 out.append((base + count, 0, 0, invalid, pickle.dumps(pa.array([], pa.string())), b""))
                 count += 1
             if out:
-                cols = list(zip(*out))
+                cols = list(zip(*out, strict=True))
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(cols[0], pa.int64()), pa.array(cols[1], pa.int32()), pa.array(cols[2], pa.int64()),
                      pa.array(cols[3], pa.int64()), pa.array(cols[4], pa.binary()), pa.array(cols[5], pa.binary())],
@@ -305,7 +309,7 @@ def _decide_fn(
     plan: Plan, params: AllocationParams, dicts: Dictionaries, run_date: dt.date, run_id: str
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     alpha, beta, arms, moves = plan.alpha, plan.beta, plan.arms, plan.moves
-    target = pa.schema([pa.field(f.name, t) for f, t in zip(ALLOCATIONS_SCHEMA.fields, _ARROW_TYPES)])
+    target = pa.schema([pa.field(f.name, t) for f, t in zip(ALLOCATIONS_SCHEMA.fields, _ARROW_TYPES, strict=True)])
 
     def decide(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:

@@ -212,14 +212,16 @@ def make_plan(passes: Passes, budgets: BudgetMatrix, params: AllocationParams) -
     if not np.array_equal(solve.dual_lam, solve.lam):
         agg = evaluate(solve.dual_lam[None, :])
         spend_b = budgets.spend(agg.amount, agg.count)[0]
-        options.append(_finish(passes, budgets, params, arms, solve.dual_lam, float(agg.value[0]), spend_b, residual, n_c))
+        options.append(
+            _finish(passes, budgets, params, arms, solve.dual_lam, float(agg.value[0]), spend_b, residual, n_c)
+        )
     best = max((o for o in options if o is not None), key=lambda o: o[1])
     lam, value, model_spend, chosen = best
     alpha, beta = (c[0] for c in budgets.coefficients(lam))
     by_block: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for bid in np.unique(chosen.block_id):
         sel = chosen.block_id == bid
-        by_block[int(bid)] = (chosen.row[sel], chosen.add[sel], chosen.rem[sel])
+        by_block[int(bid)] = tuple(a[sel].astype(np.int64) for a in (chosen.row, chosen.add, chosen.rem))  # type: ignore[assignment]
     return Plan(
         budgets=budgets,
         arms=arms,
@@ -272,7 +274,9 @@ def check_spend(budgets: BudgetMatrix, amount: np.ndarray, count: np.ndarray) ->
     spend = budgets.spend(amount, count)
     raw = np.array([b.limit for b in budgets.budgets])
     over = [
-        f"{b.name}: spend {spend[i]:.6f} > limit {raw[i]:.6f}" for i, b in enumerate(budgets.budgets) if spend[i] > raw[i]
+        f"{b.name}: spend {spend[i]:.6f} > limit {raw[i]:.6f}"
+        for i, b in enumerate(budgets.budgets)
+        if spend[i] > raw[i]
     ]
     if over:
         raise BudgetExceededError("the allocation exceeds budgets; nothing was written: " + "; ".join(over))
