@@ -215,6 +215,32 @@ class CleanseConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """The feature job (``coupon-spark features``).
+
+    Attributes:
+        windows_days: Look-back windows of the recency/frequency/monetary features.
+        outcome_window_days: An issuance's outcomes (purchase, redemption, revenue) are counted over this many
+            days after it; only issuances whose window has closed become training examples.
+        training_lookback_days: Issue dates older than this (before the run date) are not rebuilt.
+        recency_cap_days: ``uf_recency_days`` of a user who never bought.
+        vocabulary_max_size: Most frequent values kept per categorical feature (the rest: out of vocabulary).
+        log1p_features: Name fragments of non-negative, heavy-tailed features scaled as log1p then standardised.
+    """
+
+    windows_days: list[int] = field(default_factory=lambda: [7, 30, 90])
+    outcome_window_days: int = 7
+    training_lookback_days: int = 60
+    recency_cap_days: int = 365
+    vocabulary_max_size: int = 100
+    log1p_features: list[str] = field(
+        default_factory=lambda: ["orders", "spend", "views", "carts", "sessions", "issued", "redeemed", "tenure",
+                                 "recency", "basket", "discount_taken", "price", "face_value", "min_spend", "cost",
+                                 "budget", "days"]
+    )
+
+
+@dataclass(frozen=True)
 class AllocationConfig:
     """The budget-constrained allocation (``coupon-spark allocate``).
 
@@ -301,6 +327,7 @@ class Config:
     lake: LakeConfig
     shop: ShopConfig = field(default_factory=ShopConfig)
     cleanse: CleanseConfig = field(default_factory=CleanseConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     source: str = ""  # the file it was loaded from (not a YAML key)
 

@@ -304,3 +304,10 @@ def test_log_is_plain_delta_reader1_writer2(spark, lake):
     add = next(a["add"] for a in actions if "add" in a)
     assert add["partitionValues"] == {"day": "2026-11-01"}
     assert os.path.exists(Path(lake.location("t")) / add["path"])
+
+
+def test_partitions_are_listed_from_the_log(spark, lake):
+    lake.write(frame(spark, rows(D2, range(2)) + rows(D1, range(2, 3))), "t", partition_by=["day"])
+    assert lake.partitions("t") == [{"day": D1}, {"day": D2}]
+    lake.write(frame(spark, []), "u")
+    assert lake.partitions("u") == []

@@ -103,6 +103,8 @@ class Backend(Protocol):
 
     def version(self, location: str) -> int: ...
 
+    def partitions(self, location: str) -> list[dict[str, Any]]: ...
+
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]: ...
 
     def info(self, location: str) -> TableInfo: ...
@@ -207,6 +209,10 @@ class Lake:
     def version(self, table: str) -> int:
         """Current version of ``table``."""
         return self.backend.version(self.location(table))
+
+    def partitions(self, table: str) -> list[dict[str, Any]]:
+        """Distinct partition values of the current version (typed: dates as ``datetime.date``), sorted."""
+        return self.backend.partitions(self.location(table))
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits of ``table``, newest first, as dicts with at least version, timestamp and operation."""

@@ -346,6 +346,20 @@ class BridgeBackend:
     def version(self, location: str) -> int:
         return self._require(location).version()
 
+    def partitions(self, location: str) -> list[dict[str, Any]]:
+        """From the snapshot's add actions: no file is opened."""
+        table = self._require(location)
+        parts = list(table.metadata().partition_columns)
+        if not parts:
+            return []
+        actions = pa.table(table.get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return []
+        distinct = actions.select([f"partition.{c}" for c in parts]).group_by([f"partition.{c}" for c in parts])
+        rows = distinct.aggregate([]).to_pylist()
+        out = [{c: r[f"partition.{c}"] for c in parts} for r in rows]
+        return sorted(out, key=lambda r: tuple((v is None, v) for v in r.values()))
+
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]:
         return list(self._require(location).history(limit))
 

@@ -162,6 +162,13 @@ class NativeBackend:
     def version(self, location: str) -> int:
         return int(self._table(location).history(1).collect()[0]["version"])
 
+    def partitions(self, location: str) -> list[dict[str, Any]]:
+        cols = list(self._table(location).detail().collect()[0]["partitionColumns"] or [])
+        if not cols:
+            return []
+        rows = self.spark.read.format("delta").load(location).select(*cols).distinct().orderBy(*cols).collect()
+        return [r.asDict() for r in rows]
+
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]:
         hist = self._table(location).history(limit) if limit else self._table(location).history()
         return [r.asDict(recursive=True) for r in hist.collect()]
