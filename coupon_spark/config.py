@@ -320,6 +320,82 @@ class AllocationConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The uplift model's training (``coupon-spark train``): Horovod on Spark, or one process without it.
+
+    Attributes:
+        num_proc: Horovod ranks, one Spark task each (``horovod.spark.run``); 0 trains in the driver process,
+            without Horovod (also what happens when horovod is not installed).
+        epochs: Most passes over the training shard of each rank.
+        batch_size: Examples per rank and step; the global batch is ``batch_size * ranks``.
+        learning_rate: Learning rate of one rank; multiplied by the number of ranks (linear scaling rule).
+        optimizer: ``adam`` or ``sgd``.
+        embedding_dim: Dimension d of the space both towers map into.
+        hidden_units: Hidden ReLU layers of each tower.
+        id_embedding_dim: Dimension of the user-id and coupon-id embeddings.
+        user_id_buckets: Hash buckets of the user-id embedding; 0 leaves the user id out.
+        l2: L2 penalty on all weights.
+        validation_share: Share of examples (by a hash of ``issuance_id``) held out for early stopping and
+            the metrics.
+        early_stopping_patience: Stop after this many epochs without a better validation loss.
+        min_delta: Smallest decrease of the validation loss that counts as better.
+        propensity_clip: Propensities are clipped to ``[propensity_clip, 1]`` before inverse weighting.
+        history_days: Train on examples issued in the last ``history_days`` days before the run date
+            (0: every issue date before it).
+        sample_rows: Smoke runs: at most this many examples per rank (0: all).
+        model_name: Name of the model in the registry.
+        registry_dir: Model registry folder, relative to ``lake.root`` (or absolute).
+        use_gpu: Pin each rank to the GPU Spark assigned its task (``conf/gpu-cluster.yaml``).
+        seed: Seed of the initial weights, the validation hash and the batch order.
+        start_timeout_s: How long ``horovod.spark.run`` waits for the Spark tasks to start.
+    """
+
+    num_proc: int = 2
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 0.002
+    optimizer: Literal["adam", "sgd"] = "adam"
+    embedding_dim: int = 16
+    hidden_units: list[int] = field(default_factory=lambda: [64])
+    id_embedding_dim: int = 8
+    user_id_buckets: int = 16384
+    l2: float = 1e-6
+    validation_share: float = 0.1
+    early_stopping_patience: int = 3
+    min_delta: float = 1e-4
+    propensity_clip: float = 0.01
+    history_days: int = 0
+    sample_rows: int = 0
+    model_name: str = "uplift_two_tower"
+    registry_dir: str = "models"
+    use_gpu: bool = False
+    seed: int = 0
+    start_timeout_s: int = 600
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("num_proc", self.num_proc >= 0, ">= 0"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("embedding_dim", self.embedding_dim >= 1, ">= 1"),
+            ("hidden_units", all(h >= 1 for h in self.hidden_units), "a list of integers >= 1"),
+            ("id_embedding_dim", self.id_embedding_dim >= 1, ">= 1"),
+            ("user_id_buckets", self.user_id_buckets >= 0, ">= 0"),
+            ("l2", self.l2 >= 0, ">= 0"),
+            ("validation_share", 0.0 < self.validation_share < 1.0, "in (0, 1)"),
+            ("early_stopping_patience", self.early_stopping_patience >= 1, ">= 1"),
+            ("propensity_clip", 0.0 < self.propensity_clip <= 1.0, "in (0, 1]"),
+            ("history_days", self.history_days >= 0, ">= 0"),
+            ("sample_rows", self.sample_rows >= 0, ">= 0"),
+            ("model_name", bool(self.model_name) and "/" not in self.model_name, "a non-empty name without '/'"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"train.{key}: must be {want}, found {getattr(self, key)!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a coupon-spark deployment."""
 
@@ -329,6 +405,7 @@ class Config:
     cleanse: CleanseConfig = field(default_factory=CleanseConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     source: str = ""  # the file it was loaded from (not a YAML key)
 
     @classmethod
