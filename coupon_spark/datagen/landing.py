@@ -1,0 +1,263 @@
+"""Landing files as a shop's exports write them: CSV and JSON lines, local time zones and currencies, messy
+spellings, and dirt.
+
+Each source is rendered to one text line per record with Spark column expressions, defects are injected at
+``shop.dirty_rate`` (the kind drawn from a hash of the record's key), and the lines are written in a
+deterministic order. A record's defect is recorded next to it, so the generator knows exactly what the
+cleansing job must quarantine (``<truth_dir>/defects``).
+
+How defects are injected:
+- fact sources (events, orders, redemptions): the defective line *replaces* the record (the shop lost it);
+- dimension snapshots (users, coupons) and issuances: the defective line is an *extra*, corrupted copy of a
+  record that also arrives intact, so that no later record loses its reference (the expected quarantine is
+  exactly the injected defects, without cascades);
+- ``exact_duplicate`` adds the same line twice; ``near_duplicate`` adds an older version of the record (same
+  key, different text: an earlier ``updated_at`` or, for sources without one, the same instant written in
+  another format, placed before the current line).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from coupon_spark.datagen.world import CATEGORIES, REGIONS, S_REGION, choice, uniform
+from coupon_spark.schemas import LANDING_FIELDS, LANDING_FILES
+
+CLEAN = "none"
+EXTRA_LINE_SOURCES = frozenset({"users", "coupons", "issuances"})
+# which defect kinds make sense for which source
+APPLICABLE: dict[str, tuple[str, ...]] = {
+    "users": ("malformed", "bad_type", "missing_field", "future_timestamp", "exact_duplicate", "near_duplicate",
+              "bad_encoding"),
+    "coupons": ("malformed", "bad_type", "missing_field", "bad_amount", "future_timestamp", "exact_duplicate",
+                "near_duplicate", "bad_encoding"),
+    "events": ("malformed", "bad_type", "missing_field", "bad_amount", "future_timestamp", "unknown_user",
+               "exact_duplicate", "near_duplicate", "bad_encoding"),
+    "orders": ("malformed", "bad_type", "missing_field", "bad_amount", "future_timestamp", "unknown_user",
+               "unknown_coupon", "exact_duplicate", "near_duplicate", "bad_encoding"),
+    "issuances": ("malformed", "bad_type", "missing_field", "future_timestamp", "unknown_user", "unknown_coupon",
+                  "exact_duplicate", "near_duplicate", "bad_encoding"),
+    "redemptions": ("malformed", "bad_type", "missing_field", "bad_amount", "future_timestamp", "unknown_user",
+                    "unknown_coupon", "exact_duplicate", "near_duplicate", "bad_encoding"),
+}  # fmt: skip
+# the reason code the cleansing job must give each injected defect
+EXPECTED_REASON: dict[str, str] = {
+    "malformed": "malformed",
+    "bad_type": "bad_type",
+    "missing_field": "missing_field",
+    "bad_amount": "bad_amount",
+    "future_timestamp": "future_timestamp",
+    "unknown_user": "unknown_user",
+    "unknown_coupon": "unknown_coupon",
+    "exact_duplicate": "duplicate",
+    "near_duplicate": "superseded",
+    "bad_encoding": "bad_encoding",
+}
+
+S_DIRTY, S_KIND, S_MESSY, S_FUTURE, S_SIGN = 400, 401, 402, 403, 404
+_SOURCE_SALT = {name: 10 * i for i, name in enumerate(LANDING_FIELDS)}
+
+Overrides = dict[str, Column | None]  # field -> new value; None drops the field (JSON) / empties it (CSV)
+
+
+@dataclass
+class Rendering:
+    """How one source's records become lines: field values, and per defect kind the fields to change."""
+
+    source: str
+    fields: dict[str, Column]
+    key: Column
+    sort: Column
+    defects: dict[str, Overrides] = field(default_factory=dict)
+    near_duplicate: Overrides = field(default_factory=dict)
+    near_duplicate_first: bool = True  # the older version comes first in the file
+
+
+# ---- column helpers -----------------------------------------------------------------------------------------
+
+_TZ = {r.code: ("UTC" if r.utc_offset == "Z" else r.utc_offset) for r in REGIONS}
+_SUFFIX = {r.code: r.utc_offset for r in REGIONS}
+_CURRENCY = {r.code: r.currency for r in REGIONS}
+
+
+def _lookup(mapping: dict[str, str], key: Column) -> Column:
+    return F.element_at(F.create_map(*[F.lit(x) for kv in mapping.items() for x in kv]), key)
+
+
+def regions(seed: int) -> Callable[[Column], Column]:
+    """``user_id -> region`` as a column function, without a join (the region is a hash draw of the user)."""
+
+    def of(user_id: Column) -> Column:
+        num = F.substring(user_id, 2, 20).cast("int")
+        return choice(uniform(seed, S_REGION, num), [r.code for r in REGIONS], [r.weight for r in REGIONS])
+
+    return of
+
+
+def local_time(ts: Column, region: Column) -> Column:
+    """An ISO 8601 timestamp in the region's offset: ``2026-11-28T10:15:00+01:00`` (``Z`` for UTC)."""
+    local = F.from_utc_timestamp(ts, _lookup(_TZ, region))
+    return F.concat(F.date_format(local, "yyyy-MM-dd'T'HH:mm:ss"), _lookup(_SUFFIX, region))
+
+
+def utc_millis(ts: Column) -> Column:
+    """The same instant written another way: ``2026-11-28T09:15:00.000Z``."""
+    return F.date_format(ts, "yyyy-MM-dd'T'HH:mm:ss.SSS'Z'")
+
+
+def currency_of(region: Column) -> Column:
+    return _lookup(_CURRENCY, region)
+
+
+def local_money(eur: Column, currency: Column, fx_to_eur: dict[str, float]) -> Column:
+    """An EUR amount in the record's currency, two decimals."""
+    rate = F.element_at(F.create_map(*[x for k, v in fx_to_eur.items() for x in (F.lit(k), F.lit(v))]), currency)
+    return F.round(eur / rate, 2).cast("decimal(12,2)")
+
+
+def messy_category(category: Column, u: Column, aliases: dict[str, str]) -> Column:
+    """Mostly canonical; sometimes Title case, upper case with spaces, or an alias the shop's systems use."""
+    first_alias = {c: next((a for a, t in aliases.items() if t == c), c) for c in CATEGORIES}
+    return (
+        F.when(u < 0.7, category)
+        .when(u < 0.8, F.initcap(category))
+        .when(u < 0.9, F.concat(F.lit(" "), F.upper(category), F.lit(" ")))
+        .otherwise(_lookup(first_alias, category))
+    )
+
+
+def messy_case(value: Column, u: Column) -> Column:
+    return F.when(u < 0.8, value).when(u < 0.9, F.upper(value)).otherwise(F.initcap(value))
+
+
+def render_line(
+    fmt: str, names: tuple[str, ...], fields: dict[str, Column], drop: frozenset[str] = frozenset()
+) -> Column:
+    """One CSV line (``to_csv``, fields in ``names`` order) or one JSON object (explicit nulls)."""
+    if fmt == "csv":
+        cols = [(F.lit(None).cast("string") if n in drop else fields[n].cast("string")).alias(n) for n in names]
+        return F.to_csv(F.struct(*cols))
+    cols = [fields[n].alias(n) for n in names if n not in drop]
+    return F.to_json(F.struct(*cols), {"ignoreNullFields": "false"})
+
+
+def _malformed(fmt: str, line: Column, n_fields: int) -> Column:
+    if fmt == "csv":
+        return F.substring_index(line, ",", n_fields - 1)  # the last field is missing
+    return F.substring(line, 1, (F.length(line) / 2).cast("int"))  # truncated JSON
+
+
+def _bad_encoding(fmt: str, line: Column) -> Column:
+    """Insert a Latin-1 'é' (byte 0xE9, invalid UTF-8 here) into the first field value."""
+    bad = F.unhex(F.lit("E9")).cast("string")
+    pos = F.instr(line, ",") if fmt == "csv" else F.instr(line, '",')
+    return F.concat(F.substring(line, 1, pos - 1), bad, F.substring(line, pos, 1 << 30))
+
+
+# ---- the dirty line set -------------------------------------------------------------------------------------
+
+
+def dirty_lines(df: DataFrame, r: Rendering, seed: int, rate: float, kinds: list[str], day: dt.date) -> DataFrame:
+    """Lines of one source (``_sort``, ``_key``, ``_pos``, ``line``, ``defect``): each record's clean line,
+    or its defective variant(s) at ``rate`` (drawn per record and day: a snapshot is dirty differently each
+    day)."""
+    fmt = "csv" if LANDING_FILES[r.source].endswith(".csv") else "jsonl"
+    names = LANDING_FIELDS[r.source]
+    salt = _SOURCE_SALT[r.source]
+    usable = [k for k in APPLICABLE[r.source] if k in kinds]
+    key = r.key
+    clean = render_line(fmt, names, r.fields)
+
+    def variant(overrides: Overrides) -> Column:
+        fields = {**r.fields, **{k: v for k, v in overrides.items() if v is not None}}
+        return render_line(fmt, names, fields, frozenset(k for k, v in overrides.items() if v is None))
+
+    def pair(line: Column, defect: str) -> Column:
+        return F.struct(line.alias("line"), F.lit(defect).alias("defect"))
+
+    kind = F.lit(None).cast("string")
+    if usable and rate > 0:
+        tag = F.lit(day.isoformat())
+        dirty = uniform(seed, S_DIRTY + salt, key, tag) < F.lit(rate)
+        kind = F.when(dirty, choice(uniform(seed, S_KIND + salt, key, tag), usable))
+    options = F.when(kind.isNull(), F.array(pair(clean, CLEAN)))
+    extra = r.source in EXTRA_LINE_SOURCES
+    for k in usable:
+        if k == "exact_duplicate":
+            lines = F.array(pair(clean, CLEAN), pair(clean, k))
+        elif k == "near_duplicate":
+            older = pair(variant(r.near_duplicate), k)
+            lines = F.array(older, pair(clean, CLEAN)) if r.near_duplicate_first else F.array(pair(clean, CLEAN), older)
+        else:
+            if k == "malformed":
+                bad = _malformed(fmt, clean, len(names))
+            elif k == "bad_encoding":
+                bad = _bad_encoding(fmt, clean)
+            else:
+                bad = variant(r.defects[k])
+            lines = F.array(pair(clean, CLEAN), pair(bad, k)) if extra else F.array(pair(bad, k))
+        options = options.when(kind == k, lines)
+    return df.select(r.sort.alias("_sort"), key.alias("_key"), F.posexplode(options).alias("_pos", "_l")).select(
+        "_sort", "_key", "_pos", F.col("_l.line").alias("line"), F.col("_l.defect").alias("defect")
+    )
+
+
+# ---- writing ------------------------------------------------------------------------------------------------
+
+
+def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    if "://" not in uri or uri.startswith("file://"):
+        return pafs.LocalFileSystem(), uri.removeprefix("file://")
+    return pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://"))
+
+
+def write_landing_file(lines: DataFrame, folder: str, source: str, single_file: bool) -> str:
+    """Write ``lines`` (sorted by ``_sort``, ``_key``, ``_pos``) as ``<folder>/<file>`` and return its path.
+
+    Spark writes part files in parallel; with ``single_file`` they are then concatenated (CSV header first)
+    into one file, replaced atomically (written aside, then renamed). Otherwise the file name is a folder of
+    part files, which the cleansing job reads the same way.
+    """
+    name = LANDING_FILES[source]
+    target = f"{folder.rstrip('/')}/{name}"
+    tmp = f"{folder.rstrip('/')}/_tmp_{source}_{uuid.uuid4().hex[:8]}"
+    ordered = lines.orderBy("_sort", "_key", "_pos").select("line")
+    fs, _ = _fs(folder)
+    header = ",".join(LANDING_FIELDS[source]) + "\n" if name.endswith(".csv") else ""
+    if not single_file and header:
+        # a header line sorts before every data line: one line in its own first part
+        head = lines.sparkSession.createDataFrame([(header.rstrip("\n"),)], "line string")
+        ordered = head.unionByName(ordered)  # union keeps partition order
+    ordered.write.mode("overwrite").text(tmp)
+    _, tmp_path = _fs(tmp)
+    _, target_path = _fs(target)
+    parts = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(tmp_path)) if i.base_name.startswith("part-"))
+    if fs.get_file_info(target_path).type == pafs.FileType.Directory:
+        fs.delete_dir(target_path)
+    elif fs.get_file_info(target_path).type == pafs.FileType.File:
+        fs.delete_file(target_path)
+    if not single_file:
+        fs.move(tmp_path, target_path)
+        return target
+    staging = f"{tmp_path}.out"
+    with fs.open_output_stream(staging) as out:
+        out.write(header.encode("utf-8"))
+        for p in parts:
+            with fs.open_input_stream(p) as src:
+                while chunk := src.read(8 << 20):
+                    out.write(chunk)
+    fs.move(staging, target_path)
+    fs.delete_dir(tmp_path)
+    return target
+
+
+def day_folder(landing: str, day: dt.date) -> str:
+    """``<landing>/<YYYY-MM-DD>``."""
+    return f"{landing.rstrip('/')}/{day.isoformat()}"
