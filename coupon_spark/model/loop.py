@@ -1,0 +1,284 @@
+"""The training loop: one function for every rank of a Horovod job, and for a single process without Horovod.
+
+Data parallelism with exact global batches. ``world`` shards (one per Horovod rank, or several emulated in one
+process) each contribute ``b`` rows per step; the global batch has ``world * b`` rows. Each replica's loss is
+the sum of its rows' weighted losses divided by the GLOBAL batch size, and ``hvd.DistributedGradientTape``
+SUMS the replicas' gradients: the applied gradient is exactly the gradient of the mean loss over the global
+batch, the same as one process training on that global batch (the test of this module proves it to 1e-6).
+The learning rate is ``learning_rate * world`` (linear scaling with the global batch). Every rank starts from
+rank 0's variables (broadcast, optimizer slots included), runs the same number of steps per epoch (the
+smallest shard decides), and stops early on the same epoch, since the validation loss it looks at is an
+allreduced sum. Only rank 0 writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from coupon_spark.config import TrainConfig
+from coupon_spark.model.data import Examples, ipw_weights
+from coupon_spark.model.metrics import binary_summary, summary_metrics
+from coupon_spark.model.network import TwoTowerUpliftModel, build_model, export_weights, import_weights
+from coupon_spark.model.spec import NONE_INDEX, ModelSpec
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 8192
+
+
+class EmptyShardError(ValueError):
+    """A rank has no training rows (after the validation split)."""
+
+
+class Comm(Protocol):
+    """What the loop needs from the collective layer."""
+
+    rank: int
+    size: int
+
+    def allreduce_sum(self, x: np.ndarray) -> np.ndarray: ...
+
+    def allreduce_min(self, x: np.ndarray) -> np.ndarray: ...
+
+    def broadcast_variables(self, variables: list[tf.Variable]) -> None: ...
+
+    def gradient_tape(self, tape: tf.GradientTape) -> tf.GradientTape: ...
+
+
+class LocalComm:
+    """A world of one process: collectives are identities."""
+
+    rank = 0
+    size = 1
+    local_rank = 0
+
+    def allreduce_sum(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+    def allreduce_min(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x)
+
+    def broadcast_variables(self, variables: list[tf.Variable]) -> None:
+        return None
+
+    def gradient_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
+        return tape
+
+
+class HorovodComm:
+    """Horovod collectives (``horovod.tensorflow``); call after ``hvd.init()``."""
+
+    def __init__(self) -> None:
+        import horovod.tensorflow as hvd
+
+        self.hvd = hvd
+        self.rank = hvd.rank()
+        self.size = hvd.size()
+        self.local_rank = hvd.local_rank()
+        self._count = 0
+
+    def _name(self, what: str) -> str:
+        self._count += 1  # every rank issues the same collectives in the same order
+        return f"coupon_spark.{what}.{self._count}"
+
+    def allreduce_sum(self, x: np.ndarray) -> np.ndarray:
+        t = tf.constant(np.asarray(x, np.float64))
+        return self.hvd.allreduce(t, op=self.hvd.Sum, name=self._name("sum")).numpy()
+
+    def allreduce_min(self, x: np.ndarray) -> np.ndarray:
+        t = tf.constant(np.asarray(x, np.float64))
+        return self.hvd.allreduce(t, op=self.hvd.Min, name=self._name("min")).numpy()
+
+    def broadcast_variables(self, variables: list[tf.Variable]) -> None:
+        self.hvd.broadcast_variables(variables, root_rank=0)
+
+    def gradient_tape(self, tape: tf.GradientTape) -> tf.GradientTape:
+        # Sum, not Average: each replica's loss is already divided by the GLOBAL batch size.
+        return self.hvd.DistributedGradientTape(tape, op=self.hvd.Sum, sparse_as_dense=True)
+
+
+@dataclass
+class FitResult:
+    """What training produced (identical on every rank)."""
+
+    weights: dict[str, np.ndarray]
+    history: list[dict[str, float]]
+    best_epoch: int
+    metrics: dict[str, Any]
+    world: int
+    local_batch: int
+    steps_per_epoch: int
+    learning_rate: float
+    n_train: int
+    n_validation: int
+    train_seconds: float
+    examples_per_second: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_optimizer(cfg: TrainConfig, learning_rate: float) -> tf_keras.optimizers.Optimizer:
+    if cfg.optimizer == "sgd":
+        return tf_keras.optimizers.SGD(learning_rate=learning_rate)
+    return tf_keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def epoch_batches(n: int, batch: int, steps: int, seed: int, epoch: int, shard: int) -> Iterator[np.ndarray]:
+    """Row indices of each step's local batch: a fresh permutation of ``range(n)`` per (seed, epoch, shard)."""
+    perm = np.random.default_rng([seed, epoch, shard]).permutation(n)
+    for s in range(steps):
+        yield perm[s * batch : (s + 1) * batch]
+
+
+def batch_tensors(parts: list[Examples], weights: list[np.ndarray]) -> dict[str, tf.Tensor]:
+    """Concatenate shard slices into one batch of tensors (inputs, labels and IPW ``weight``)."""
+    cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in
+           ("user_x", "user_bucket", "coupon_x", "coupon_index", "purchased", "redeemed")}
+    cat["weight"] = np.concatenate(weights).astype(np.float32)
+    return {k: tf.convert_to_tensor(v) for k, v in cat.items()}
+
+
+def fit(shards: list[Examples], spec: ModelSpec, cfg: TrainConfig, comm: Comm | None = None,
+        checkpoint: Callable[[dict[str, np.ndarray], dict[str, Any]], None] | None = None) -> FitResult:
+    """Train the two-tower model on this process's shards (one per Horovod rank, or several emulated here).
+
+    Args:
+        shards: This process's shards, in global shard order (process ``r`` of ``P`` owning ``k`` shards holds
+            global shards ``r*k .. r*k+k-1``); validation rows are marked in each.
+        spec: The architecture.
+        cfg: Batch size (per shard), learning rate (per shard), epochs, patience, seed, clipping...
+        comm: Collectives (:class:`HorovodComm`); :class:`LocalComm` when None.
+        checkpoint: Called on rank 0 only with (weights, state) after each epoch that improved the
+            validation loss.
+
+    Returns:
+        The best weights (by validation loss), the per-epoch history and the validation metrics.
+
+    Raises:
+        EmptyShardError: A shard has no training row.
+    """
+    comm = comm or LocalComm()
+    world = comm.size * len(shards)
+    pairs = [s.split() for s in shards]
+    train = [p[0] for p in pairs]
+    val = [p[1] for p in pairs]
+
+    # Inverse-propensity weights, normalised to mean 1 over the whole training set (all ranks).
+    raw = [ipw_weights(t.propensity, cfg.propensity_clip) for t in train]
+    tot = comm.allreduce_sum(np.array([sum(float(r.sum()) for r in raw), sum(len(r) for r in raw)]))
+    mean_w = tot[0] / tot[1] if tot[1] else 1.0
+    w_train = [r / mean_w for r in raw]
+    w_val = [ipw_weights(v.propensity, cfg.propensity_clip) / mean_w for v in val]
+
+    min_rows = int(comm.allreduce_min(np.array([min(len(t) for t in train)]))[0])
+    if min_rows == 0:
+        raise EmptyShardError("a rank has no training rows: fewer ranks (train.num_proc) or more data needed")
+    b = min(cfg.batch_size, min_rows)
+    steps = min_rows // b
+    global_batch = b * world
+    lr = cfg.learning_rate * world
+
+    tf_keras.utils.set_random_seed(cfg.seed)
+    model = build_model(spec, l2=cfg.l2, seed=cfg.seed)
+    opt = make_optimizer(cfg, lr)
+    opt.build(model.trainable_variables)
+    comm.broadcast_variables(list(model.variables) + list(opt.variables))
+    l2_share = 1.0 / comm.size
+
+    @tf.function(reduce_retracing=True)
+    def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(batch, normalizer=global_batch, l2_share=l2_share)
+        grads = comm.gradient_tape(tape).gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def weighted_loss_sum(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+        return model.compute_loss(batch, normalizer=1.0, l2_share=0.0, training=False)
+
+    first_shard = comm.rank * len(shards)
+    history: list[dict[str, float]] = []
+    best, best_epoch, wait = float("inf"), 0, 0
+    best_weights = export_weights(model)
+    train_seconds = 0.0
+    if comm.rank == 0:
+        log.info("training: %d shard(s) x %d rows/step = global batch %d, %d steps/epoch, lr %.4g, %d epochs max",
+                 world, b, global_batch, steps, lr, cfg.epochs)
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        iters = [epoch_batches(len(t), b, steps, cfg.seed, epoch, first_shard + j) for j, t in enumerate(train)]
+        loss_sum = 0.0
+        for _ in range(steps):
+            idx = [next(it) for it in iters]
+            batch = batch_tensors([t.take(i) for t, i in zip(train, idx, strict=True)],
+                                  [w[i] for w, i in zip(w_train, idx, strict=True)])
+            loss_sum += float(train_step(batch))
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        # Each replica's loss is its share of the global mean: their sum is the global batch's loss.
+        train_loss = float(comm.allreduce_sum(np.array([loss_sum / steps]))[0])
+        vs = np.zeros(2)
+        for v, w in zip(val, w_val, strict=True):
+            for lo in range(0, len(v), EVAL_BATCH):
+                sl = np.arange(lo, min(lo + EVAL_BATCH, len(v)))
+                vs += [float(weighted_loss_sum(batch_tensors([v.take(sl)], [w[sl]]))), float(w[sl].sum())]
+        vs = comm.allreduce_sum(vs)
+        val_loss = float(vs[0] / vs[1]) if vs[1] > 0 else train_loss
+        improved = val_loss < best - cfg.min_delta
+        history.append({"epoch": epoch, "train_loss": train_loss, "validation_loss": val_loss,
+                        "seconds": seconds, "examples_per_second": steps * global_batch / seconds})
+        if improved:
+            best, best_epoch, wait = val_loss, epoch, 0
+            best_weights = export_weights(model)
+            if checkpoint is not None and comm.rank == 0:
+                checkpoint(best_weights, {"epoch": epoch, "validation_loss": val_loss})
+        else:
+            wait += 1
+        if comm.rank == 0:
+            log.info("epoch %d/%d: train loss %.5f, validation loss %.5f%s, %.0f examples/s", epoch, cfg.epochs,
+                     train_loss, val_loss, " (best)" if improved else f" (no better for {wait})",
+                     steps * global_batch / seconds)
+        if wait >= cfg.early_stopping_patience:
+            if comm.rank == 0:
+                log.info("early stop after epoch %d: best validation loss %.5f at epoch %d", epoch, best, best_epoch)
+            break
+
+    import_weights(model, best_weights)
+    metrics = validation_metrics(model, val, comm)
+    metrics["validation_loss"] = best
+    n = comm.allreduce_sum(np.array([sum(len(t) for t in train), sum(len(v) for v in val)]))
+    examples = sum(h["examples_per_second"] * h["seconds"] for h in history)
+    return FitResult(
+        weights=best_weights, history=history, best_epoch=best_epoch, metrics=metrics, world=world, local_batch=b,
+        steps_per_epoch=steps, learning_rate=lr, n_train=int(n[0]), n_validation=int(n[1]),
+        train_seconds=train_seconds, examples_per_second=examples / train_seconds if train_seconds else 0.0,
+    )
+
+
+def validation_metrics(model: TwoTowerUpliftModel, val: list[Examples], comm: Comm) -> dict[str, Any]:
+    """Purchase metrics on every validation row (under its logged arm) and redemption metrics on the treated
+    rows, aggregated over ranks (see :mod:`coupon_spark.model.metrics`)."""
+    predict = tf.function(lambda batch: model(batch), reduce_retracing=True)
+    purchase, redeem = [], []
+    for v in val:
+        for lo in range(0, len(v), EVAL_BATCH):
+            part = v.take(np.arange(lo, min(lo + EVAL_BATCH, len(v))))
+            out = predict(batch_tensors([part], [np.ones(len(part))]))
+            purchase.append(binary_summary(part.purchased, out["p_purchase"].numpy()))
+            t = part.coupon_index != NONE_INDEX
+            redeem.append(binary_summary(part.redeemed[t], out["p_redeem"].numpy()[t]))
+    empty = binary_summary(np.zeros(0), np.zeros(0))
+    p = comm.allreduce_sum(np.sum(purchase, axis=0) if purchase else empty)
+    r = comm.allreduce_sum(np.sum(redeem, axis=0) if redeem else empty)
+    return {"purchase": summary_metrics(p), "redeem": summary_metrics(r)}

@@ -1,0 +1,143 @@
+"""The model's forward pass in numpy: what the scoring pandas UDF runs, with weights broadcast once per task.
+
+It reproduces :class:`coupon_spark.model.network.TwoTowerUpliftModel` (to 1e-5) without TensorFlow. Users and
+coupons are embedded separately, then every user is scored against every coupon with two matrix products:
+
+    >>> scorer = NumpyScorer.load(model_dir)                   # or NumpyScorer(spec, transform, weights)
+    >>> u = scorer.user_embed(users_pdf)                       # [n_users, d]: user_id + uf_*/uc_* columns
+    >>> c = scorer.coupon_embed(coupons_pdf)                   # [n_coupons, 2d + 2]: coupon_id + cf_*/cc_*
+    >>> out = scorer.predict(u, c)
+    >>> out["p_purchase"].shape, out["p_purchase_none"].shape  # (n_users, n_coupons), (n_users,)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from coupon_spark.model.spec import ModelSpec
+from coupon_spark.model.transform import FeatureTransform
+
+WEIGHTS_FILE = "weights.npz"
+SPEC_FILE = "spec.json"
+TRANSFORM_FILE = "transform.json"
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    e = np.exp(x[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
+
+
+class NumpyScorer:
+    """Two towers and heads in numpy.
+
+    Args:
+        spec: The architecture and id vocabularies (``spec.json`` of a model version).
+        transform: The feature transformation (``transform.json``).
+        weights: Named float32 arrays (``weights.npz``), as :func:`coupon_spark.model.network.export_weights`
+            names them.
+    """
+
+    def __init__(self, spec: ModelSpec, transform: FeatureTransform, weights: Mapping[str, np.ndarray]):
+        self.spec = spec
+        self.transform = transform
+        self.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        n = len(spec.hidden_units) + 1
+        self._user = [(self.weights[f"user_dense_{i}_kernel"], self.weights[f"user_dense_{i}_bias"]) for i in range(n)]
+        self._coupon = [
+            (self.weights[f"coupon_dense_{i}_kernel"], self.weights[f"coupon_dense_{i}_bias"]) for i in range(n)
+        ]
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> NumpyScorer:
+        """From a model version folder of the registry (a local path; see ``Registry.download`` for others)."""
+        d = Path(model_dir)
+        with np.load(d / WEIGHTS_FILE) as npz:
+            weights = {k: npz[k] for k in npz.files}
+        return cls(
+            ModelSpec.from_json((d / SPEC_FILE).read_text()),
+            FeatureTransform.from_json((d / TRANSFORM_FILE).read_text()),
+            weights,
+        )
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.spec.embedding_dim
+
+    # ---- towers from raw frames ---------------------------------------------------------------------------
+    def user_embed(self, users: pd.DataFrame) -> np.ndarray:
+        """User vectors ``u`` (float32 ``[len(users), d]``) from ``user_id`` and the raw ``uf_*``/``uc_*``."""
+        return self.user_tower(self.transform.user_matrix(users), self.spec.user_buckets(users["user_id"]))
+
+    def coupon_embed(self, coupons: pd.DataFrame) -> np.ndarray:
+        """Coupon rows ``[v_c (d), r_c (d), b_c, b_use_c]`` (float32 ``[len(coupons), 2d + 2]``) from
+        ``coupon_id`` and the raw ``cf_*``/``cc_*`` columns; ``v_c = v_none + t_c``."""
+        return self.coupon_tower(self.transform.coupon_matrix(coupons), self.spec.coupon_index(coupons["coupon_id"]))
+
+    # ---- towers from transformed inputs (what TensorFlow sees) --------------------------------------------
+    def user_tower(self, user_x: np.ndarray, user_bucket: np.ndarray) -> np.ndarray:
+        """``u`` from the transformed user matrix and hash buckets."""
+        h = np.asarray(user_x, np.float32)
+        if self.spec.user_id_buckets > 0:
+            h = np.concatenate([h, self.weights["user_id_embedding"][np.asarray(user_bucket, np.int64)]], axis=1)
+        return _mlp(h, self._user)
+
+    def coupon_tower(self, coupon_x: np.ndarray, coupon_index: np.ndarray) -> np.ndarray:
+        """Coupon rows ``[v_c, r_c, b_c, b_use_c]`` from the transformed coupon matrix and coupon indices."""
+        emb = self.weights["coupon_id_embedding"][np.asarray(coupon_index, np.int64)]
+        h = _mlp(np.concatenate([np.asarray(coupon_x, np.float32), emb], axis=1), self._coupon)
+        h[np.asarray(coupon_index) == 0] = 0.0  # the "no coupon" arm: no treatment, nothing to redeem
+        h[:, : self.spec.embedding_dim] += self.weights["none_vector"][None, :]
+        return h
+
+    # ---- heads --------------------------------------------------------------------------------------------
+    def predict(self, user_emb: np.ndarray, coupon_emb: np.ndarray) -> dict[str, np.ndarray]:
+        """Every user against every coupon.
+
+        Args:
+            user_emb: ``[n_users, d]`` from :meth:`user_embed`.
+            coupon_emb: ``[n_coupons, 2d + 2]`` from :meth:`coupon_embed`.
+
+        Returns:
+            ``p_purchase`` ``[n_users, n_coupons]`` (p(purchase | coupon)), ``p_purchase_none`` ``[n_users]``,
+            ``p_redeem`` ``[n_users, n_coupons]`` and ``uplift`` = ``p_purchase - p_purchase_none[:, None]``.
+        """
+        d = self.spec.embedding_dim
+        u = np.asarray(user_emb, np.float32)
+        c = np.asarray(coupon_emb, np.float32)
+        b0 = self.weights["none_bias"]
+        p_none = sigmoid(u @ self.weights["none_vector"] + b0)
+        p = sigmoid(u @ c[:, :d].T + (b0 + c[:, 2 * d])[None, :])
+        p_use = sigmoid(u @ c[:, d : 2 * d].T + c[:, 2 * d + 1][None, :])
+        return {"p_purchase": p, "p_purchase_none": p_none, "p_redeem": p * p_use, "uplift": p - p_none[:, None]}
+
+    def predict_rows(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Row-wise predictions for each row's own arm, like the TensorFlow model's ``call`` (for checks)."""
+        u = self.user_tower(inputs["user_x"], inputs["user_bucket"])
+        idx = np.asarray(inputs["coupon_index"], np.int64)
+        c = self.coupon_tower(inputs["coupon_x"], idx)
+        d = self.spec.embedding_dim
+        treated = (idx != 0).astype(np.float32)
+        b0 = self.weights["none_bias"]
+        logit_none = u @ self.weights["none_vector"] + b0
+        logit = np.where(treated > 0, np.einsum("nd,nd->n", u, c[:, :d]) + b0 + c[:, 2 * d], logit_none)
+        logit_use = np.einsum("nd,nd->n", u, c[:, d : 2 * d]) + c[:, 2 * d + 1]
+        p, p_none = sigmoid(logit), sigmoid(logit_none)
+        return {"p_purchase": p, "p_purchase_none": p_none, "p_redeem": p * sigmoid(logit_use) * treated,
+                "uplift": p - p_none}
+
+
+def _mlp(h: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    for i, (kernel, bias) in enumerate(layers):
+        h = h @ kernel + bias
+        if i < len(layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h.astype(np.float32, copy=False)

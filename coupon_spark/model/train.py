@@ -1,0 +1,376 @@
+"""``coupon-spark train``: the two-tower uplift model trained with Horovod on Spark, published to the registry.
+
+The driver pins one Delta version of ``training_examples``, reads the feature transformation from
+``feature_stats``, lists the snapshot's data files and splits them into one group per rank. Then
+``horovod.spark.run`` starts ``train.num_proc`` Spark tasks, each running :func:`rank_main` as one Horovod
+rank (Gloo on CPU; NCCL for GPU tensors where Horovod was built with it): the rank pins the GPU Spark gave
+its task, reads only its files with pyarrow and runs :func:`coupon_spark.model.loop.fit`. Rank 0 writes
+checkpoints and the final weights into the new version's folder; the driver then adds the SavedModel, the
+transformation, the metrics, the config and the manifest, and moves ``latest``.
+
+With ``train.num_proc: 0``, or where horovod is not installed, the same :func:`rank_main` runs in the driver
+process as a single rank.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from coupon_spark.config import Config, TrainConfig
+from coupon_spark.lake import Lake
+from coupon_spark.model.data import (
+    ID_COLUMNS,
+    TARGET_COLUMNS,
+    DataFile,
+    make_examples,
+    read_files,
+    snapshot_files,
+    split_files,
+)
+from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
+from coupon_spark.model.spec import ModelSpec
+from coupon_spark.model.transform import FeatureTransform
+
+log = logging.getLogger(__name__)
+
+TRAINING_TABLE = "training_examples"
+STATS_TABLE = "feature_stats"
+RANK_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+class MissingColumnsError(ValueError):
+    """The training table lacks columns of the contract (``coupon_spark.schemas.TRAINING_EXAMPLES_KEYS``) or
+    feature columns that ``feature_stats`` describes."""
+
+
+class NoTrainingDataError(RuntimeError):
+    """No training example (or no feature statistics) before the run date."""
+
+
+@dataclass(frozen=True)
+class RankTask:
+    """Everything a rank needs, picklable and free of TensorFlow objects.
+
+    Attributes:
+        groups: File groups (shards) in global order; with ``P`` processes each takes ``len(groups) / P``
+            consecutive groups (one per Horovod rank; all of them in a single process).
+        horovod: Run as a Horovod rank (``hvd.init()``) rather than a lone process.
+        spec_json: :class:`ModelSpec` as JSON.
+        transform_json: :class:`FeatureTransform` as JSON.
+        train: The training configuration.
+        version_uri: The registry version folder (rank 0 writes checkpoints and ``weights.npz`` there); empty:
+            write nothing.
+    """
+
+    groups: list[list[DataFile]]
+    horovod: bool
+    spec_json: str
+    transform_json: str
+    train: TrainConfig
+    version_uri: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        t = FeatureTransform.from_json(self.transform_json)
+        return [*ID_COLUMNS, *TARGET_COLUMNS, *t.user_columns, *t.coupon_columns]
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`train` did."""
+
+    name: str
+    version: int
+    uri: str
+    metrics: dict[str, Any]
+    skipped: bool = False
+
+
+# ---- the rank -----------------------------------------------------------------------------------------------
+def pin_gpu() -> str | None:
+    """Make the GPU that Spark assigned this task the only one CUDA shows this process (before TensorFlow
+    touches CUDA). Falls back to the Horovod local rank when Spark assigned no GPU resource."""
+    addresses: list[str] = []
+    try:
+        from horovod.spark.task import get_available_devices
+
+        addresses = list(get_available_devices())
+    except Exception:  # noqa: BLE001 - not inside a horovod.spark task
+        addresses = []
+    address = addresses[0] if addresses else os.environ.get("HOROVOD_LOCAL_RANK")
+    if address is None:
+        return None
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v]
+    if visible and address not in visible and address.isdigit() and int(address) < len(visible):
+        address = visible[int(address)]  # the executor already narrowed the devices: the address is an index
+    os.environ["CUDA_VISIBLE_DEVICES"] = address
+    return address
+
+
+def rank_main(task: RankTask) -> dict[str, Any]:
+    """One rank: join Horovod (if asked), pin the GPU, read this rank's files, train, (rank 0) save weights.
+
+    Returns:
+        Rank 0: the validation metrics, the history and the run's shape; other ranks: their rank. Without a
+        ``version_uri`` every rank also returns its final weights (tests compare them).
+    """
+    os.environ.update(RANK_ENV | task.env)
+    gpu = pin_gpu() if (task.train.use_gpu and task.horovod) else None
+    if task.horovod:
+        import horovod.tensorflow as hvd
+
+        hvd.init()
+    import tensorflow as tf
+
+    from coupon_spark.model.loop import HorovodComm, LocalComm, fit
+
+    comm = HorovodComm() if task.horovod else LocalComm()
+    if task.horovod:
+        _rank_logging(comm.rank)
+    for g in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(g, True)
+    if task.train.use_gpu:
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            log.warning("rank %d: train.use_gpu is set but no GPU is visible; training on the CPU", comm.rank)
+        elif task.horovod and not comm.hvd.nccl_built():  # type: ignore[attr-defined]
+            log.warning("rank %d: Horovod was built without NCCL: GPU gradients go through Gloo on the host",
+                        comm.rank)
+        log.info("rank %d: GPU %s (CUDA_VISIBLE_DEVICES=%s)", comm.rank, gpus, gpu)
+    if len(task.groups) % comm.size:
+        raise ValueError(f"{len(task.groups)} file groups cannot be shared by {comm.size} ranks")
+    per = len(task.groups) // comm.size
+    spec = ModelSpec.from_json(task.spec_json)
+    transform = FeatureTransform.from_json(task.transform_json)
+    columns = task.columns
+    shards = []
+    for files in task.groups[comm.rank * per : (comm.rank + 1) * per]:
+        pdf = read_files(files, columns)
+        if task.train.sample_rows:
+            pdf = pdf.head(task.train.sample_rows)
+        shards.append(make_examples(pdf, transform, spec, task.train.validation_share, task.train.seed))
+    log.info("rank %d/%d: %d rows from %d file(s)", comm.rank, comm.size, sum(len(s) for s in shards),
+             sum(len(g) for g in task.groups[comm.rank * per : (comm.rank + 1) * per]))
+
+    def checkpoint(weights: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        if task.version_uri:
+            write_npz(f"{task.version_uri}/checkpoints/best.npz", weights)
+            write_bytes(f"{task.version_uri}/checkpoints/state.json", json.dumps(state).encode(), atomic=True)
+
+    result = fit(shards, spec, task.train, comm, checkpoint=checkpoint)
+    if comm.rank != 0:
+        return {"rank": comm.rank, "weights": None if task.version_uri else result.weights}
+    if task.version_uri:
+        write_npz(f"{task.version_uri}/weights.npz", result.weights)
+    return {
+        "rank": 0,
+        "metrics": result.metrics,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "world": result.world,
+        "local_batch": result.local_batch,
+        "steps_per_epoch": result.steps_per_epoch,
+        "learning_rate": result.learning_rate,
+        "n_train": result.n_train,
+        "n_validation": result.n_validation,
+        "train_seconds": result.train_seconds,
+        "examples_per_second": result.examples_per_second,
+        "weights": None if task.version_uri else result.weights,
+    }
+
+
+def _rank_logging(rank: int) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(h)
+        root.setLevel(logging.INFO)
+
+
+def horovod_available() -> bool:
+    try:
+        import horovod.spark
+        import horovod.tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_ranks(task: RankTask, num_proc: int, start_timeout: int = 600) -> list[dict[str, Any]]:
+    """Run :func:`rank_main` on ``num_proc`` Horovod ranks (Spark tasks), or in this process when
+    ``task.horovod`` is false. Returns the ranks' results in rank order."""
+    if not task.horovod:
+        return [rank_main(task)]
+    import horovod.spark
+
+    return horovod.spark.run(  # type: ignore[no-any-return]
+        rank_main, args=(task,), num_proc=num_proc, start_timeout=start_timeout, use_gloo=True,
+        env=RANK_ENV | task.env, verbose=1,
+    )
+
+
+# ---- the driver ---------------------------------------------------------------------------------------------
+def load_transform(lake: Lake, run_date: dt.date) -> tuple[FeatureTransform, dict[str, Any]]:
+    """The ``feature_stats`` rows of the latest ``as_of_date`` on or before ``run_date``.
+
+    Raises:
+        NoTrainingDataError: No statistics on or before the run date.
+    """
+    version = lake.version(STATS_TABLE)
+    stats = lake.read(STATS_TABLE, version=version).where(F.col("as_of_date") <= F.lit(run_date))
+    last = stats.agg(F.max("as_of_date")).first()[0]  # type: ignore[index]
+    if last is None:
+        raise NoTrainingDataError(
+            f"{STATS_TABLE} has no statistics on or before {run_date}: run `coupon-spark features` first"
+        )
+    pdf = stats.where(F.col("as_of_date") == F.lit(last)).toPandas()
+    transform = FeatureTransform.from_stats(pdf)
+    info = {"location": lake.location(STATS_TABLE), "version": version, "as_of_date": str(last),
+            "source_table": str(pdf["source_table"].iloc[0]), "source_version": transform.source_version}
+    return transform, info
+
+
+def check_columns(names: list[str], transform: FeatureTransform) -> None:
+    want = [*ID_COLUMNS, *TARGET_COLUMNS, *transform.user_columns, *transform.coupon_columns]
+    missing = [c for c in want if c not in names]
+    if missing:
+        raise MissingColumnsError(
+            f"{TRAINING_TABLE} lacks {missing} (it has {sorted(names)}); the model needs the contract's keys "
+            "(coupon_spark.schemas.TRAINING_EXAMPLES_KEYS) and every feature that feature_stats describes: "
+            "rerun `coupon-spark features` for the same dates"
+        )
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = False) -> TrainOutcome:
+    """Train on every example issued before ``run_date`` (or the last ``train.history_days`` days of them) and
+    publish a new registry version; a rerun with the same inputs returns the version it made (unless
+    ``force``).
+
+    Raises:
+        NoTrainingDataError: Nothing to train on.
+        MissingColumnsError: The training table does not follow the contract.
+    """
+    from deltalake import DeltaTable
+
+    tc = cfg.train
+    lake = Lake.from_config(spark, cfg.lake)
+    location = lake.location(TRAINING_TABLE)
+    version = lake.version(TRAINING_TABLE)
+    transform, stats_info = load_transform(lake, run_date)
+    names = DeltaTable(location, version=version).schema().to_arrow().names
+    check_columns(list(names), transform)
+    since = run_date - dt.timedelta(days=tc.history_days) if tc.history_days else None
+    files = snapshot_files(location, version, since=since, until=run_date)
+    if not files:
+        raise NoTrainingDataError(f"{TRAINING_TABLE} v{version} has no example issued before {run_date}")
+    examples = lake.read(TRAINING_TABLE, version=version).where(F.col("issue_date") < F.lit(run_date))
+    if since:
+        examples = examples.where(F.col("issue_date") >= F.lit(since))
+    coupon_ids = sorted(r[0] for r in examples.select("coupon_id").where(F.col("coupon_id").isNotNull())
+                        .distinct().collect())
+    spec = ModelSpec(user_dim=transform.user_dim, coupon_dim=transform.coupon_dim, embedding_dim=tc.embedding_dim,
+                     hidden_units=list(tc.hidden_units), id_embedding_dim=tc.id_embedding_dim,
+                     user_id_buckets=tc.user_id_buckets, coupon_ids=coupon_ids)
+    use_horovod = tc.num_proc >= 1 and horovod_available()
+    if tc.num_proc >= 1 and not use_horovod:
+        log.warning("horovod is not installed: training in this process as a single rank")
+    ranks = tc.num_proc if use_horovod else 1
+    training_table = {"location": location, "version": version, "since": since, "until": run_date,
+                      "files": len(files), "rows": sum(f.num_records for f in files)}
+    fp = fingerprint({"train": dataclasses.asdict(tc), "table": training_table, "stats": stats_info,
+                      "ranks": ranks, "run_date": run_date})
+    registry = Registry.from_config(cfg)
+    name = tc.model_name
+    existing = None if force else registry.find(name, fp)
+    if existing is not None:
+        log.info("model %s version %d was trained on the same inputs (fingerprint %s): nothing to do",
+                 name, existing, fp)
+        return TrainOutcome(name, existing, registry.version_uri(name, existing),
+                            registry.read_json(name, existing, "metrics.json")["validation"], skipped=True)
+
+    model_version = registry.new_version(name)
+    uri = registry.version_uri(name, model_version)
+    task = RankTask(split_files(files, ranks), use_horovod, spec.to_json(), transform.to_json(), tc, uri)
+    log.info("training %s v%d on %s v%d (%d files, %d rows) with %d %s", name, model_version, location, version,
+             len(files), training_table["rows"], ranks, "Horovod rank(s)" if use_horovod else "local process")
+    started = time.time()
+    result = run_ranks(task, ranks, tc.start_timeout_s)[0]
+    publish(registry, name, model_version, spec, transform, read_npz(f"{uri}/weights.npz"), result, {
+        "name": name, "version": model_version, "run_id": uuid.uuid4().hex, "run_date": run_date,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "fingerprint": fp,
+        "training_table": training_table, "feature_stats": stats_info, "ranks": ranks, "horovod": use_horovod,
+        "seconds": round(time.time() - started, 1),
+    }, tc)
+    return TrainOutcome(name, model_version, uri, result["metrics"])
+
+
+def publish(registry: Registry, name: str, version: int, spec: ModelSpec, transform: FeatureTransform,
+            weights: dict[str, np.ndarray], result: dict[str, Any], manifest: dict[str, Any],
+            tc: TrainConfig) -> None:
+    """Write the SavedModel, spec, transformation, metrics and config next to the weights, check the numpy
+    forward pass against TensorFlow, write the manifest last and move ``latest``."""
+    from coupon_spark.model.network import build_model, dummy_batch, export_saved_model
+    from coupon_spark.model.scorer import NumpyScorer
+
+    model = build_model(spec, weights=weights)
+    uri = registry.version_uri(name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_saved_model(model, f"{tmp}/saved_model")
+        registry.upload_dir(f"{tmp}/saved_model", f"{uri}/saved_model")
+    probe = dummy_batch(spec, 8)
+    rng = np.random.default_rng(0)
+    probe["user_x"] = rng.normal(size=probe["user_x"].shape).astype(np.float32)
+    probe["coupon_x"] = rng.normal(size=probe["coupon_x"].shape).astype(np.float32)
+    probe["user_bucket"] = rng.integers(0, max(spec.user_id_buckets, 1), 8)
+    probe["coupon_index"] = rng.integers(0, spec.n_coupon_ids, 8)
+    tf_out = model(probe)
+    np_out = NumpyScorer(spec, transform, weights).predict_rows(probe)
+    diff = max(float(np.max(np.abs(tf_out[k].numpy() - np_out[k]))) for k in ("p_purchase", "p_purchase_none",
+                                                                                 "p_redeem"))
+    registry.write_json(name, version, "spec.json", json.loads(spec.to_json()))
+    registry.write_json(name, version, "transform.json", json.loads(transform.to_json()))
+    registry.write_json(name, version, "train_config.json", dataclasses.asdict(tc))
+    registry.write_json(name, version, "metrics.json", {
+        "validation": result["metrics"], "history": result["history"], "best_epoch": result["best_epoch"],
+        "world": result["world"], "local_batch": result["local_batch"], "learning_rate": result["learning_rate"],
+        "steps_per_epoch": result["steps_per_epoch"], "n_train": result["n_train"],
+        "n_validation": result["n_validation"], "train_seconds": result["train_seconds"],
+        "examples_per_second": result["examples_per_second"],
+    })
+    registry.write_json(name, version, "manifest.json", manifest | {"numpy_vs_tensorflow_max_abs_diff": diff})
+    registry.set_latest(name, version)
+
+
+def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:
+    """The ``train`` stage: train, publish, print where the version went and its validation metrics."""
+    out = train(spark, cfg, run_date, force=bool(getattr(args, "force", False)))
+    p = out.metrics.get("purchase", {})
+    r = out.metrics.get("redeem", {})
+    print(f"model {out.name} version {out.version}{' (already trained: unchanged)' if out.skipped else ''}: "
+          f"{out.uri}")
+    print(f"  validation purchase AUC {p.get('auc', float('nan')):.4f}, log loss {p.get('log_loss', float('nan')):.4f}"
+          f", mean prediction {p.get('mean_prediction', float('nan')):.4f} vs observed "
+          f"{p.get('observed_rate', float('nan')):.4f}; redeem AUC {r.get('auc', float('nan')):.4f}")
+    return 0
