@@ -81,7 +81,8 @@ def bench_dual_step(users: int = 200_000, seed: int = 0) -> None:
             for b in blocks:
                 evaluate_block(b, "expected", alpha, beta, arms, 1, N_CAMPAIGNS)
             best = min(best, time.perf_counter() - t)
-        print(f"dual_step_user_options_per_s (k=1, {m} multiplier vector(s) per pass, {n} options): {n * m / best:,.0f}")
+        rate = n * m / best
+        print(f"dual_step_user_options_per_s (k=1, {m} multiplier vector(s) per pass, {n} options): {rate:,.0f}")
 
 
 def candidates(spark: SparkSession, users: int) -> DataFrame:
@@ -161,7 +162,12 @@ def main() -> None:
     if args.skip_spark:
         return
     spark = build_spark_session(
-        SparkConfig(master="local[*]", shuffle_partitions=8, driver_memory="10g", conf={"spark.ui.enabled": "false"})
+        SparkConfig(
+            master="local[*]",
+            shuffle_partitions=8,
+            driver_memory="10g",
+            conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
+        )
     )
     spark.sparkContext.setLogLevel("ERROR")
     workdir = tempfile.mkdtemp(prefix="bench-allocation-")
