@@ -28,8 +28,9 @@ STAGES: dict[str, Stage] = {
     for s in [
         Stage("doctor", "check Java, Spark, the Delta backend and the lakehouse; list tables and versions",
               "coupon_spark.doctor:run"),
-        Stage("generate", "write a synthetic shop's landing files and its hidden truth", None),
-        Stage("cleanse", "landing files of one ingest date -> silver Delta tables + quarantine", None),
+        Stage("generate", "write a synthetic shop's landing files and its hidden truth", "coupon_spark.datagen:run"),
+        Stage("cleanse", "landing files of one ingest date -> silver Delta tables + quarantine",
+              "coupon_spark.cleanse:run"),
         Stage("features", "point-in-time user/coupon features and training examples", None),
         Stage("train", "train the two-tower uplift model with Horovod on Spark",
               "coupon_spark.model.train:run"),
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if stage.name == "pipeline":
             p.add_argument("--days", type=int, default=1, help="number of consecutive days to run")
+        if stage.name == "generate":
+            p.add_argument("--days", type=int, default=1, help="number of consecutive days to generate")
+            p.add_argument("--users", type=int, default=None, help="population size (small-sample runs); "
+                           "default: shop.users from the configuration")
     return parser
 
 

@@ -113,9 +113,7 @@ def render_users(users: DataFrame, day: dt.date, seed: int) -> tuple[DataFrame, 
         defects={
             "bad_type": {"signup_date": F.date_format("signup_date", "dd.MM.yyyy")},
             "missing_field": {"user_id": None},
-            "future_timestamp": {
-                "updated_at": local_time(_future(seed, F.col("updated_ts"), F.col("user_id")), region)
-            },
+            "future_timestamp": {"updated_at": local_time(_future(seed, _day_end(day), F.col("user_id")), region)},
         },
         near_duplicate={
             "updated_at": local_time(F.col("updated_ts") - F.expr("INTERVAL 1 DAY"), region),
@@ -156,7 +154,7 @@ def render_coupons(coupons: DataFrame, day: dt.date, seed: int, aliases: dict[st
             "missing_field": {"coupon_id": None},
             "bad_amount": {"face_value": F.concat(F.lit("-"), _money_text(F.col("face_value_eur")))},
             "future_timestamp": {
-                "updated_at": local_time(_future(seed, F.col("updated_ts"), F.col("coupon_id")), F.lit("DE"))
+                "updated_at": local_time(_future(seed, _day_end(day), F.col("coupon_id")), F.lit("DE"))
             },
         },
         near_duplicate={

@@ -1,0 +1,827 @@
+"""``coupon-spark cleanse``: one ingest date of landing files into the silver Delta tables, nothing lost.
+
+For each source (users, coupons, events, orders, issuances, redemptions, in that order, since later ones
+check their references against earlier ones), every line gets either a place in its silver table or a row in
+the quarantine table with a reason code (:data:`REASONS`, first matching wins):
+
+``bad_encoding``      the line is not valid UTF-8
+``malformed``         not a JSON object / not a CSV row with the header's number of fields, or empty
+``missing_field``     a required field is absent, null or blank
+``bad_type``          a value cannot be read as its type (number, ISO 8601 timestamp, date)
+``unknown_currency``  a currency missing from ``cleanse.fx_to_eur``
+``bad_amount``        a negative amount, or one above ``cleanse.max_amount_eur``
+``bad_value``         a value outside its domain (event type, device, propensity outside (0, 1], ...)
+``unknown_category``  a category that is neither canonical nor a configured alias
+``future_timestamp``  later than the end of the ingest date plus ``cleanse.future_tolerance_minutes``
+``stale_timestamp``   a fact more than ``cleanse.max_lateness_days`` older than the ingest date
+``unknown_user``      a user id absent from that date's user snapshot
+``unknown_coupon``    a coupon id absent from that date's coupon catalogue
+``unknown_issuance``  a redemption of an issuance not seen on this date nor in the lookback window
+``duplicate``         the same line again (same natural key, same text); one copy is kept
+``superseded``        an older version of a record (same natural key; the latest ``updated_at``, else the
+                      later position in the file, is kept)
+
+Values are normalised on the way: timestamps to UTC (any offset; naive ones read in
+``cleanse.naive_timezone``), money to ``decimal(12,2)`` in the base currency, categories to their canonical
+name, codes to one case.
+
+Every count is reconciled before anything is written: per source, lines read = accepted + quarantined, or the
+job raises :class:`ReconciliationError`. Each table's partition of the ingest date is then replaced (a rerun
+replaces, never duplicates); should a write fail, the partitions already replaced are put back as they were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from coupon_spark import schemas
+from coupon_spark.config import CleanseConfig, Config
+from coupon_spark.lake import Lake
+
+log = logging.getLogger(__name__)
+
+REASONS: tuple[str, ...] = (
+    "bad_encoding",
+    "malformed",
+    "missing_field",
+    "bad_type",
+    "unknown_currency",
+    "bad_amount",
+    "bad_value",
+    "unknown_category",
+    "future_timestamp",
+    "stale_timestamp",
+    "unknown_user",
+    "unknown_coupon",
+    "unknown_issuance",
+    "duplicate",
+    "superseded",
+)
+SOURCE_ORDER: tuple[str, ...] = ("users", "coupons", "events", "orders", "issuances", "redemptions")
+PARTITION = "ingest_date"
+
+_TS_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$"
+_OFFSET_PATTERN = r"(Z|[+-]\d{2}:?\d{2})$"
+_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+_NUMBER_PATTERN = r"^[+-]?\d+(\.\d+)?$"
+_INT_PATTERN = r"^[+-]?\d+$"
+
+
+class CleanseError(RuntimeError):
+    """Base class of the cleansing job's errors."""
+
+
+class LandingFileMissingError(CleanseError, FileNotFoundError):
+    """A landing file of the ingest date is not there."""
+
+
+class LandingHeaderError(CleanseError, ValueError):
+    """A CSV file's header is not the expected one (a file-level problem, not a record's)."""
+
+
+class ReconciliationError(CleanseError):
+    """Records read != accepted + quarantined for a source: the job lost or invented records."""
+
+
+# ---- source specifications ----------------------------------------------------------------------------------
+
+Kind = Literal["string", "timestamp", "date", "money", "int", "double", "category", "code", "currency"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One landing field: how to type it, whether it is required, and its silver column."""
+
+    name: str
+    kind: Kind = "string"
+    required: bool = False
+    out: str | None = None  # silver column (default: the same name; money: <name>_eur)
+    values: tuple[str, ...] = ()  # allowed values of a code (after lower-casing), or for a category extra ones
+    upper: bool = False  # codes kept in upper case (regions, currencies)
+
+    @property
+    def column(self) -> str:
+        if self.out:
+            return self.out
+        return f"{self.name}_eur" if self.kind == "money" else self.name
+
+
+@dataclass(frozen=True)
+class Source:
+    """A landing source: its file, fields, natural key, version column, time checks and references."""
+
+    name: str
+    rules: tuple[Rule, ...]
+    key: str
+    table: str
+    schema: StructType
+    version: str | None = None  # the record's own update time: the latest wins among duplicates
+    event_time: str | None = None  # checked for future and stale timestamps
+    future_only: tuple[str, ...] = ()  # checked for future timestamps only
+    refs: tuple[tuple[str, str], ...] = ()  # (field, "user" | "coupon" | "issuance")
+    currency: str | None = None  # the field holding the currency of the money fields
+    zero_when_null: tuple[str, ...] = ()  # silver money columns that are 0 when absent (e.g. no discount)
+
+    @property
+    def file(self) -> str:
+        return schemas.LANDING_FILES[self.name]
+
+    @property
+    def is_csv(self) -> bool:
+        return self.file.endswith(".csv")
+
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in [
+        Source(
+            "users",
+            (
+                Rule("user_id", required=True),
+                Rule("signup_date", "date"),
+                Rule("region", "code", upper=True),
+                Rule("city"),
+                Rule("device", "code", values=("ios", "android", "web")),
+                Rule("segment", "code"),
+                Rule("updated_at", "timestamp"),
+            ),
+            key="user_id",
+            table="users",
+            schema=schemas.USERS,
+            version="updated_at",
+            future_only=("updated_at",),
+        ),
+        Source(
+            "coupons",
+            (
+                Rule("coupon_id", required=True),
+                Rule("campaign_id"),
+                Rule("kind", "code"),
+                Rule("category", "category", values=("all",)),
+                Rule("face_value", "money", required=True),
+                Rule("min_spend", "money"),
+                Rule("cost", "money", required=True),
+                Rule("currency", "currency", required=True),
+                Rule("valid_from", "date", required=True),
+                Rule("valid_to", "date", required=True),
+                Rule("campaign_budget", "money"),
+                Rule("updated_at", "timestamp"),
+            ),
+            key="coupon_id",
+            table="coupons",
+            schema=schemas.COUPONS,
+            version="updated_at",
+            future_only=("updated_at",),
+            currency="currency",
+        ),
+        Source(
+            "events",
+            (
+                Rule("event_id", required=True),
+                Rule("event_type", "code", required=True, values=("view", "cart", "purchase")),
+                Rule("user_id", required=True),
+                Rule("ts", "timestamp", required=True, out="event_time"),
+                Rule("session_id"),
+                Rule("product_id"),
+                Rule("category", "category"),
+                Rule("price", "money"),
+                Rule("currency", "currency"),
+                Rule("order_id"),
+            ),
+            key="event_id",
+            table="events",
+            schema=schemas.EVENTS,
+            event_time="ts",
+            refs=(("user_id", "user"),),
+            currency="currency",
+        ),
+        Source(
+            "orders",
+            (
+                Rule("order_id", required=True),
+                Rule("user_id", required=True),
+                Rule("ordered_at", "timestamp", required=True),
+                Rule("category", "category"),
+                Rule("amount", "money", required=True),
+                Rule("discount", "money"),
+                Rule("currency", "currency", required=True, out="source_currency"),
+                Rule("coupon_id"),
+                Rule("n_items", "int"),
+                Rule("updated_at", "timestamp"),
+            ),
+            key="order_id",
+            table="orders",
+            schema=schemas.ORDERS,
+            version="updated_at",
+            event_time="ordered_at",
+            refs=(("user_id", "user"), ("coupon_id", "coupon")),
+            currency="currency",
+            zero_when_null=("discount_eur",),
+        ),
+        Source(
+            "issuances",
+            (
+                Rule("issuance_id", required=True),
+                Rule("user_id", required=True),
+                Rule("coupon_id"),
+                Rule("issued_at", "timestamp", required=True),
+                Rule("policy"),
+                Rule("propensity", "double", required=True),
+            ),
+            key="issuance_id",
+            table="issuances",
+            schema=schemas.ISSUANCES,
+            event_time="issued_at",
+            refs=(("user_id", "user"), ("coupon_id", "coupon")),
+        ),
+        Source(
+            "redemptions",
+            (
+                Rule("redemption_id", required=True),
+                Rule("issuance_id", required=True),
+                Rule("user_id", required=True),
+                Rule("coupon_id", required=True),
+                Rule("order_id"),
+                Rule("redeemed_at", "timestamp", required=True),
+                Rule("discount", "money"),
+                Rule("currency", "currency"),
+            ),
+            key="redemption_id",
+            table="redemptions",
+            schema=schemas.REDEMPTIONS,
+            event_time="redeemed_at",
+            refs=(("user_id", "user"), ("coupon_id", "coupon"), ("issuance_id", "issuance")),
+            currency="currency",
+        ),
+    ]
+}
+
+
+# ---- reading ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LandingLines:
+    """The lines of one landing source with their file and 1-based line number, and how many were read."""
+
+    lines: DataFrame  # source_file, position, value (raw bytes as a string; may be invalid UTF-8)
+    records_read: int
+    files: tuple[str, ...]
+
+
+def read_lines(spark: SparkSession, path: str, has_header: bool, expected_header: tuple[str, ...] = ()) -> LandingLines:
+    """Read a landing file (or a folder of part files) as lines with their exact line numbers.
+
+    Spark splits a large file between tasks and does not number lines; each line's number is recovered from
+    its split (``_metadata.file_block_start``) and its rank inside the task (``monotonically_increasing_id``
+    is consecutive within a partition), plus the line counts of the file's earlier splits.
+
+    Raises:
+        LandingHeaderError: A CSV file whose first line is not ``expected_header``.
+    """
+    raw = spark.read.text(path).select(
+        F.col("_metadata.file_path").alias("source_file"),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_mid"),
+        "value",
+    )
+    splits = raw.groupBy("source_file", "_block").agg(F.count(F.lit(1)).alias("_n"), F.min("_mid").alias("_first"))
+    rows = sorted(splits.collect(), key=lambda r: (r["source_file"], r["_block"]))
+    offsets, running, last_file = [], 0, None
+    for r in rows:
+        if r["source_file"] != last_file:
+            running, last_file = 0, r["source_file"]
+        offsets.append((r["source_file"], r["_block"], r["_first"], running))
+        running += r["_n"]
+    total = sum(r["_n"] for r in rows)
+    files = tuple(sorted({r["source_file"] for r in rows}))
+    offset_df = spark.createDataFrame(offsets, "source_file string, _block long, _first long, _offset long")
+    lines = raw.join(F.broadcast(offset_df), on=["source_file", "_block"], how="inner").select(
+        "source_file",
+        (F.col("_offset") + F.col("_mid") - F.col("_first") + 1).alias("position"),
+        "value",
+    )
+    if has_header:
+        headers = lines.filter(F.col("position") == 1).select("source_file", "value").collect()
+        want = ",".join(expected_header)
+        for h in headers:
+            got = (h["value"] or "").lstrip("\ufeff").strip()
+            if got != want:
+                raise LandingHeaderError(
+                    f"{h['source_file']}: the CSV header is {got!r}, expected {want!r}. The export's columns "
+                    "changed: fix the export, or update coupon_spark.schemas.LANDING_FIELDS and the cleansing "
+                    "rules together. Nothing was written."
+                )
+        lines = lines.filter(F.col("position") > 1)
+        total -= len(headers)
+    return LandingLines(lines=lines, records_read=total, files=files)
+
+
+def landing_path(cfg: Config, day: dt.date, source: str) -> str:
+    return f"{cfg.lake.landing.rstrip('/')}/{day.isoformat()}/{schemas.LANDING_FILES[source]}"
+
+
+def _exists(spark: SparkSession, path: str) -> bool:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+    return bool(fs.exists(hpath))
+
+
+# ---- column functions ---------------------------------------------------------------------------------------
+
+
+def blank_to_null(c: Column) -> Column:
+    """Trimmed text, null when empty."""
+    t = F.trim(c)
+    return F.when(F.length(t) > 0, t)
+
+
+def parse_timestamp(c: Column, naive_timezone: str) -> Column:
+    """An ISO 8601 text to a UTC timestamp; null when it is not one. Offsets are honoured; a timestamp
+    without an offset is read in ``naive_timezone``."""
+    ok = c.rlike(_TS_PATTERN)
+    ts = c.try_cast("timestamp")
+    naive = ~c.rlike(_OFFSET_PATTERN)
+    if naive_timezone.upper() != "UTC":
+        ts = F.when(naive, F.to_utc_timestamp(ts, naive_timezone)).otherwise(ts)
+    return F.when(ok, ts)
+
+
+def parse_date(c: Column) -> Column:
+    return F.when(c.rlike(_DATE_PATTERN), c.try_cast("date"))
+
+
+def parse_decimal(c: Column) -> Column:
+    return F.when(c.rlike(_NUMBER_PATTERN), c.try_cast("decimal(18,4)"))
+
+
+def canonical_category(c: Column, cfg: CleanseConfig, extra: tuple[str, ...] = ()) -> Column:
+    """Lower-cased, whitespace-collapsed, aliases resolved; null when not a known category."""
+    norm = F.lower(F.regexp_replace(F.trim(c), r"\s+", " "))
+    aliases = {**{k.lower(): v for k, v in cfg.category_aliases.items()}, **{x: x for x in (*cfg.categories, *extra)}}
+    return F.element_at(F.create_map(*[F.lit(x) for kv in aliases.items() for x in kv]), norm)
+
+
+def fx_rate(currency: Column, cfg: CleanseConfig) -> Column:
+    return F.element_at(
+        F.create_map(*[x for k, v in cfg.fx_to_eur.items() for x in (F.lit(k), F.lit(v).cast("decimal(12,6)"))]),
+        currency,
+    )
+
+
+# ---- transformations ----------------------------------------------------------------------------------------
+
+
+def with_parsed_fields(source: Source) -> Callable[[DataFrame], DataFrame]:
+    """Add ``raw`` (a struct of every landing field as text) and ``_malformed`` (the line is no record)."""
+    names = schemas.LANDING_FIELDS[source.name]
+
+    def transform(df: DataFrame) -> DataFrame:
+        text = F.col("value")
+        if source.is_csv:
+            ddl = ", ".join(f"`{n}` string" for n in names) + ", `_corrupt` string"
+            parsed = F.from_csv(text, ddl, {"columnNameOfCorruptRecord": "_corrupt", "mode": "PERMISSIVE"})
+            shape_ok = F.length(F.trim(text)) > 0
+        else:
+            ddl = ", ".join(f"`{n}` string" for n in names) + ", `_corrupt` string"
+            parsed = F.from_json(text, ddl, {"columnNameOfCorruptRecord": "_corrupt", "mode": "PERMISSIVE"})
+            shape_ok = F.trim(text).startswith("{") & F.trim(text).endswith("}")
+        return df.select("*", parsed.alias("raw")).select(
+            "*",
+            (F.col("raw").isNull() | F.col("raw._corrupt").isNotNull() | ~shape_ok).alias("_malformed"),
+        )
+
+    return transform
+
+
+def with_typed_fields(source: Source, cfg: CleanseConfig) -> Callable[[DataFrame], DataFrame]:
+    """Add ``t_<field>`` per landing field: typed, normalised, null when absent or unreadable (money: in the
+    record's currency, plus ``t_<field>_eur`` in the base currency)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        text = {r.name: blank_to_null(F.col(f"raw.{r.name}")) for r in source.rules}
+        rate = fx_rate(F.upper(text[source.currency]), cfg) if source.currency else F.lit(1).cast("decimal(12,6)")
+        cols: list[Column] = []
+        for r in source.rules:
+            v = text[r.name]
+            if r.kind == "timestamp":
+                t = parse_timestamp(v, cfg.naive_timezone)
+            elif r.kind == "date":
+                t = parse_date(v)
+            elif r.kind == "money":
+                t = parse_decimal(v)
+                cols.append(F.round(t * rate, 2).alias(f"t_{r.name}_eur"))
+            elif r.kind == "int":
+                t = F.when(v.rlike(_INT_PATTERN), v.try_cast("int"))
+            elif r.kind == "double":
+                t = F.when(v.rlike(_NUMBER_PATTERN), v.try_cast("double"))
+            elif r.kind in ("code", "currency"):
+                t = F.upper(v) if (r.upper or r.kind == "currency") else F.lower(v)
+            elif r.kind == "category":
+                t = canonical_category(v, cfg, r.values)
+            else:
+                t = v
+            cols.append(t.alias(f"t_{r.name}"))
+        return df.select("*", *cols)
+
+    return transform
+
+
+def with_reference_flags(source: Source, refs: dict[str, DataFrame]) -> Callable[[DataFrame], DataFrame]:
+    """Add ``_ref_<field>`` (true: known or null; false: unknown) by left joins on the distinct known keys."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        out = df
+        for fld, kind in source.refs:
+            known = refs[kind].select(F.col("key").alias(f"_k_{fld}")).distinct()
+            out = out.join(F.broadcast(known), on=F.col(f"t_{fld}") == F.col(f"_k_{fld}"), how="left")
+            out = out.withColumn(f"_ref_{fld}", F.col(f"t_{fld}").isNull() | F.col(f"_k_{fld}").isNotNull())
+            out = out.drop(f"_k_{fld}")
+        return out
+
+    return transform
+
+
+Check = tuple[str, Column, Column]  # (reason, failed?, detail)
+
+
+def record_checks(source: Source, cfg: CleanseConfig, day: dt.date) -> list[Check]:
+    """Every check of a record of ``source``, over the columns the transformations above add."""
+    text = {r.name: blank_to_null(F.col(f"raw.{r.name}")) for r in source.rules}
+    t = {r.name: F.col(f"t_{r.name}") for r in source.rules}
+    out: list[Check] = [
+        (
+            "bad_encoding",
+            ~F.is_valid_utf8("value"),
+            F.concat(F.lit("invalid UTF-8; original bytes (base64): "), F.base64(F.col("value").cast("binary"))),
+        ),
+        (
+            "malformed",
+            F.col("_malformed"),
+            F.lit("not a CSV row with the header's fields" if source.is_csv else "not one JSON object"),
+        ),
+    ]
+    for r in source.rules:
+        v = text[r.name]
+        if r.required:
+            out.append(("missing_field", v.isNull(), F.lit(f"{r.name} is missing")))
+        if r.kind in ("timestamp", "date", "money", "int", "double"):
+            out.append(
+                ("bad_type", v.isNotNull() & t[r.name].isNull(), F.format_string(f"{r.name}: %s is not a {r.kind}", v))
+            )
+        if r.kind == "currency":
+            out.append(
+                (
+                    "unknown_currency",
+                    v.isNotNull() & fx_rate(t[r.name], cfg).isNull(),
+                    F.format_string(f"{r.name}: %s is not in cleanse.fx_to_eur", v),
+                )
+            )
+        if r.kind == "money":
+            eur = F.col(f"t_{r.name}_eur")
+            out.append(("bad_amount", t[r.name] < 0, F.format_string(f"{r.name}: %s is negative", v)))
+            out.append(
+                (
+                    "bad_amount",
+                    eur > F.lit(cfg.max_amount_eur),
+                    F.format_string(f"{r.name}: %s is above {cfg.max_amount_eur:g} {cfg.base_currency}", v),
+                )
+            )
+        if r.kind == "code" and r.values:
+            out.append(
+                (
+                    "bad_value",
+                    v.isNotNull() & ~t[r.name].isin(*r.values),
+                    F.format_string(f"{r.name}: %s is not one of {', '.join(r.values)}", v),
+                )
+            )
+        if r.name == "propensity":
+            p = t[r.name]
+            out.append(("bad_value", ~((p > 0) & (p <= 1)), F.format_string("propensity: %s is not in (0, 1]", v)))
+        if r.kind == "category":
+            out.append(
+                (
+                    "unknown_category",
+                    v.isNotNull() & t[r.name].isNull(),
+                    F.format_string(f"{r.name}: %s is not a known category", v),
+                )
+            )
+    start = dt.datetime(day.year, day.month, day.day)
+    latest = start + dt.timedelta(days=1, minutes=cfg.future_tolerance_minutes)
+    earliest = start - dt.timedelta(days=cfg.max_lateness_days)
+    for name in (*([source.event_time] if source.event_time else []), *source.future_only):
+        out.append(
+            (
+                "future_timestamp",
+                t[name] > F.lit(latest),
+                F.format_string(f"{name}: %s is after the ingest date {day}", text[name]),
+            )
+        )
+    if source.event_time:
+        name = source.event_time
+        out.append(
+            (
+                "stale_timestamp",
+                t[name] < F.lit(earliest),
+                F.format_string(f"{name}: %s is more than {cfg.max_lateness_days} days before {day}", text[name]),
+            )
+        )
+    codes = {"user": "unknown_user", "coupon": "unknown_coupon", "issuance": "unknown_issuance"}
+    for fld, kind in source.refs:
+        out.append((codes[kind], ~F.col(f"_ref_{fld}"), F.format_string(f"{fld}: %s is not a known {kind}", t[fld])))
+    return out
+
+
+def with_reason(checks: list[Check]) -> Callable[[DataFrame], DataFrame]:
+    """Add ``reason`` and ``detail``: the first failed check in :data:`REASONS` order (checks of one reason in
+    field order); both null for a good record."""
+    rank = {r: i for i, r in enumerate(REASONS)}
+    ordered = sorted(enumerate(checks), key=lambda ic: (rank[ic[1][0]], ic[0]))
+
+    def transform(df: DataFrame) -> DataFrame:
+        reason = detail = None
+        for _, (code, failed, why) in ordered:
+            cond = F.coalesce(failed, F.lit(False))
+            reason = F.when(cond, F.lit(code)) if reason is None else reason.when(cond, F.lit(code))
+            detail = F.when(cond, why) if detail is None else detail.when(cond, why)
+        assert reason is not None and detail is not None
+        return df.select("*", reason.alias("reason"), detail.alias("detail"))
+
+    return transform
+
+
+def with_duplicates_marked(source: Source) -> Callable[[DataFrame], DataFrame]:
+    """Among good records of one natural key keep the latest (``version`` desc, then file and line desc); the
+    others become ``duplicate`` (same text as the kept one) or ``superseded``."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        good = F.col("reason").isNull()
+        order = [F.col("source_file").desc(), F.col("position").desc()]
+        if source.version:
+            order.insert(0, F.col(f"t_{source.version}").desc_nulls_last())
+        w = Window.partitionBy(good.alias("_good"), F.col(f"t_{source.key}")).orderBy(*order)
+        kept_text = F.first("value").over(w)
+        rn = F.row_number().over(w)
+        dup = good & (rn > 1)
+        same = F.col("value") == kept_text
+        return df.select(
+            *[c for c in df.columns if c not in ("reason", "detail")],
+            F.when(dup & same, F.lit("duplicate"))
+            .when(dup, F.lit("superseded"))
+            .otherwise(F.col("reason"))
+            .alias("reason"),
+            F.when(
+                dup,
+                F.format_string(f"{source.key} %s appears again; the latest copy is kept", F.col(f"t_{source.key}")),
+            )
+            .otherwise(F.col("detail"))
+            .alias("detail"),
+        )
+
+    return transform
+
+
+def select_accepted(source: Source, day: dt.date) -> Callable[[DataFrame], DataFrame]:
+    """The good records as the silver table's rows (:data:`coupon_spark.schemas` schema of the source)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        by_column: dict[str, Column] = {}
+        for r in source.rules:
+            by_column[r.column] = F.col(f"t_{r.name}_eur") if r.kind == "money" else F.col(f"t_{r.name}")
+        for name in source.zero_when_null:
+            by_column[name] = F.coalesce(by_column[name], F.lit(0))
+        by_column[PARTITION] = F.lit(day)
+        return df.filter(F.col("reason").isNull()).select(
+            *[by_column[f.name].cast(f.dataType).alias(f.name) for f in source.schema.fields]
+        )
+
+    return transform
+
+
+def select_quarantined(source: Source, day: dt.date) -> Callable[[DataFrame], DataFrame]:
+    """The rejected records as quarantine rows (:data:`coupon_spark.schemas.QUARANTINE`)."""
+
+    def transform(df: DataFrame) -> DataFrame:
+        cols = {
+            "ingest_date": F.lit(day),
+            "source": F.lit(source.name),
+            "source_file": F.col("source_file"),
+            "position": F.col("position"),
+            "raw_text": F.make_valid_utf8("value"),
+            "reason": F.col("reason"),
+            "detail": F.col("detail"),
+        }
+        return df.filter(F.col("reason").isNotNull()).select(
+            *[cols[f.name].cast(f.dataType).alias(f.name) for f in schemas.QUARANTINE.fields]
+        )
+
+    return transform
+
+
+def classify(
+    lines: DataFrame, source: Source, cfg: CleanseConfig, day: dt.date, refs: dict[str, DataFrame]
+) -> DataFrame:
+    """Every line of one source with its typed fields and its ``reason`` (null: accepted)."""
+    return (
+        lines.transform(with_parsed_fields(source))
+        .transform(with_typed_fields(source, cfg))
+        .transform(with_reference_flags(source, refs))
+        .transform(with_reason(record_checks(source, cfg, day)))
+        .transform(with_duplicates_marked(source))
+    )
+
+
+# ---- the job ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceResult:
+    """What one source came to."""
+
+    source: str
+    files: tuple[str, ...]
+    records_read: int
+    accepted: int
+    quarantined_by_reason: dict[str, int]
+    accepted_df: DataFrame
+    quarantined_df: DataFrame
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.quarantined_by_reason.values())
+
+    @property
+    def reconciled(self) -> bool:
+        return self.records_read == self.accepted + self.quarantined
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.quarantined_by_reason.items(), key=lambda kv: -kv[1]))
+        return (
+            f"  {self.source:<12} read {self.records_read:>10,}  accepted {self.accepted:>10,}  "
+            f"quarantined {self.quarantined:>7,}" + (f"  ({reasons})" if reasons else "")
+        )
+
+
+@dataclass
+class CleanseResult:
+    day: dt.date
+    run_id: str
+    sources: dict[str, SourceResult]
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> CleanseResult:
+    """Cleanse the landing folder of ``day`` into the silver tables, the quarantine and the run metrics.
+
+    Raises:
+        LandingFileMissingError: A source file is missing (nothing is written).
+        LandingHeaderError: A CSV header is wrong (nothing is written).
+        ReconciliationError: A source's counts do not add up (nothing is written).
+    """
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    run_id = f"cleanse-{day.isoformat()}-{uuid.uuid4().hex[:8]}"
+    missing = [landing_path(cfg, day, s) for s in SOURCE_ORDER if not _exists(spark, landing_path(cfg, day, s))]
+    if missing:
+        raise LandingFileMissingError(
+            f"landing folder of {day} is incomplete; missing: {', '.join(missing)}. Expected the files "
+            f"{', '.join(schemas.LANDING_FILES.values())} under {cfg.lake.landing}/{day}. Nothing was written."
+        )
+    refs: dict[str, DataFrame] = {}
+    results: dict[str, SourceResult] = {}
+    cached: list[DataFrame] = []
+    try:
+        for name in SOURCE_ORDER:
+            source = SOURCES[name]
+            read = read_lines(spark, landing_path(cfg, day, name), source.is_csv, schemas.LANDING_FIELDS[name])
+            classified = classify(read.lines, source, cfg.cleanse, day, refs).persist(StorageLevel.MEMORY_AND_DISK)
+            cached.append(classified)
+            counts = {r["reason"]: int(r["count"]) for r in classified.groupBy("reason").count().collect()}
+            accepted = counts.pop(None, 0)
+            result = SourceResult(
+                name,
+                read.files,
+                read.records_read,
+                accepted,
+                counts,
+                classified.transform(select_accepted(source, day)),
+                classified.transform(select_quarantined(source, day)),
+            )
+            if not result.reconciled:
+                raise ReconciliationError(
+                    f"{name} ({', '.join(read.files)}): read {result.records_read} records but accepted "
+                    f"{result.accepted} + quarantined {result.quarantined} = {result.accepted + result.quarantined}. "
+                    "Records were lost or duplicated by the cleansing logic (e.g. a join on a key that is not "
+                    "unique); nothing was written. This is a bug: report it with the ingest date."
+                )
+            results[name] = result
+            key = F.col(source.schema.fieldNames()[0]).alias("key")
+            if name == "users":
+                refs["user"] = result.accepted_df.select(key)
+            elif name == "coupons":
+                refs["coupon"] = result.accepted_df.select(key)
+            elif name == "issuances":
+                refs["issuance"] = _known_issuances(lake, cfg, day, result.accepted_df)
+        out = CleanseResult(day, run_id, results)
+        _write_all(spark, lake, out, started)
+        return out
+    finally:
+        for df in cached:
+            df.unpersist()
+
+
+def _known_issuances(lake: Lake, cfg: Config, day: dt.date, today: DataFrame) -> DataFrame:
+    keys = today.select(F.col("issuance_id").alias("key"))
+    if cfg.cleanse.issuance_lookback_days <= 0 or not lake.exists("issuances"):
+        return keys
+    dates = [day - dt.timedelta(days=i) for i in range(1, cfg.cleanse.issuance_lookback_days + 1)]
+    earlier = lake.read("issuances", where={PARTITION: dates}).select(F.col("issuance_id").alias("key"))
+    return keys.unionByName(earlier)
+
+
+def _metrics(spark: SparkSession, result: CleanseResult, started: dt.datetime) -> DataFrame:
+    finished = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    rows = [
+        (
+            result.day,
+            r.source,
+            r.records_read,
+            r.accepted,
+            r.quarantined,
+            r.quarantined_by_reason,
+            r.reconciled,
+            result.run_id,
+            started,
+            finished,
+        )
+        for r in result.sources.values()
+    ]
+    return spark.createDataFrame(rows, schemas.RUN_METRICS)
+
+
+def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: dt.datetime) -> None:
+    """Replace the ingest date's partition of every table; on a failure put back the ones already replaced."""
+    day = result.day
+    quarantine = None
+    for r in result.sources.values():
+        quarantine = r.quarantined_df if quarantine is None else quarantine.unionByName(r.quarantined_df)
+    assert quarantine is not None
+    writes: list[tuple[str, Callable[[], DataFrame]]] = [
+        (SOURCES[name].table, lambda r=r: r.accepted_df) for name, r in result.sources.items()
+    ]
+    writes.append(("quarantine", lambda: quarantine))
+    writes.append(("run_metrics", lambda: _metrics(spark, result, started)))
+    before: dict[str, int | None] = {}
+    try:
+        for table, make in writes:
+            before[table] = lake.version(table) if lake.exists(table) else None
+            res = lake.write(
+                make(),
+                table,
+                mode="overwrite",
+                partition_by=[PARTITION],
+                replace_where={PARTITION: day},
+                description=f"{result.run_id}: ingest date {day}",
+            )
+            result.versions[table] = res.version
+    except BaseException:
+        log.error("cleanse %s: a write failed; restoring %s", day, ", ".join(before) or "nothing")
+        for table, version in before.items():
+            if table in result.versions:
+                _restore(lake, table, version, day)
+        raise
+
+
+def _restore(lake: Lake, table: str, version: int | None, day: dt.date) -> None:
+    """Put the ingest date's partition of ``table`` back as it was at ``version`` (empty if none)."""
+    try:
+        if version is None:
+            old = lake.read(table).limit(0)
+        else:
+            old = lake.read(table, version=version, where={PARTITION: day})
+        lake.write(old, table, mode="overwrite", replace_where={PARTITION: day}, description="restore after failure")
+    except Exception:
+        log.exception("cleanse %s: could not restore %s to version %s", day, table, version)
+
+
+def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:
+    """CLI stage: cleanse the landing folder of ``--run-date``; prints a per-source summary."""
+    lake = Lake.from_config(spark, cfg.lake)
+    t0 = time.perf_counter()
+    result = cleanse_day(spark, lake, cfg, run_date)
+    print(f"cleanse {run_date} ({result.run_id}, {time.perf_counter() - t0:.1f}s):")
+    for r in result.sources.values():
+        print(r.summary())
+    return 0
