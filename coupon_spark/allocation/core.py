@@ -944,16 +944,16 @@ def decision_table(block: Block, dec: Decision, dicts: Dictionaries) -> pa.Table
     def opt_col(arr: np.ndarray) -> np.ndarray:
         return arr[users, opt]
 
-    def masked(values: np.ndarray) -> pa.Array:
-        return pa.array(values, mask=~issued)
+    def masked(values: np.ndarray, kind: pa.DataType = pa.float64()) -> pa.Array:
+        return pa.array(values, mask=~issued, type=kind)
 
     score = np.concatenate([dec.score, np.zeros(len(none_u))])
     assert block.user_ids is not None
     return pa.table(
         {
             "user_id": block.user_ids.take(pa.array(users)),
-            "coupon_id": masked(coupons[opt_col(block.coupon)]),
-            "campaign_id": masked(campaigns[opt_col(block.campaign)]),
+            "coupon_id": masked(coupons[opt_col(block.coupon)], pa.string()),
+            "campaign_id": masked(campaigns[opt_col(block.campaign)], pa.string()),
             "policy": pa.array(dec.policy[users], type=pa.string()),
             "holdout": pa.array(block.holdout[users]),
             "score": masked(score),
