@@ -31,7 +31,7 @@ STAGES: dict[str, Stage] = {
         Stage("generate", "write a synthetic shop's landing files and its hidden truth", "coupon_spark.datagen:run"),
         Stage("cleanse", "landing files of one ingest date -> silver Delta tables + quarantine",
               "coupon_spark.cleanse:run"),
-        Stage("features", "point-in-time user/coupon features and training examples", None),
+        Stage("features", "point-in-time user/coupon features and training examples", "coupon_spark.features:run"),
         Stage("train", "train the two-tower uplift model with Horovod on Spark",
               "coupon_spark.model.train:run"),
         Stage("score", "score every user against every live coupon (pandas UDF)", None),

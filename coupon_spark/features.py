@@ -1,0 +1,596 @@
+"""Point-in-time feature tables in Delta Lake: user and coupon features, training examples, feature statistics.
+
+``coupon-spark features --run-date R`` writes, for as-of date R (and for any earlier issue date whose
+snapshot is missing), the tables whose contracts are in :mod:`coupon_spark.schemas` ("features" section).
+
+Point in time. A record counts for the snapshot of date D only if it was *known* before D 00:00 UTC: it
+arrived in an ingest folder before D (``ingest_date < D``) and happened before D. Each record is placed on its
+*known day*, ``greatest(date(event time), ingest_date)`` (its own day when it arrived on time, the day it
+arrived when late), and a window of w days for D covers known days ``[D - w, D - 1]``. So nothing that
+happened, or arrived, on or after D can reach a snapshot of D, and a training example (an issuance on D)
+carries the snapshot of D.
+
+How. Every source is reduced to daily aggregates per (user, known day). For the as-of dates wanted, "probe"
+rows (user, D) are added, and window sums over each user's days (``rangeBetween(-w, -1)``) give every window
+feature for every as-of date in one sort, without replicating facts per date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import DateType, StructField, StructType
+
+from coupon_spark.config import Config, FeaturesConfig
+from coupon_spark.lake import Lake
+from coupon_spark.schemas import (
+    COUPON_FEATURE_PREFIXES,
+    FEATURE_STATS,
+    TRAINING_EXAMPLES_KEYS,
+    USER_FEATURE_PREFIXES,
+)
+
+log = logging.getLogger(__name__)
+
+CONTROL = "none"  # cc_* value of the control arm ("no coupon") and of a missing category
+UNKNOWN = "unknown"
+
+
+class MissingInputError(ValueError):
+    """A silver table the feature job needs is missing or has no data before the as-of date."""
+
+
+# ---- column functions --------------------------------------------------------------------------------------
+
+
+def known_day(event_time: str, ingest_date: str = "ingest_date") -> Column:
+    """The day a record became known: its event day, or its ingest day when it arrived late."""
+    return F.greatest(F.to_date(F.col(event_time)), F.col(ingest_date))
+
+
+def day_number(col: Column) -> Column:
+    """Days since 1970-01-01, the ordering key of the per-user windows."""
+    return F.datediff(col, F.lit("1970-01-01").cast("date"))
+
+
+def safe_ratio(num: Column, den: Column) -> Column:
+    return F.when(den > 0, num / den).otherwise(F.lit(0.0))
+
+
+def _slug(value: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in value.lower()).strip("_")
+
+
+# ---- daily aggregates per (user_id, day) -------------------------------------------------------------------
+
+
+def daily_orders(orders: DataFrame, categories: list[str]) -> DataFrame:
+    """Per (user_id, day): orders, spend, orders with a discount, and spend per category."""
+    cat = F.col("category")
+    return (
+        orders.withColumn("day", known_day("ordered_at"))
+        .groupBy("user_id", "day")
+        .agg(
+            F.count("*").cast("double").alias("orders"),
+            F.sum(F.col("amount_eur").cast("double")).alias("spend"),
+            F.sum(F.when(F.col("discount_eur") > 0, 1.0).otherwise(0.0)).alias("discount_orders"),
+            *[
+                F.sum(F.when(cat == c, F.col("amount_eur").cast("double")).otherwise(0.0)).alias(
+                    f"spend_cat_{_slug(c)}"
+                )
+                for c in categories
+            ],
+        )
+    )
+
+
+def daily_events(events: DataFrame) -> DataFrame:
+    """Per (user_id, day): views, carts, sessions, and the summed price of viewed items."""
+    kind = F.col("event_type")
+    return (
+        events.withColumn("day", known_day("event_time"))
+        .groupBy("user_id", "day")
+        .agg(
+            F.sum(F.when(kind == "view", 1.0).otherwise(0.0)).alias("views"),
+            F.sum(F.when(kind == "cart", 1.0).otherwise(0.0)).alias("carts"),
+            F.countDistinct("session_id").cast("double").alias("sessions"),
+            F.sum(F.when((kind == "view") & F.col("price_eur").isNotNull(), F.col("price_eur").cast("double"))).alias(
+                "viewed_price_sum"
+            ),
+            F.sum(F.when((kind == "view") & F.col("price_eur").isNotNull(), 1.0).otherwise(0.0)).alias("viewed_priced"),
+        )
+        .fillna(0.0, subset=["viewed_price_sum"])
+    )
+
+
+def daily_coupons(issuances: DataFrame, redemptions: DataFrame) -> DataFrame:
+    """Per (user_id, day): coupons issued (the control arm excluded), redeemed, and the discount taken."""
+    issued = (
+        issuances.where(F.col("coupon_id").isNotNull())
+        .withColumn("day", known_day("issued_at"))
+        .groupBy("user_id", "day")
+        .agg(F.count("*").cast("double").alias("issued"))
+    )
+    redeemed = (
+        redemptions.withColumn("day", known_day("redeemed_at"))
+        .groupBy("user_id", "day")
+        .agg(
+            F.count("*").cast("double").alias("redeemed"),
+            F.sum(F.coalesce(F.col("discount_eur").cast("double"), F.lit(0.0))).alias("discount_taken"),
+        )
+    )
+    return issued.join(redeemed, on=["user_id", "day"], how="full_outer")
+
+
+DAILY_METRICS_ORDERS = ["orders", "spend", "discount_orders"]
+DAILY_METRICS_EVENTS = ["views", "carts", "sessions", "viewed_price_sum", "viewed_priced"]
+DAILY_METRICS_COUPONS = ["issued", "redeemed", "discount_taken"]
+
+
+def combine_daily(frames: Iterable[DataFrame], metrics: list[str]) -> DataFrame:
+    """Union of daily aggregates (missing metrics as 0), summed per (user_id, day)."""
+    aligned = []
+    for f in frames:
+        aligned.append(
+            f.select(
+                "user_id",
+                F.col("day").cast("date").alias("day"),
+                *[(F.coalesce(F.col(m), F.lit(0.0)) if m in f.columns else F.lit(0.0)).alias(m) for m in metrics],
+            )
+        )
+    out = aligned[0]
+    for f in aligned[1:]:
+        out = out.unionByName(f)
+    return out.groupBy("user_id", "day").agg(*[F.sum(m).alias(m) for m in metrics])
+
+
+# ---- snapshots ---------------------------------------------------------------------------------------------
+
+
+def users_as_of(users: DataFrame, as_of_dates: list[dt.date]) -> DataFrame:
+    """(as_of_date, user profile) for each date: the newest users snapshot ingested before it, users signed up
+    before it."""
+    spark = users.sparkSession
+    dates = spark.createDataFrame([(d,) for d in as_of_dates], StructType([StructField("as_of_date", DateType())]))
+    snap_dates = users.select("ingest_date").distinct()
+    pick = (
+        dates.join(snap_dates, F.col("ingest_date") < F.col("as_of_date"), how="inner")
+        .groupBy("as_of_date")
+        .agg(F.max("ingest_date").alias("ingest_date"))
+    )
+    return (
+        users.join(F.broadcast(pick), on="ingest_date", how="inner")
+        .where(F.col("signup_date").isNull() | (F.col("signup_date") < F.col("as_of_date")))
+        .select("as_of_date", "user_id", "signup_date", "region", "device", "segment")
+    )
+
+
+def with_window_features(daily: DataFrame, probes: DataFrame, metrics: list[str], windows: list[int]) -> DataFrame:
+    """Window sums of every metric over each probe's preceding ``w`` known days, and the last order day.
+
+    Args:
+        daily: (user_id, day, *metrics) daily aggregates.
+        probes: (user_id, as_of_date) rows to compute features for.
+        metrics: Metric columns of ``daily``.
+        windows: Window lengths in days.
+
+    Returns:
+        (user_id, as_of_date, ``<metric>_<w>d`` for every metric and window, ``last_order_day``).
+    """
+    rows = daily.select(
+        "user_id",
+        day_number(F.col("day")).alias("dn"),
+        F.lit(False).alias("probe"),
+        F.lit(None).cast("date").alias("as_of_date"),
+        *metrics,
+    ).unionByName(
+        probes.select(
+            "user_id",
+            day_number(F.col("as_of_date")).alias("dn"),
+            F.lit(True).alias("probe"),
+            "as_of_date",
+            *[F.lit(0.0).alias(m) for m in metrics],
+        )
+    )
+    by_user = Window.partitionBy("user_id").orderBy("dn")
+    windowed = [F.sum(m).over(by_user.rangeBetween(-w, -1)).alias(f"{m}_{w}d") for w in windows for m in metrics]
+    last_order = F.max(F.when(F.col("orders") > 0, F.col("dn"))).over(
+        by_user.rangeBetween(Window.unboundedPreceding, -1)
+    )
+    return (
+        rows.select("user_id", "probe", "as_of_date", "dn", *windowed, last_order.alias("last_order_dn"))
+        .where(F.col("probe"))
+        .select(
+            "user_id",
+            "as_of_date",
+            *[F.coalesce(F.col(f"{m}_{w}d"), F.lit(0.0)).alias(f"{m}_{w}d") for w in windows for m in metrics],
+            (F.col("dn") - F.col("last_order_dn")).alias("days_since_last_order"),
+        )
+    )
+
+
+def user_features(
+    users: DataFrame,
+    orders: DataFrame,
+    events: DataFrame,
+    issuances: DataFrame,
+    redemptions: DataFrame,
+    as_of_dates: list[dt.date],
+    categories: list[str],
+    cfg: FeaturesConfig,
+) -> DataFrame:
+    """The ``user_features`` snapshots of ``as_of_dates`` (see the module docstring for the time semantics).
+
+    The silver inputs may hold any dates: each source is cut to what was known before the latest as-of date,
+    and the windows do the rest.
+    """
+    windows = sorted(set(cfg.windows_days))
+    last = max(as_of_dates)
+    horizon = min(as_of_dates) - dt.timedelta(days=max(windows) + 1)
+
+    def known_before(df: DataFrame, ts: str) -> DataFrame:
+        day = known_day(ts)
+        return df.where((F.col("ingest_date") < F.lit(last)) & (day < F.lit(last)) & (day >= F.lit(horizon)))
+
+    cat_metrics = [f"spend_cat_{_slug(c)}" for c in categories]
+    metrics = DAILY_METRICS_ORDERS + cat_metrics + DAILY_METRICS_EVENTS + DAILY_METRICS_COUPONS
+    daily = combine_daily(
+        [
+            daily_orders(known_before(orders, "ordered_at"), categories),
+            daily_events(known_before(events, "event_time")),
+            daily_coupons(known_before(issuances, "issued_at"), known_before(redemptions, "redeemed_at")),
+        ],
+        metrics,
+    )
+    profiles = users_as_of(users, as_of_dates)
+    win = with_window_features(daily, profiles.select("user_id", "as_of_date"), metrics, windows)
+    big = max(windows)
+    mid = sorted(w for w in windows if w <= 30)[-1] if any(w <= 30 for w in windows) else big
+    short = windows[0]
+    cap = float(cfg.recency_cap_days)
+
+    def col(m: str, w: int) -> Column:
+        return F.col(f"{m}_{w}d")
+
+    feats = [
+        F.datediff(F.col("as_of_date"), F.col("signup_date")).cast("double").alias("uf_tenure_days"),
+        F.least(F.coalesce(F.col("days_since_last_order").cast("double"), F.lit(cap)), F.lit(cap)).alias(
+            "uf_recency_days"
+        ),
+        *[col("orders", w).alias(f"uf_orders_{w}d") for w in windows],
+        *[col("spend", w).alias(f"uf_spend_{w}d") for w in windows],
+        safe_ratio(col("spend", big), col("orders", big)).alias(f"uf_avg_basket_{big}d"),
+        *[safe_ratio(col(m, big), col("spend", big)).alias(f"uf_share_{m[len('spend_cat_') :]}") for m in cat_metrics],
+        *[col("views", w).alias(f"uf_views_{w}d") for w in windows if w <= 30],
+        col("carts", mid).alias(f"uf_carts_{mid}d"),
+        col("sessions", mid).alias(f"uf_sessions_{mid}d"),
+        safe_ratio(col("orders", mid), col("sessions", mid)).alias(f"uf_orders_per_session_{mid}d"),
+        safe_ratio(col("viewed_price_sum", mid), col("viewed_priced", mid)).alias(f"uf_avg_viewed_price_{mid}d"),
+        col("issued", big).alias(f"uf_coupons_issued_{big}d"),
+        col("redeemed", big).alias(f"uf_coupons_redeemed_{big}d"),
+        safe_ratio(col("redeemed", big), col("issued", big)).alias(f"uf_redemption_rate_{big}d"),
+        safe_ratio(col("discount_taken", big), col("redeemed", big)).alias(f"uf_avg_discount_taken_{big}d"),
+        safe_ratio(col("discount_orders", big), col("orders", big)).alias(f"uf_discount_order_share_{big}d"),
+        safe_ratio(col("orders", short), col("orders", big)).alias(f"uf_recent_order_share_{short}d"),
+    ]
+    return (
+        profiles.join(win, on=["user_id", "as_of_date"], how="left")
+        .select(
+            "as_of_date",
+            "user_id",
+            *feats,
+            F.coalesce(F.col("region"), F.lit(UNKNOWN)).alias("uc_region"),
+            F.coalesce(F.col("device"), F.lit(UNKNOWN)).alias("uc_device"),
+            F.coalesce(F.col("segment"), F.lit(UNKNOWN)).alias("uc_segment"),
+        )
+        .fillna(0.0)
+    )
+
+
+def coupon_features(coupons: DataFrame, as_of_dates: list[dt.date]) -> DataFrame:
+    """The ``coupon_features`` of ``as_of_dates``: the newest catalogue snapshot ingested on or before each date
+    (a coupon's terms are known on the day it can be issued)."""
+    spark = coupons.sparkSession
+    dates = spark.createDataFrame([(d,) for d in as_of_dates], StructType([StructField("as_of_date", DateType())]))
+    pick = (
+        dates.join(coupons.select("ingest_date").distinct(), F.col("ingest_date") <= F.col("as_of_date"), how="inner")
+        .groupBy("as_of_date")
+        .agg(F.max("ingest_date").alias("ingest_date"))
+    )
+    face = F.col("face_value_eur").cast("double")
+    min_spend = F.col("min_spend_eur").cast("double")
+    return (
+        coupons.join(F.broadcast(pick), on="ingest_date", how="inner")
+        .select(
+            "as_of_date",
+            "coupon_id",
+            "campaign_id",
+            F.coalesce(face, F.lit(0.0)).alias("cf_face_value"),
+            F.coalesce(min_spend, F.lit(0.0)).alias("cf_min_spend"),
+            F.coalesce(safe_ratio(face, F.greatest(min_spend, face)), F.lit(0.0)).alias("cf_discount_ratio"),
+            F.coalesce(F.col("cost_eur").cast("double"), F.lit(0.0)).alias("cf_cost"),
+            F.coalesce(F.col("campaign_budget_eur").cast("double"), F.lit(0.0)).alias("cf_campaign_budget"),
+            (F.datediff(F.col("valid_to"), F.col("as_of_date")) + 1).cast("double").alias("cf_days_left"),
+            F.datediff(F.col("as_of_date"), F.col("valid_from")).cast("double").alias("cf_days_since_start"),
+            F.coalesce(F.col("kind"), F.lit(UNKNOWN)).alias("cc_kind"),
+            F.coalesce(F.col("category"), F.lit(UNKNOWN)).alias("cc_category"),
+        )
+        .fillna(0.0)
+    )
+
+
+def feature_columns(df: DataFrame, prefixes: tuple[str, ...]) -> list[str]:
+    return [c for c in df.columns if c.startswith(prefixes)]
+
+
+def training_examples(
+    issuances: DataFrame,
+    orders: DataFrame,
+    redemptions: DataFrame,
+    coupons: DataFrame,
+    user_feats: DataFrame,
+    coupon_feats: DataFrame,
+    issue_dates: list[dt.date],
+    window_days: int,
+) -> DataFrame:
+    """One row per issuance of ``issue_dates`` (control arm included) with point-in-time features and outcomes.
+
+    Args:
+        issuances, orders, redemptions, coupons: silver tables.
+        user_feats: ``user_features`` holding the snapshots of ``issue_dates``.
+        coupon_feats: ``coupon_features`` holding the snapshots of ``issue_dates``.
+        issue_dates: Dates whose outcome windows have closed.
+        window_days: Outcome window after ``issued_at``.
+    """
+    iss = (
+        issuances.withColumn("issue_date", F.to_date("issued_at"))
+        .where(F.col("issue_date").isin(issue_dates))
+        .select("issuance_id", "user_id", "coupon_id", "issued_at", "issue_date", "policy", "propensity")
+    )
+    window = F.expr(f"INTERVAL {int(window_days)} DAYS")
+    o = orders.select(
+        F.col("user_id").alias("o_user"),
+        "ordered_at",
+        (F.col("amount_eur") - F.coalesce(F.col("discount_eur"), F.lit(0))).cast("double").alias("net"),
+    )
+    purchases = (
+        iss.alias("i")
+        .join(
+            o,
+            (F.col("i.user_id") == F.col("o_user"))
+            & (F.col("ordered_at") >= F.col("i.issued_at"))
+            & (F.col("ordered_at") < F.col("i.issued_at") + window),
+            how="inner",
+        )
+        .groupBy("issuance_id")
+        .agg(F.lit(1).alias("purchased"), F.sum("net").alias("revenue_eur"))
+    )
+    cost = coupons.groupBy("coupon_id").agg(F.max(F.col("cost_eur").cast("double")).alias("unit_cost"))
+    redeemed = (
+        iss.alias("i")
+        .join(redemptions.select("issuance_id", "redeemed_at"), on="issuance_id", how="inner")
+        .where(F.col("redeemed_at") < F.col("issued_at") + window)
+        .join(cost, on="coupon_id", how="left")
+        .groupBy("issuance_id")
+        .agg(F.lit(1).alias("redeemed"), F.max(F.coalesce(F.col("unit_cost"), F.lit(0.0))).alias("coupon_cost_eur"))
+    )
+    ucols = feature_columns(user_feats, USER_FEATURE_PREFIXES)
+    ccols = feature_columns(coupon_feats, COUPON_FEATURE_PREFIXES)
+    uf = user_feats.select(F.col("as_of_date").alias("issue_date"), "user_id", *ucols)
+    cf = coupon_feats.select(F.col("as_of_date").alias("issue_date"), "coupon_id", "campaign_id", *ccols)
+    out = (
+        iss.join(uf, on=["issue_date", "user_id"], how="left")
+        .join(cf, on=["issue_date", "coupon_id"], how="left")
+        .join(purchases, on="issuance_id", how="left")
+        .join(redeemed, on="issuance_id", how="left")
+    )
+    control = F.col("coupon_id").isNull()
+    keys = [f.name for f in TRAINING_EXAMPLES_KEYS.fields]
+    exprs = {
+        "purchased": F.coalesce(F.col("purchased"), F.lit(0)).cast("int"),
+        "redeemed": F.coalesce(F.col("redeemed"), F.lit(0)).cast("int"),
+        "revenue_eur": F.coalesce(F.col("revenue_eur"), F.lit(0.0)),
+        "coupon_cost_eur": F.coalesce(F.col("coupon_cost_eur"), F.lit(0.0)),
+        "outcome_window_days": F.lit(window_days).cast("int"),
+        "propensity": F.col("propensity").cast("double"),
+    }
+    return out.select(
+        *[exprs.get(k, F.col(k)).alias(k) for k in keys],
+        *[F.coalesce(F.col(c), F.lit(0.0 if c.startswith("uf_") else UNKNOWN)).alias(c) for c in ucols],
+        *[
+            F.when(control, F.lit(0.0 if c.startswith("cf_") else CONTROL))
+            .otherwise(F.coalesce(F.col(c), F.lit(0.0 if c.startswith("cf_") else UNKNOWN)))
+            .alias(c)
+            for c in ccols
+        ],
+    )
+
+
+def transform_of(name: str, log1p_fragments: list[str]) -> str:
+    """``log1p_standard`` for non-negative heavy-tailed features (counts, money, days), else ``standard``."""
+    if any(tag in name for tag in ("share", "rate", "ratio")):
+        return "standard"
+    return "log1p_standard" if any(f in name for f in log1p_fragments) else "standard"
+
+
+def feature_stats(
+    df: DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    as_of: dt.date,
+    source_table: str,
+    source_version: int,
+    cfg: FeaturesConfig,
+) -> DataFrame:
+    """The transformation of each feature column of ``df``, computed in Spark (one pass for all numeric
+    columns, one small aggregation per categorical column)."""
+    spark = df.sparkSession
+    kinds = {c: transform_of(c, cfg.log1p_features) for c in numeric}
+
+    def transformed(c: str) -> Column:
+        x = F.col(c).cast("double")
+        return F.log1p(F.greatest(x, F.lit(0.0))) if kinds[c] == "log1p_standard" else x
+
+    rows: list[tuple] = []
+    if numeric:
+        aggs = []
+        for c in numeric:
+            aggs += [F.avg(transformed(c)).alias(f"{c}__m"), F.stddev_pop(transformed(c)).alias(f"{c}__s")]
+        stats = df.agg(*aggs).first()
+        assert stats is not None
+        for c in numeric:
+            mean = float(stats[f"{c}__m"] or 0.0)
+            sd = float(stats[f"{c}__s"] or 0.0)
+            rows.append(
+                (as_of, c, "numeric", kinds[c], mean, sd if sd > 1e-12 else 1.0, None, source_table, source_version)
+            )
+    for c in categorical:
+        top = (
+            df.groupBy(c)
+            .count()
+            .where(F.col(c).isNotNull())
+            .orderBy(F.desc("count"), F.asc(c))
+            .limit(cfg.vocabulary_max_size)
+            .collect()
+        )
+        vocab = sorted(str(r[c]) for r in top)
+        rows.append((as_of, c, "categorical", "onehot", None, None, vocab, source_table, source_version))
+    return spark.createDataFrame(rows, FEATURE_STATS)
+
+
+# ---- the job -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureRunSummary:
+    as_of: dt.date
+    snapshots: list[dt.date]
+    issue_dates: list[dt.date]
+    versions: dict[str, int]
+    rows: dict[str, int]
+    seconds: dict[str, float]
+
+
+def _timed(seconds: dict[str, float], name: str, fn: Callable[[], object]) -> object:
+    started = time.perf_counter()
+    out = fn()
+    seconds[name] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> FeatureRunSummary:
+    """Write the feature tables for ``run_date``: snapshots (plus missing issue-date snapshots), the training
+    examples of every issue date whose outcome window closed within the look-back, and the feature stats."""
+    fcfg = cfg.features
+    for t in ("users", "coupons", "orders", "events", "issuances", "redemptions"):
+        if not lake.exists(t):
+            raise MissingInputError(
+                f"silver table {t!r} ({lake.location(t)}) does not exist: run `coupon-spark cleanse` first"
+            )
+    seconds: dict[str, float] = {}
+    versions: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    win = fcfg.outcome_window_days
+    # issue dates whose windows closed: issued on D, outcomes known up to R 00:00, so D + window + 1 <= R
+    closed_from = run_date - dt.timedelta(days=fcfg.training_lookback_days)
+    closed_to = run_date - dt.timedelta(days=win + 1)
+    iss = lake.read("issuances")
+    wanted = sorted(
+        r[0]
+        for r in iss.select(F.to_date("issued_at").alias("d"))
+        .where(F.col("d").between(closed_from, closed_to))
+        .distinct()
+        .collect()
+    )
+    have_user = {p["as_of_date"] for p in lake.partitions("user_features")} if lake.exists("user_features") else set()
+    have_coupon = (
+        {p["as_of_date"] for p in lake.partitions("coupon_features")} if lake.exists("coupon_features") else set()
+    )
+    snapshots = sorted({run_date} | {d for d in wanted if d not in have_user or d not in have_coupon})
+    categories = list(cfg.cleanse.categories)
+
+    users, orders, events = lake.read("users"), lake.read("orders"), lake.read("events")
+    redemptions, coupons = lake.read("redemptions"), lake.read("coupons")
+    uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg)
+    res = _timed(
+        seconds,
+        "user_features",
+        lambda: lake.write(uf, "user_features", mode="replace_partitions", partition_by=["as_of_date"]),
+    )
+    versions["user_features"], counts["user_features"] = res.version, res.num_rows  # type: ignore[attr-defined]
+    cf = coupon_features(coupons, snapshots)
+    res = _timed(
+        seconds,
+        "coupon_features",
+        lambda: lake.write(cf, "coupon_features", mode="replace_partitions", partition_by=["as_of_date"]),
+    )
+    versions["coupon_features"], counts["coupon_features"] = res.version, res.num_rows  # type: ignore[attr-defined]
+
+    # the transformation: computed from the snapshot of the run date, as committed
+    uf_now = lake.read("user_features", where={"as_of_date": run_date})
+    cf_now = lake.read("coupon_features", where={"as_of_date": run_date})
+    stats = feature_stats(
+        uf_now,
+        [c for c in uf_now.columns if c.startswith("uf_")],
+        [c for c in uf_now.columns if c.startswith("uc_")],
+        run_date,
+        "user_features",
+        versions["user_features"],
+        fcfg,
+    ).unionByName(
+        feature_stats(
+            cf_now,
+            [c for c in cf_now.columns if c.startswith("cf_")],
+            [c for c in cf_now.columns if c.startswith("cc_")],
+            run_date,
+            "coupon_features",
+            versions["coupon_features"],
+            fcfg,
+        )
+    )
+    res = _timed(
+        seconds,
+        "feature_stats",
+        lambda: lake.write(stats, "feature_stats", mode="replace_partitions", partition_by=["as_of_date"]),
+    )
+    versions["feature_stats"], counts["feature_stats"] = res.version, res.num_rows  # type: ignore[attr-defined]
+
+    if wanted:
+        ex = training_examples(
+            iss,
+            orders,
+            redemptions,
+            coupons,
+            lake.read("user_features", where={"as_of_date": wanted}),
+            lake.read("coupon_features", where={"as_of_date": wanted}),
+            wanted,
+            win,
+        )
+        res = _timed(
+            seconds,
+            "training_examples",
+            lambda: lake.write(ex, "training_examples", mode="replace_partitions", partition_by=["issue_date"]),
+        )
+        versions["training_examples"], counts["training_examples"] = res.version, res.num_rows  # type: ignore[attr-defined]
+    return FeatureRunSummary(run_date, snapshots, wanted, versions, counts, seconds)
+
+
+def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+    """``coupon-spark features``: build and print what was written."""
+    lake = Lake.from_config(spark, cfg.lake)
+    s = build_features(spark, lake, cfg, run_date)
+    print(f"features as of {s.as_of}: snapshots {[str(d) for d in s.snapshots]}")
+    if s.issue_dates:
+        print(f"  training examples for issue dates {s.issue_dates[0]} .. {s.issue_dates[-1]} ({len(s.issue_dates)})")
+    else:
+        print(f"  no issue date's {cfg.features.outcome_window_days}-day outcome window has closed yet")
+    for t in s.versions:
+        print(f"  {t:<18} version {s.versions[t]:<4} {s.rows[t]:>10} rows  {s.seconds.get(t, 0):>6.1f}s")
+    return 0
