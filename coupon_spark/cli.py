@@ -34,7 +34,7 @@ STAGES: dict[str, Stage] = {
         Stage("features", "point-in-time user/coupon features and training examples", "coupon_spark.features:run"),
         Stage("train", "train the two-tower uplift model with Horovod on Spark",
               "coupon_spark.model.train:run"),
-        Stage("score", "score every user against every live coupon (pandas UDF)", None),
+        Stage("score", "score every user against every live coupon (pandas UDF)", "coupon_spark.scoring:run"),
         Stage("allocate", "budget-constrained allocation through the Lagrangian dual",
               "coupon_spark.allocation:run"),
         Stage("evaluate", "model metrics, policy value, budget use, fairness; the report", None),

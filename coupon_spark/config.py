@@ -241,6 +241,34 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """The scoring job (``coupon-spark score``).
+
+    Attributes:
+        top_k: Candidates kept per user (by expected incremental profit).
+        model_version: Registry version to score with; 0 = the model's ``latest``.
+        margin_rate: Gross margin on a basket: incremental profit = uplift * margin_rate * basket - p_redeem * cost.
+        default_basket_eur: Basket of a user without purchase history.
+        min_spend_factor: A coupon is plausible for a user only if min_spend <= factor * the user's basket.
+        frequency_cap: At most this many coupons per user within ``frequency_cap_days``: a user at the cap gets
+            no candidate.
+        frequency_cap_days: Look-back of the frequency cap (issuances before the run date).
+        targeting: Campaign id -> the user segments it may target (absent: every segment).
+        batch_rows: Users scored at once inside a task (bounds the memory of the score matrices).
+    """
+
+    top_k: int = 10
+    model_version: int = 0
+    margin_rate: float = 0.3
+    default_basket_eur: float = 40.0
+    min_spend_factor: float = 3.0
+    frequency_cap: int = 3
+    frequency_cap_days: int = 7
+    targeting: dict[str, list[str]] = field(default_factory=dict)
+    batch_rows: int = 4096
+
+
+@dataclass(frozen=True)
 class AllocationConfig:
     """The budget-constrained allocation (``coupon-spark allocate``).
 
@@ -404,6 +432,7 @@ class Config:
     shop: ShopConfig = field(default_factory=ShopConfig)
     cleanse: CleanseConfig = field(default_factory=CleanseConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str = ""  # the file it was loaded from (not a YAML key)

@@ -1,0 +1,257 @@
+"""``coupon-spark score``: every user against every live coupon, in a pandas UDF with broadcast weights.
+
+The model's numpy weights (:class:`coupon_spark.model.scorer.NumpyScorer`) and the live coupons' tower outputs
+are broadcast once; each task unpacks them once (iterator-form ``mapInPandas``) and, per chunk of
+``score.batch_rows`` users, runs the user tower as vectorised numpy and one matrix product against all live
+coupons and the "no coupon" arm. Eligibility is applied in the same pass, and only the top-K candidates per
+user (by expected incremental profit) leave the task; nothing is collected to the driver.
+
+Expected incremental profit of coupon c for user u, against giving nothing (the synthetic shop's definition)::
+
+    expected_profit = uplift * margin_rate * basket_u - p_redeem * coupon_cost_c
+
+with ``basket_u`` the user's average basket over the longest window (``score.default_basket_eur`` without
+history) and ``margin_rate`` the shop's gross margin (``score.margin_rate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from coupon_spark.config import Config, ScoreConfig
+from coupon_spark.lake import Lake
+from coupon_spark.schemas import CANDIDATES_SCHEMA, COUPON_FEATURE_PREFIXES, USER_FEATURE_PREFIXES
+
+log = logging.getLogger(__name__)
+
+BASKET_COLUMN = "uf_avg_basket_90d"
+SEGMENT_COLUMN = "uc_segment"
+RECENT_COLUMN = "recent_coupons"
+
+# what a task emits (run_date and model_version are added as literals afterwards)
+_TASK_DDL = (
+    "user_id string, coupon_id string, campaign_id string, p_purchase double, p_purchase_none double, "
+    "uplift double, p_redeem double, coupon_cost double, expected_cost double, expected_profit double, rank int"
+)
+
+
+class NoLiveCouponsError(ValueError):
+    """No coupon can be issued on the run date (none valid, or every campaign out of budget)."""
+
+
+class NoUserFeaturesError(ValueError):
+    """The user feature snapshot of the run date is missing: run ``coupon-spark features`` first."""
+
+
+@dataclass(frozen=True)
+class LiveCoupons:
+    """The coupons that can be issued on the run date, as the scoring tasks need them (small: driver side)."""
+
+    frame: pd.DataFrame  # coupon_id, campaign_id, cf_*/cc_* columns
+    embeddings: np.ndarray  # [m, 2d + 2], the coupon tower's output
+    cost: np.ndarray  # [m] money per redemption
+    min_spend: np.ndarray  # [m]
+    allowed_segments: list[frozenset[str] | None]  # per coupon: None = every segment
+
+
+def live_coupons(coupon_features: DataFrame, redemptions: DataFrame | None, coupons: DataFrame | None) -> DataFrame:
+    """Coupons valid on the snapshot date whose campaign still has budget left.
+
+    Args:
+        coupon_features: The ``coupon_features`` snapshot of the run date.
+        redemptions: silver ``redemptions`` known so far (their coupons' cost is charged to the campaign), or
+            None to skip the budget check.
+        coupons: silver ``coupons`` (the cost of each redeemed coupon).
+    """
+    valid = coupon_features.where((F.col("cf_days_left") >= 1) & (F.col("cf_days_since_start") >= 0))
+    if redemptions is None or coupons is None:
+        return valid
+    cost = coupons.groupBy("coupon_id").agg(
+        F.max("campaign_id").alias("r_campaign"), F.max(F.col("cost_eur").cast("double")).alias("unit_cost")
+    )
+    spent = (
+        redemptions.join(cost, on="coupon_id", how="inner").groupBy("r_campaign").agg(F.sum("unit_cost").alias("spent"))
+    )
+    return (
+        valid.join(spent, valid["campaign_id"] == spent["r_campaign"], how="left")
+        .where(
+            (F.col("cf_campaign_budget") <= 0) | (F.coalesce(F.col("spent"), F.lit(0.0)) < F.col("cf_campaign_budget"))
+        )
+        .select(*valid.columns)
+    )
+
+
+def with_recent_coupons(users: DataFrame, issuances: DataFrame, run_date: dt.date, days: int) -> DataFrame:
+    """Add ``recent_coupons``: coupons issued to the user in the ``days`` days before ``run_date``."""
+    start = dt.datetime.combine(run_date - dt.timedelta(days=days), dt.time(), dt.timezone.utc)
+    end = dt.datetime.combine(run_date, dt.time(), dt.timezone.utc)
+    recent = (
+        issuances.where(
+            F.col("coupon_id").isNotNull() & (F.col("issued_at") >= F.lit(start)) & (F.col("issued_at") < F.lit(end))
+        )
+        .groupBy("user_id")
+        .agg(F.count("*").cast("int").alias(RECENT_COLUMN))
+    )
+    return users.join(recent, on="user_id", how="left").withColumn(
+        RECENT_COLUMN, F.coalesce(F.col(RECENT_COLUMN), F.lit(0))
+    )
+
+
+def eligibility(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
+    """Boolean ``[n_users, n_coupons]``: frequency cap, segment targeting and minimum-spend plausibility."""
+    n, m = len(users), len(coupons.cost)
+    ok = np.ones((n, m), dtype=bool)
+    if RECENT_COLUMN in users:
+        ok &= (users[RECENT_COLUMN].to_numpy() < cfg.frequency_cap)[:, None]
+    basket = user_basket(users, cfg)
+    ok &= coupons.min_spend[None, :] <= cfg.min_spend_factor * basket[:, None]
+    if any(a is not None for a in coupons.allowed_segments):
+        seg = users[SEGMENT_COLUMN].astype(object).to_numpy() if SEGMENT_COLUMN in users else np.full(n, None)
+        for j, allowed in enumerate(coupons.allowed_segments):
+            if allowed is not None:
+                ok[:, j] &= np.isin(seg, list(allowed))
+    return ok
+
+
+def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
+    if BASKET_COLUMN not in users:
+        return np.full(len(users), cfg.default_basket_eur)
+    b = users[BASKET_COLUMN].to_numpy(dtype=np.float64, na_value=0.0)
+    return np.where(b > 0, b, cfg.default_basket_eur)
+
+
+def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """Top-K candidates of one chunk of users: the numpy kernel that the UDF runs per chunk."""
+    n, m = len(users), len(coupons.cost)
+    out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
+    p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
+    basket = user_basket(users, cfg)
+    profit = uplift * (cfg.margin_rate * basket)[:, None] - p_redeem * coupons.cost[None, :]
+    ranked = np.where(eligibility(users, coupons, cfg), profit, -np.inf)
+    k = min(cfg.top_k, m)
+    if k == 0 or n == 0:
+        return pd.DataFrame({c: [] for c in _TASK_DDL_COLUMNS})
+    top = np.argpartition(-ranked, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
+    order = np.argsort(-np.take_along_axis(ranked, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    rows = np.repeat(np.arange(n), k)
+    cols = top.ravel()
+    keep = np.isfinite(ranked[rows, cols])
+    rows, cols = rows[keep], cols[keep]
+    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), n)[keep]
+    cost = coupons.cost[cols]
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"].to_numpy(object)[rows],
+            "coupon_id": coupons.frame["coupon_id"].to_numpy(object)[cols],
+            "campaign_id": coupons.frame["campaign_id"].to_numpy(object)[cols],
+            "p_purchase": p[rows, cols].astype(np.float64),
+            "p_purchase_none": p_none[rows].astype(np.float64),
+            "uplift": uplift[rows, cols].astype(np.float64),
+            "p_redeem": p_redeem[rows, cols].astype(np.float64),
+            "coupon_cost": cost,
+            "expected_cost": p_redeem[rows, cols] * cost,
+            "expected_profit": profit[rows, cols],
+            "rank": ranks,
+        }
+    )
+
+
+_TASK_DDL_COLUMNS = [c.strip().split(" ")[0] for c in _TASK_DDL.split(",")]
+
+
+def prepare_coupons(frame: pd.DataFrame, scorer, cfg: ScoreConfig) -> LiveCoupons:  # type: ignore[no-untyped-def]
+    """Run the coupon tower on the live coupons (driver side, once per job)."""
+    frame = frame.sort_values("coupon_id").reset_index(drop=True)
+    targeting = {k: frozenset(v) for k, v in cfg.targeting.items()}
+    return LiveCoupons(
+        frame=frame[["coupon_id", "campaign_id", *[c for c in frame.columns if c.startswith(COUPON_FEATURE_PREFIXES)]]],
+        embeddings=scorer.coupon_embed(frame),
+        cost=frame["cf_cost"].to_numpy(np.float64),
+        min_spend=frame["cf_min_spend"].to_numpy(np.float64),
+        allowed_segments=[targeting.get(c) for c in frame["campaign_id"]],
+    )
+
+
+def score_users(users: DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> DataFrame:  # type: ignore[no-untyped-def]
+    """The scoring UDF over a DataFrame of users (``user_id``, ``uf_*``/``uc_*``, optional ``recent_coupons``).
+
+    The scorer and coupons are broadcast; the iterator form unpacks them once per task.
+    """
+    spark = users.sparkSession
+    payload = spark.sparkContext.broadcast((scorer, coupons, cfg))
+    cols = ["user_id", *[c for c in users.columns if c.startswith(USER_FEATURE_PREFIXES)]]
+    if RECENT_COLUMN in users.columns:
+        cols.append(RECENT_COLUMN)
+
+    def udf(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        sc, cp, c = payload.value  # once per task
+        for pdf in batches:
+            for start in range(0, len(pdf), c.batch_rows):
+                yield score_chunk(pdf.iloc[start : start + c.batch_rows], sc, cp, c)
+
+    return users.select(*cols).mapInPandas(udf, _TASK_DDL)
+
+
+def load_scorer(cfg: Config):  # type: ignore[no-untyped-def]
+    """The registry's scorer for ``score.model_version`` (0: latest) and its version label."""
+    from coupon_spark.model.registry import Registry
+    from coupon_spark.model.scorer import NumpyScorer
+
+    registry = Registry.from_config(cfg)
+    name = cfg.train.model_name
+    version = cfg.score.model_version or registry.latest(name)
+    return NumpyScorer.load(registry.local_dir(name, version)), f"{name}/{version}"
+
+
+def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> tuple[DataFrame, str, int]:
+    """The candidates of ``run_date`` (a lazy DataFrame), the model version and the number of live coupons."""
+    if (
+        not lake.exists("user_features")
+        or not lake.partitions("user_features")
+        or run_date not in {p["as_of_date"] for p in lake.partitions("user_features")}
+    ):
+        raise NoUserFeaturesError(
+            f"no user_features snapshot as of {run_date} in {lake.location('user_features')}: "
+            f"run `coupon-spark features --run-date {run_date}` first"
+        )
+    scorer, version = load_scorer(cfg)
+    cf = lake.read("coupon_features", where={"as_of_date": run_date})
+    live = live_coupons(
+        cf,
+        lake.read("redemptions") if lake.exists("redemptions") else None,
+        lake.read("coupons") if lake.exists("coupons") else None,
+    ).toPandas()
+    if live.empty:
+        raise NoLiveCouponsError(f"no coupon is valid and funded on {run_date}: nothing to score")
+    coupons = prepare_coupons(live, scorer, cfg.score)
+    users = lake.read("user_features", where={"as_of_date": run_date})
+    if lake.exists("issuances"):
+        users = with_recent_coupons(users, lake.read("issuances"), run_date, cfg.score.frequency_cap_days)
+    scored = score_users(users, scorer, coupons, cfg.score)
+    out = scored.withColumn("run_date", F.lit(run_date)).withColumn("model_version", F.lit(version))
+    return out.select(*[F.col(f.name).cast(f.dataType) for f in CANDIDATES_SCHEMA.fields]), version, len(live)
+
+
+def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+    """``coupon-spark score``: write the candidates of the run date (a rerun replaces them)."""
+    lake = Lake.from_config(spark, cfg.lake)
+    started = time.perf_counter()
+    candidates, version, n_live = build_candidates(spark, lake, cfg, run_date)
+    res = lake.write(candidates, "candidates", mode="replace_partitions", partition_by=["run_date"])
+    secs = time.perf_counter() - started
+    print(
+        f"score {run_date}: model {version}, {n_live} live coupons, {res.num_rows} candidates "
+        f"(top {cfg.score.top_k} per user) -> candidates version {res.version} in {secs:.1f}s"
+    )
+    return 0

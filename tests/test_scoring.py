@@ -1,0 +1,217 @@
+"""The scoring UDF against TensorFlow's predictions and a brute-force ranking written out in plain Python."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+
+from coupon_spark import scoring
+from coupon_spark.config import ScoreConfig
+from coupon_spark.model.network import build_model, export_weights
+from coupon_spark.model.scorer import NumpyScorer
+from coupon_spark.model.spec import ModelSpec
+from coupon_spark.model.transform import FeatureTransform
+
+N_USERS = 40
+CFG = ScoreConfig(
+    top_k=3,
+    margin_rate=0.3,
+    default_basket_eur=40.0,
+    min_spend_factor=2.0,
+    frequency_cap=2,
+    targeting={"camp_b": ["vip"]},
+    batch_rows=7,  # several chunks per Arrow batch
+)
+
+
+def make_users() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{i:03d}" for i in range(N_USERS)],
+            "uf_spend_90d": rng.gamma(2.0, 50.0, N_USERS),
+            "uf_avg_basket_90d": np.where(np.arange(N_USERS) % 5 == 0, 0.0, rng.gamma(3.0, 15.0, N_USERS)),
+            "uf_share_grocery": rng.uniform(0, 1, N_USERS),
+            "uc_segment": np.where(np.arange(N_USERS) % 3 == 0, "vip", "regular"),
+            "recent_coupons": np.where(np.arange(N_USERS) % 7 == 0, 2, np.arange(N_USERS) % 2),
+        }
+    )
+
+
+COUPONS = pd.DataFrame(
+    {
+        "coupon_id": ["c1", "c2", "c3", "c4", "c5", "c_new"],
+        "campaign_id": ["camp_a", "camp_a", "camp_b", "camp_b", "camp_c", "camp_c"],
+        "cf_face_value": [5.0, 10.0, 15.0, 5.0, 20.0, 8.0],
+        "cf_min_spend": [20.0, 40.0, 60.0, 0.0, 400.0, 30.0],
+        "cf_cost": [5.0, 10.0, 15.0, 5.0, 20.0, 8.0],
+        "cc_category": ["grocery", "all", "fashion", "grocery", "all", "books"],
+    }
+)
+
+STATS = [
+    {"feature": "uf_spend_90d", "kind": "numeric", "transform": "log1p_standard", "center": 4.0, "scale": 1.0},
+    {"feature": "uf_avg_basket_90d", "kind": "numeric", "transform": "log1p_standard", "center": 3.5, "scale": 0.8},
+    {"feature": "uf_share_grocery", "kind": "numeric", "transform": "standard", "center": 0.5, "scale": 0.3},
+    {"feature": "uc_segment", "kind": "categorical", "transform": "onehot", "vocabulary": ["regular", "vip"]},
+    {"feature": "cf_face_value", "kind": "numeric", "transform": "log1p_standard", "center": 2.3, "scale": 0.5},
+    {"feature": "cf_min_spend", "kind": "numeric", "transform": "log1p_standard", "center": 3.0, "scale": 1.2},
+    {"feature": "cf_cost", "kind": "numeric", "transform": "log1p_standard", "center": 2.3, "scale": 0.5},
+    {"feature": "cc_category", "kind": "categorical", "transform": "onehot", "vocabulary": ["all", "grocery"]},
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_scorer():
+    transform = FeatureTransform.from_stats(STATS)
+    spec = ModelSpec(
+        user_dim=transform.user_dim,
+        coupon_dim=transform.coupon_dim,
+        embedding_dim=4,
+        hidden_units=[8],
+        id_embedding_dim=3,
+        user_id_buckets=16,
+        coupon_ids=["c1", "c2", "c3", "c4", "c5"],  # c_new is unseen: the unknown-coupon embedding
+    )
+    model = build_model(spec, seed=7)
+    # make the predictions spread out: scale the output layers so probabilities are not all ~0.5
+    weights = {k: (v * 1.5 if "dense" in k else v) for k, v in export_weights(model).items()}
+    model = build_model(spec, weights=weights)
+    return model, NumpyScorer(spec, transform, weights)
+
+
+def tf_predictions(model, scorer: NumpyScorer, users: pd.DataFrame) -> dict[tuple[str, str], dict[str, float]]:
+    """TensorFlow's own call() on every (user, coupon) row and on the control arm."""
+    t, spec = scorer.transform, scorer.spec
+    n, m = len(users), len(COUPONS)
+    rep = users.loc[users.index.repeat(m)].reset_index(drop=True)
+    cps = pd.concat([COUPONS] * n, ignore_index=True)
+    inputs = {
+        "user_x": t.user_matrix(rep),
+        "user_bucket": spec.user_buckets(rep["user_id"]),
+        "coupon_x": t.coupon_matrix(cps),
+        "coupon_index": spec.coupon_index(cps["coupon_id"]),
+    }
+    out = {k: v.numpy() for k, v in model(inputs).items()}
+    return {
+        (rep["user_id"][i], cps["coupon_id"][i]): {
+            "p_purchase": float(out["p_purchase"][i]),
+            "p_purchase_none": float(out["p_purchase_none"][i]),
+            "p_redeem": float(out["p_redeem"][i]),
+        }
+        for i in range(n * m)
+    }
+
+
+def brute_force_top_k(users: pd.DataFrame, preds: dict, cfg: ScoreConfig) -> dict[tuple[str, str], tuple[int, float]]:
+    """Every eligible pair's profit, ranked per user with sorted(): {(user, coupon): (rank, profit)}."""
+    out = {}
+    for u in users.itertuples():
+        if u.recent_coupons >= cfg.frequency_cap:
+            continue
+        basket = u.uf_avg_basket_90d if u.uf_avg_basket_90d > 0 else cfg.default_basket_eur
+        scored = []
+        for c in COUPONS.itertuples():
+            if c.cf_min_spend > cfg.min_spend_factor * basket:
+                continue
+            allowed = cfg.targeting.get(c.campaign_id)
+            if allowed is not None and u.uc_segment not in allowed:
+                continue
+            p = preds[(u.user_id, c.coupon_id)]
+            profit = (p["p_purchase"] - p["p_purchase_none"]) * cfg.margin_rate * basket - p["p_redeem"] * c.cf_cost
+            scored.append((profit, c.coupon_id))
+        best = sorted(scored, key=lambda pc: (-pc[0], pc[1]))[: cfg.top_k]  # ties: the smaller coupon id first
+        for rank, (profit, cid) in enumerate(best, start=1):
+            out[(u.user_id, cid)] = (rank, profit)
+    return out
+
+
+def run_udf(spark: SparkSession, scorer: NumpyScorer, users: pd.DataFrame, cfg: ScoreConfig) -> pd.DataFrame:
+    live = scoring.prepare_coupons(COUPONS, scorer, cfg)
+    df = spark.createDataFrame(users).repartition(3)
+    return scoring.score_users(df, scorer, live, cfg).toPandas()
+
+
+def test_scores_equal_tensorflow_and_top_k_equals_brute_force(spark, model_and_scorer):
+    model, scorer = model_and_scorer
+    users = make_users()
+    got = run_udf(spark, scorer, users, CFG)
+    preds = tf_predictions(model, scorer, users)
+    expected = brute_force_top_k(users, preds, CFG)
+    assert len(expected) > 30  # the instance is not trivial
+    assert {(r.user_id, r.coupon_id): r.rank for r in got.itertuples()} == {k: v[0] for k, v in expected.items()}
+    for r in got.itertuples():
+        p = preds[(r.user_id, r.coupon_id)]
+        assert r.p_purchase == pytest.approx(p["p_purchase"], abs=1e-5)
+        assert r.p_purchase_none == pytest.approx(p["p_purchase_none"], abs=1e-5)
+        assert r.p_redeem == pytest.approx(p["p_redeem"], abs=1e-5)
+        assert r.uplift == pytest.approx(p["p_purchase"] - p["p_purchase_none"], abs=1e-5)
+        assert r.expected_profit == pytest.approx(expected[(r.user_id, r.coupon_id)][1], abs=1e-4)
+        assert r.expected_cost == pytest.approx(r.p_redeem * r.coupon_cost)
+
+
+def test_ineligible_coupons_never_appear(spark, model_and_scorer):
+    _, scorer = model_and_scorer
+    users = make_users()
+    got = run_udf(spark, scorer, users, CFG).merge(users, on="user_id")
+    capped = set(users.user_id[users.recent_coupons >= CFG.frequency_cap])
+    assert capped and not (set(got.user_id) & capped)
+    assert (got[got.campaign_id == "camp_b"].uc_segment == "vip").all()
+    basket = np.where(got.uf_avg_basket_90d > 0, got.uf_avg_basket_90d, CFG.default_basket_eur)
+    spend = got.coupon_id.map(dict(zip(COUPONS.coupon_id, COUPONS.cf_min_spend, strict=True)))
+    assert (spend <= CFG.min_spend_factor * basket).all()
+    assert "c5" not in set(got.coupon_id)  # min spend 400: implausible for every basket here
+
+
+def test_chunking_does_not_change_the_result(spark, model_and_scorer):
+    _, scorer = model_and_scorer
+    users = make_users()
+    small = run_udf(spark, scorer, users, CFG).sort_values(["user_id", "rank"]).reset_index(drop=True)
+    big = run_udf(spark, scorer, users, dataclasses.replace(CFG, batch_rows=10_000))
+    pd.testing.assert_frame_equal(small, big.sort_values(["user_id", "rank"]).reset_index(drop=True))
+
+
+def test_live_coupons_are_valid_and_funded(spark):
+    cf = spark.createDataFrame(
+        [
+            ("k1", "camp_a", 1.0, 0.0, 100.0),  # valid today, campaign spent 30 of 100
+            ("k2", "camp_b", 0.0, 5.0, 100.0),  # expired yesterday
+            ("k3", "camp_b", 3.0, -1.0, 100.0),  # starts tomorrow
+            ("k4", "camp_c", 5.0, 2.0, 20.0),  # campaign spent 20 of 20: out of budget
+            ("k5", "camp_d", 5.0, 2.0, 0.0),  # no budget set: unlimited
+        ],
+        "coupon_id string, campaign_id string, cf_days_left double, cf_days_since_start double, "
+        "cf_campaign_budget double",
+    )
+    coupons = spark.createDataFrame(
+        [("k1", "camp_a", 10.0), ("k4", "camp_c", 20.0)], "coupon_id string, campaign_id string, cost_eur double"
+    )
+    redemptions = spark.createDataFrame([("k1",), ("k1",), ("k1",), ("k4",)], "coupon_id string")
+    live = {r.coupon_id for r in scoring.live_coupons(cf, redemptions, coupons).collect()}
+    assert live == {"k1", "k5"}
+
+
+def test_recent_coupons_count_only_coupons_before_the_run_date(spark):
+    run = dt.date(2026, 11, 10)
+    utc = dt.timezone.utc
+    users = spark.createDataFrame([("a",), ("b",)], "user_id string")
+    iss = spark.createDataFrame(
+        [
+            ("a", "c1", dt.datetime(2026, 11, 9, 23, tzinfo=utc)),
+            ("a", None, dt.datetime(2026, 11, 8, tzinfo=utc)),  # control arm: no coupon
+            ("a", "c2", dt.datetime(2026, 11, 2, tzinfo=utc)),  # 8 days before: outside 7
+            ("a", "c3", dt.datetime(2026, 11, 10, 1, tzinfo=utc)),  # on the run date: not before it
+            ("b", "c1", dt.datetime(2026, 11, 3, 0, tzinfo=utc)),  # exactly 7 days before
+        ],
+        "user_id string, coupon_id string, issued_at timestamp",
+    )
+    got = {r.user_id: r.recent_coupons for r in scoring.with_recent_coupons(users, iss, run, 7).collect()}
+    assert got == {"a": 1, "b": 1}
