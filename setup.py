@@ -21,6 +21,7 @@ setup(
         "deltalake>=1.6,<1.7",
         "delta-spark>=4.4,<4.5",
         "PyYAML>=6",
+        "matplotlib>=3.8",  # the evaluation report's plots
     ],
     extras_require={
         # TensorFlow for the two-tower model; horovod itself is built from source
