@@ -269,6 +269,20 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """The daily loop (``coupon-spark pipeline``).
+
+    Attributes:
+        history_days: Days of shop history (randomised logging policy) made before the first run date when
+            the lake does not have them; at least ``features.outcome_window_days + 1`` to have examples.
+        train_every_days: Retrain every this many days of the loop (0: only when no model exists yet).
+    """
+
+    history_days: int = 14
+    train_every_days: int = 1
+
+
+@dataclass(frozen=True)
 class AllocationConfig:
     """The budget-constrained allocation (``coupon-spark allocate``).
 
@@ -433,6 +447,7 @@ class Config:
     cleanse: CleanseConfig = field(default_factory=CleanseConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     source: str = ""  # the file it was loaded from (not a YAML key)

@@ -1,41 +1,173 @@
-"""``coupon-spark pipeline``: the daily loop, stage by stage, for one or more days."""
+"""``coupon-spark pipeline``: the daily loop, day by day, with the synthetic shop playing each day forward.
+
+For the first run date R the shop's history is made first, if the lake does not have it: ``pipeline.history_days``
+days before R under the shop's randomised logging policy (landing files, then cleansing), so that there are
+logged issuances whose outcome windows have closed. Then, for each day D = R, R+1, ...:
+
+1. ``features``  as of D (data known before D);
+2. ``train``     on every closed example (every ``pipeline.train_every_days`` days, else the latest model);
+3. ``score``     every user against every live coupon;
+4. ``allocate``  under the budgets, with holdout and exploration;
+5. the shop plays D forward: the day's allocations are the day's issuances (the feedback loop), its purchases
+   and redemptions come from the hidden response model, and D's landing folder is written and cleansed;
+6. ``evaluate``  the allocation of D (where the stage is built).
+
+Each stage is the same function the CLI and ``spark-submit jobs/<stage>.py`` run; nothing is simulated that a
+real deployment would do differently, except step 5, which a real shop does by itself.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from coupon_spark.cli import PIPELINE_ORDER, STAGES, NotBuiltError, resolve
+from coupon_spark.cli import STAGES, NotBuiltError, resolve
 from coupon_spark.config import Config
+from coupon_spark.lake import Lake
+
+log = logging.getLogger(__name__)
+
+ISSUED_HOUR_UTC = 8  # the allocations of a day go out from 08:00 UTC, spread over three hours
+POLICY_PREFIX = "coupon-spark/"
+
+
+def issuances_from_allocations(allocations: DataFrame, day: dt.date) -> DataFrame:
+    """The issuances a shop logs when it sends the allocations of ``day`` (every decision, "no coupon" ones
+    included, so that later runs learn from the control decisions too).
+
+    Returns:
+        Rows of :data:`coupon_spark.datagen.simulate.ISSUANCE_COLUMNS`: ``policy`` is
+        ``coupon-spark/<model|exploration|holdout>`` and ``propensity`` the allocation's.
+    """
+    start = int(dt.datetime(day.year, day.month, day.day, ISSUED_HOUR_UTC, tzinfo=dt.timezone.utc).timestamp())
+    spread = F.pmod(F.xxhash64(F.lit(str(day)), "user_id"), F.lit(3 * 3600))
+    return allocations.select(
+        F.concat_ws("-", F.lit(f"A{day:%Y%m%d}"), "user_id", F.coalesce("coupon_id", F.lit("none"))).alias(
+            "issuance_id"
+        ),
+        "user_id",
+        "coupon_id",
+        F.timestamp_seconds(F.lit(start) + spread).alias("issued_at"),
+        F.concat(F.lit(POLICY_PREFIX), F.col("policy")).alias("policy"),
+        F.coalesce(F.col("propensity"), F.lit(1.0)).cast("double").alias("propensity"),
+    )
+
+
+@dataclass
+class Progress:
+    """Stage-by-stage progress lines and the time of each stage."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def stage(self, label: str, fn: Callable[[], object]) -> object:
+        print(f"{label} ...", flush=True)
+        started = time.perf_counter()
+        out = fn()
+        secs = time.perf_counter() - started
+        self.seconds[label] = secs
+        print(f"{label} done in {secs:.1f}s", flush=True)
+        return out
+
+
+def _stage_fn(name: str) -> Callable[..., int] | None:
+    try:
+        return resolve(STAGES[name])
+    except NotBuiltError:
+        return None
+
+
+def ensure_history(
+    spark: SparkSession, lake: Lake, cfg: Config, world, run_date: dt.date, progress: Progress
+) -> list[dt.date]:  # type: ignore[no-untyped-def]
+    """Generate and cleanse the shop's history days before ``run_date`` that the lake does not have yet."""
+    from coupon_spark.cleanse import cleanse_day
+    from coupon_spark.datagen.shop import generate_day
+
+    days = [run_date - dt.timedelta(days=i) for i in range(cfg.pipeline.history_days, 0, -1)]
+    have = {p["ingest_date"] for p in lake.partitions("issuances")} if lake.exists("issuances") else set()
+    missing = [d for d in days if d not in have]
+    for i, day in enumerate(missing, 1):
+        label = f"[history {day}] {i}/{len(missing)}"
+        progress.stage(
+            f"{label} generate (random logging policy)", lambda d=day: generate_day(spark, lake, cfg, world, d)
+        )
+        progress.stage(f"{label} cleanse", lambda d=day: cleanse_day(spark, lake, cfg, d))
+    return missing
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:
-    """Run every built stage in order for ``args.days`` days starting at ``run_date``.
+    """Run the loop for ``args.days`` days from ``run_date`` (see the module docstring)."""
+    from coupon_spark.cleanse import cleanse_day
+    from coupon_spark.datagen.shop import World, generate_day, write_truth
 
-    Stages that are not built yet are reported, never simulated.
-    """
-    days = getattr(args, "days", 1)
-    built = [s for s in PIPELINE_ORDER if STAGES[s].target is not None]
-    missing = [s for s in PIPELINE_ORDER if STAGES[s].target is None]
+    days = int(getattr(args, "days", 1) or 1)
+    lake = Lake.from_config(spark, cfg.lake)
+    progress = Progress()
+    started = time.perf_counter()
+    loop = ["features", "train", "score", "allocate"]
+    missing = [s for s in [*loop, "evaluate"] if _stage_fn(s) is None]
     if missing:
         print(f"pipeline: not built yet, skipped: {', '.join(missing)}")
-    if not built:
-        print("pipeline: no stage of the loop is built yet; nothing was run.")
-        return 0
-    for day in range(days):
-        date = run_date + dt.timedelta(days=day)
-        for i, name in enumerate(built, 1):
-            started = time.perf_counter()
-            print(f"[{date}] {i}/{len(built)} {name} ...", flush=True)
-            try:
-                rc = resolve(STAGES[name])(spark, cfg, date, args)
-            except NotBuiltError:  # pragma: no cover - filtered above
-                continue
-            print(f"[{date}] {name} done in {time.perf_counter() - started:.1f}s", flush=True)
-            if rc:
-                print(f"[{date}] {name} failed with code {rc}; stopping")
-                return int(rc)
+    world = World.build(spark, cfg)
+    try:
+        progress.stage("[setup] the synthetic shop's hidden truth", lambda: write_truth(lake, cfg, world))
+        ensure_history(spark, lake, cfg, world, run_date, progress)
+        for n in range(days):
+            day = run_date + dt.timedelta(days=n)
+            head = f"[{day}] day {n + 1}/{days}"
+            for i, name in enumerate(loop, 1):
+                fn = _stage_fn(name)
+                if fn is None:
+                    continue
+                if name == "train" and not _train_today(lake, cfg, run_date, day):
+                    print(f"{head} {i}/6 train: reusing the latest model (pipeline.train_every_days)")
+                    continue
+                rc = progress.stage(f"{head} {i}/6 {name}", lambda f=fn, d=day: f(spark, cfg, d, args))
+                if rc:
+                    print(f"{head} {name} failed with code {rc}; stopping")
+                    return int(rc)  # type: ignore[call-overload]
+            if _stage_fn("allocate") is not None and lake.exists("allocations"):
+                issued = issuances_from_allocations(lake.read("allocations", where={"run_date": day}), day)
+                progress.stage(
+                    f"{head} 5/6 the shop plays the day forward (allocations -> outcomes -> landing)",
+                    lambda d=day, iss=issued: generate_day(spark, lake, cfg, world, d, issuances=iss),
+                )
+            else:
+                progress.stage(
+                    f"{head} 5/6 the shop's day (random logging policy)",
+                    lambda d=day: generate_day(spark, lake, cfg, world, d),
+                )
+            progress.stage(f"{head} 5/6 cleanse", lambda d=day: cleanse_day(spark, lake, cfg, d))
+            evaluate = _stage_fn("evaluate")
+            if evaluate is not None:
+                progress.stage(f"{head} 6/6 evaluate", lambda f=evaluate, d=day: f(spark, cfg, d, args))
+    finally:
+        world.close()
+    print(f"pipeline: {days} day(s) from {run_date} in {time.perf_counter() - started:.0f}s")
+    print("tables:")
+    for name in sorted(cfg.lake.tables):
+        if lake.exists(name):
+            info = lake.info(name)
+            print(
+                f"  {name:<20} version {info.version:<4} {info.num_rows if info.num_rows is not None else '?':>10} rows"
+            )
     return 0
+
+
+def _train_today(lake: Lake, cfg: Config, first_day: dt.date, day: dt.date) -> bool:
+    """Train on the first day, then every ``pipeline.train_every_days`` days (0: only while no model exists)."""
+    from coupon_spark.model.registry import ModelNotFoundError, Registry
+
+    try:
+        Registry.from_config(cfg).latest(cfg.train.model_name)
+    except ModelNotFoundError:
+        return True
+    every = cfg.pipeline.train_every_days
+    return every > 0 and (day - first_day).days % every == 0
