@@ -438,6 +438,54 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluation and its report (``coupon-spark evaluate``).
+
+    Attributes:
+        report_dir: Reports go to ``<report_dir>/<run_date>/index.html`` (relative to ``lake.root``, or absolute).
+        margin_rate: Gross margin of the logged reward ``revenue_eur * margin_rate - coupon_cost_eur``; 0 takes
+            ``score.margin_rate``.
+        ope_policies: Logging policies whose issuances are randomised (propensity known and < 1 for some
+            actions): the only logged rows the off-policy estimates use.
+        ope_lookback_days: Off-policy estimates use training examples issued in this many days before the run
+            date.
+        confidence: Level of every confidence interval.
+        bootstrap_samples: Resamples of the bootstrap interval of the realised uplift against the holdout.
+        seed: Seed of the bootstrap, the random-targeting baseline and the cross-fitting folds.
+        out_of_time_max_rows: Most training examples (issued on or after the model's training date) the model
+            metrics are recomputed on with the numpy scorer; 0 skips the recomputation.
+        truth_sample_share: Share of users (by a stable hash) the synthetic-shop policy value is computed on, on
+            the driver; budgets are scaled by the same share. 1.0: every user.
+        history_days: Run dates shown in the report's "value over days" plot.
+    """
+
+    report_dir: str = "reports"
+    margin_rate: float = 0.0
+    ope_policies: list[str] = field(default_factory=lambda: ["random_v1", "exploration"])
+    ope_lookback_days: int = 28
+    confidence: float = 0.95
+    bootstrap_samples: int = 1000
+    seed: int = 0
+    out_of_time_max_rows: int = 200_000
+    truth_sample_share: float = 1.0
+    history_days: int = 60
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("margin_rate", 0.0 <= self.margin_rate <= 1.0, "in [0, 1]"),
+            ("ope_lookback_days", self.ope_lookback_days >= 1, ">= 1"),
+            ("confidence", 0.0 < self.confidence < 1.0, "in (0, 1)"),
+            ("bootstrap_samples", self.bootstrap_samples >= 10, ">= 10"),
+            ("out_of_time_max_rows", self.out_of_time_max_rows >= 0, ">= 0"),
+            ("truth_sample_share", 0.0 < self.truth_sample_share <= 1.0, "in (0, 1]"),
+            ("history_days", self.history_days >= 1, ">= 1"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"evaluate.{key}: must be {want}, found {getattr(self, key)!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a coupon-spark deployment."""
 
@@ -450,6 +498,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     source: str = ""  # the file it was loaded from (not a YAML key)
 
     @classmethod
