@@ -75,7 +75,7 @@ PARTITION = "ingest_date"
 _TS_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$"
 _OFFSET_PATTERN = r"(Z|[+-]\d{2}:?\d{2})$"
 _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
-_NUMBER_PATTERN = r"^[+-]?\d+(\.\d+)?$"
+_NUMBER_PATTERN = r"^[+-]?\d+(\.\d+)?([eE][+-]?\d+)?$"
 _INT_PATTERN = r"^[+-]?\d+$"
 
 
@@ -552,13 +552,15 @@ def with_reason(checks: list[Check]) -> Callable[[DataFrame], DataFrame]:
     ordered = sorted(enumerate(checks), key=lambda ic: (rank[ic[1][0]], ic[0]))
 
     def transform(df: DataFrame) -> DataFrame:
+        # each check is evaluated once, into a flag; the reason and its detail are then picked by flag
+        flags = df.select("*", *[F.coalesce(failed, F.lit(False)).alias(f"_f{i}") for i, (_, failed, _) in ordered])
         reason = detail = None
-        for _, (code, failed, why) in ordered:
-            cond = F.coalesce(failed, F.lit(False))
+        for i, (code, _, why) in ordered:
+            cond = F.col(f"_f{i}")
             reason = F.when(cond, F.lit(code)) if reason is None else reason.when(cond, F.lit(code))
             detail = F.when(cond, why) if detail is None else detail.when(cond, why)
         assert reason is not None and detail is not None
-        return df.select("*", reason.alias("reason"), detail.alias("detail"))
+        return flags.select(*df.columns, reason.alias("reason"), detail.alias("detail"))
 
     return transform
 
@@ -702,10 +704,15 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
     refs: dict[str, DataFrame] = {}
     results: dict[str, SourceResult] = {}
     cached: list[DataFrame] = []
+    # every file is opened and its header checked before any record is classified
+    reads = {
+        name: read_lines(spark, landing_path(cfg, day, name), SOURCES[name].is_csv, schemas.LANDING_FIELDS[name])
+        for name in SOURCE_ORDER
+    }
     try:
         for name in SOURCE_ORDER:
             source = SOURCES[name]
-            read = read_lines(spark, landing_path(cfg, day, name), source.is_csv, schemas.LANDING_FIELDS[name])
+            read = reads[name]
             classified = classify(read.lines, source, cfg.cleanse, day, refs).persist(StorageLevel.MEMORY_AND_DISK)
             cached.append(classified)
             counts = {r["reason"]: int(r["count"]) for r in classified.groupBy("reason").count().collect()}
