@@ -37,7 +37,8 @@ STAGES: dict[str, Stage] = {
         Stage("score", "score every user against every live coupon (pandas UDF)", "coupon_spark.scoring:run"),
         Stage("allocate", "budget-constrained allocation through the Lagrangian dual",
               "coupon_spark.allocation:run"),
-        Stage("evaluate", "model metrics, policy value, budget use, fairness; the report", None),
+        Stage("evaluate", "model metrics, policy value, budget use, fairness; the report",
+              "coupon_spark.evaluation:run"),
         Stage("pipeline", "run the stages in order for one or more days", "coupon_spark.pipeline:run"),
     ]
 }

@@ -381,6 +381,32 @@ Lagrangian upper bound on any allocation within the budgets (model arm, explorat
 money, coupons for counts; exploration included) never exceeds its ``limit``; ``multiplier`` is its dual
 price. ``exploration_share`` is the effective share after trimming exploration to its budget fraction."""
 
+# ---- evaluation (evaluate) ------------------------------------------------------------------------------
+
+EVALUATION_METRICS = StructType(
+    [
+        StructField("run_date", DateType(), False),
+        StructField("section", StringType(), False),
+        StructField("metric", StringType(), False),
+        StructField("dimension", StringType()),
+        StructField("dimension_value", StringType()),
+        StructField("value", DoubleType()),
+        StructField("ci_low", DoubleType()),
+        StructField("ci_high", DoubleType()),
+        StructField("n", LongType()),
+        StructField("note", StringType()),
+        StructField("run_id", StringType(), False),
+        StructField("evaluated_at", TimestampType(), False),
+    ]
+)
+"""``evaluation_metrics`` (written by ``evaluate``): every figure of the evaluation of ``run_date`` in long format,
+partitioned by ``run_date`` and replaced by a rerun. ``section`` is one of model, policy_truth, policy_logs,
+holdout, budget, fairness; ``metric`` names the figure (e.g. ``ratio_to_oracle``, ``dr``,
+``registry_validation.auc``); ``dimension``/``dimension_value`` what it is broken down by (policy, target,
+arm, budget, segment, region, bin; null when not); ``ci_low``/``ci_high`` its interval at
+``evaluate.confidence`` where it has one; ``n`` the rows or users behind it; ``value`` null when it is not
+defined (never a made-up number). Money is EUR."""
+
 __all__: list[str] = [
     "COUPON_FEATURES_KEYS",
     "COUPON_FEATURE_PREFIXES",
@@ -393,6 +419,7 @@ __all__: list[str] = [
     "BUDGET_USE",
     "CANDIDATES_SCHEMA",
     "COUPONS",
+    "EVALUATION_METRICS",
     "EVENTS",
     "ISSUANCES",
     "LANDING_FIELDS",

@@ -1,0 +1,61 @@
+"""Evaluation of a run (``coupon-spark evaluate``): model metrics, policy value (true and off-policy), realised
+uplift against the holdout, budget use, fairness; the metrics table and the report.
+
+- :mod:`~coupon_spark.evaluation.estimators`: IPS, self-normalised IPS, doubly robust, bootstrap (numpy).
+- :mod:`~coupon_spark.evaluation.policy`: true value of allocations on the synthetic shop; oracle, baselines.
+- :mod:`~coupon_spark.evaluation.job`: the sections on Spark, the metrics table, the stage.
+"""
+
+from __future__ import annotations
+
+from coupon_spark.evaluation.estimators import (
+    Estimate,
+    bootstrap_mean_difference,
+    cross_fitted_cell_means,
+    doubly_robust,
+    ips,
+    snips,
+)
+from coupon_spark.evaluation.job import (
+    METRICS_TABLE,
+    Evaluation,
+    Metric,
+    NoAllocationError,
+    evaluate,
+    metrics_frame,
+    report_dir,
+    run,
+    summary_lines,
+    write,
+)
+from coupon_spark.evaluation.policy import (
+    greedy_within_budgets,
+    oracle_allocation,
+    random_targeting,
+    redeem_targeting,
+    with_true_values,
+)
+
+__all__ = [
+    "METRICS_TABLE",
+    "Estimate",
+    "Evaluation",
+    "Metric",
+    "NoAllocationError",
+    "bootstrap_mean_difference",
+    "cross_fitted_cell_means",
+    "doubly_robust",
+    "evaluate",
+    "greedy_within_budgets",
+    "ips",
+    "metrics_frame",
+    "oracle_allocation",
+    "random_targeting",
+    "redeem_targeting",
+    "report_dir",
+    "run",
+    "snips",
+    "summary_lines",
+    "with_true_values",
+    "write",
+]

@@ -1,0 +1,828 @@
+"""``coupon-spark evaluate --run-date D``: every figure of the run, in the metrics table and in a report.
+
+Sections (the ``section`` column of ``evaluation_metrics``):
+
+- ``model``: the registry's validation metrics of the run's model (AUC, log loss, calibration), and the same
+  recomputed with the numpy scorer on closed examples issued on or after the model's training date.
+- ``policy_truth`` (synthetic shop only): the true incremental profit of the run's allocation (model arm;
+  exploration apart; the holdout gets nothing by design) against the oracle, random targeting and targeting
+  by redemption probability at the same budgets, as ratios to the oracle; uplift types reached; the uplift
+  curve of the model's ranking (see :mod:`coupon_spark.evaluation.policy`).
+- ``policy_logs`` (what a real shop can measure): IPS, self-normalised IPS and doubly robust estimates of the
+  run's policy's value per decision, from the randomised logged issuances of the last
+  ``evaluate.ope_lookback_days`` (reward ``revenue_eur * margin_rate - coupon_cost_eur``), of the
+  "no coupon" policy, and of the difference (see :mod:`coupon_spark.evaluation.estimators`).
+- ``holdout``: the realised reward per user of each arm of the latest allocation whose day has been played
+  (its issuances found in silver), and the uplift of the model arm against the holdout with a bootstrap
+  interval.
+- ``budget``: limit, spend, use, exploration spend and multiplier of every budget; the run's certificate.
+- ``fairness``: users, coupons, coupon rate, spend and value by segment and by region.
+
+Nothing is made up: a section without its inputs says so (``messages``) and writes no rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from coupon_spark.allocation import POLICY_EXPLORATION, POLICY_HOLDOUT, POLICY_MODEL, Budget, make_budget
+from coupon_spark.allocation.job import budgets_from_config, params_from_config
+from coupon_spark.config import Config, join_uri
+from coupon_spark.datagen.response import UPLIFT_TYPES
+from coupon_spark.evaluation import estimators as est
+from coupon_spark.evaluation.policy import (
+    budget_spend,
+    oracle_allocation,
+    random_targeting,
+    redeem_targeting,
+    with_true_values,
+)
+from coupon_spark.lake import Lake
+from coupon_spark.schemas import EVALUATION_METRICS
+
+log = logging.getLogger(__name__)
+
+METRICS_TABLE = "evaluation_metrics"
+SECTIONS = ("model", "policy_truth", "policy_logs", "holdout", "budget", "fairness")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of ``evaluation_metrics`` (without run_date, run_id and evaluated_at)."""
+
+    section: str
+    metric: str
+    value: float | None
+    dimension: str | None = None
+    dimension_value: str | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    note: str | None = None
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` found: the metric rows, what could not be computed and why, and plot data."""
+
+    run_date: dt.date
+    metrics: list[Metric] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    plots: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, section: str, metric: str, value: float | None, **kw: Any) -> None:
+        v = None if value is None or not np.isfinite(value) else float(value)
+        clean = {k: (None if isinstance(x, float) and not np.isfinite(x) else x) for k, x in kw.items()}
+        self.metrics.append(Metric(section, metric, v, **clean))
+
+    def add_estimate(self, section: str, metric: str, e: est.Estimate, **kw: Any) -> None:
+        self.add(section, metric, e.value, ci_low=e.ci_low, ci_high=e.ci_high, n=e.n, **kw)
+
+    def say(self, text: str) -> None:
+        log.info(text)
+        self.messages.append(text)
+
+    def value(self, section: str, metric: str, dimension_value: str | None = None) -> float | None:
+        """The value of the first matching row (None when absent)."""
+        for m in self.metrics:
+            if (
+                m.section == section
+                and m.metric == metric
+                and (dimension_value is None or m.dimension_value == dimension_value)
+            ):
+                return m.value
+        return None
+
+
+def metrics_frame(spark: SparkSession, ev: Evaluation, run_id: str | None = None) -> DataFrame:
+    """The rows of ``evaluation_metrics`` (:data:`coupon_spark.schemas.EVALUATION_METRICS`)."""
+    run_id = run_id or uuid.uuid4().hex
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = [
+        (
+            ev.run_date,
+            m.section,
+            m.metric,
+            m.dimension,
+            m.dimension_value,
+            m.value,
+            m.ci_low,
+            m.ci_high,
+            None if m.n is None else int(m.n),
+            m.note,
+            run_id,
+            now,
+        )
+        for m in ev.metrics
+    ]
+    return spark.createDataFrame(rows, EVALUATION_METRICS)
+
+
+# ---- inputs -------------------------------------------------------------------------------------------------
+
+
+def _margin(cfg: Config) -> float:
+    return cfg.evaluate.margin_rate or cfg.score.margin_rate
+
+
+def _partition_dates(lake: Lake, table: str, column: str) -> list[dt.date]:
+    if not lake.exists(table):
+        return []
+    return sorted(p[column] for p in lake.partitions(table) if p.get(column) is not None)
+
+
+def run_budgets(lake: Lake, cfg: Config, run_date: dt.date) -> tuple[list[Budget], list[dict[str, Any]]]:
+    """The run's budgets for the model arm (limit less the exploration spend) and the raw budget rows of
+    ``allocation_runs`` (empty when the table has no row for the date: the configured budgets then)."""
+    rows: list[dict[str, Any]] = []
+    if lake.exists("allocation_runs"):
+        got = lake.read("allocation_runs", where={"run_date": run_date}).orderBy(F.col("started_at").desc()).first()
+        if got is not None:
+            rows = [b.asDict() for b in got["budgets"] or []]
+    if not rows:
+        return budgets_from_config(cfg.allocation), []
+    budgets = [
+        make_budget(r["campaign_id"], r["kind"], max(float(r["limit"]) - float(r["exploration_spend"] or 0.0), 0.0))
+        for r in rows
+    ]
+    return budgets, rows
+
+
+def _sample_users(df: DataFrame, share: float, seed: int) -> DataFrame:
+    if share >= 1.0:
+        return df
+    bucket = F.pmod(F.xxhash64(F.lit(f"evaluate:{seed}"), F.col("user_id")), F.lit(1_000_000))
+    return df.where(bucket < F.lit(round(share * 1_000_000)))
+
+
+# ---- model --------------------------------------------------------------------------------------------------
+
+
+def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | None) -> None:
+    """Registry validation metrics of the run's model, and out-of-time metrics recomputed with the scorer."""
+    from coupon_spark.model.registry import ModelNotFoundError, Registry
+
+    registry = Registry.from_config(cfg)
+    name = cfg.train.model_name
+    try:
+        version = int(model_version) if model_version and model_version.isdigit() else registry.latest(name)
+        metrics = registry.read_json(name, version, "metrics.json")
+        manifest = registry.manifest(name, version)
+    except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        ev.say(f"model: no registry metrics ({exc})")
+        return
+    note = f"{name} v{version}"
+    calibration: dict[str, list[dict[str, Any]]] = {}
+    for target, m in (metrics.get("validation") or {}).items():
+        _add_binary(ev, m, target, "registry_validation", note)
+        calibration[f"{target} (validation)"] = m.get("calibration", [])
+    ev.plots["model_version"] = note
+    trained = manifest.get("run_date")
+    if cfg.evaluate.out_of_time_max_rows and trained and lake.exists("training_examples"):
+        since = dt.date.fromisoformat(str(trained)[:10])
+        oot = _out_of_time(
+            lake, registry.local_dir(name, version), since, ev.run_date, cfg.evaluate.out_of_time_max_rows
+        )
+        if oot is None:
+            ev.say(
+                f"model: no closed example issued on or after the model's training date {since} yet: "
+                "out-of-time metrics not available"
+            )
+        else:
+            for target, m in oot.items():
+                _add_binary(ev, m, target, "out_of_time", note + f", issued {since}..{ev.run_date - dt.timedelta(1)}")
+                calibration[f"{target} (out of time)"] = m.get("calibration", [])
+    ev.plots["calibration"] = calibration
+
+
+def _add_binary(ev: Evaluation, m: dict[str, Any], target: str, source: str, note: str) -> None:
+    for key in ("auc", "log_loss", "mean_prediction", "observed_rate", "expected_calibration_error"):
+        if key in m:
+            ev.add(
+                "model", f"{source}.{key}", m[key], dimension="target", dimension_value=target, n=m.get("n"), note=note
+            )
+    for b in m.get("calibration", []):
+        for key in ("mean_prediction", "observed_rate"):
+            ev.add(
+                "model",
+                f"{source}.calibration.{target}.{key}",
+                b[key],
+                dimension="bin",
+                dimension_value=b["bin"],
+                n=b["n"],
+                note=note,
+            )
+
+
+def _out_of_time(lake: Lake, model_dir: Any, since: dt.date, run_date: dt.date, max_rows: int) -> dict | None:
+    from coupon_spark.model.data import make_examples
+    from coupon_spark.model.metrics import binary_summary, summary_metrics
+    from coupon_spark.model.scorer import NumpyScorer
+
+    df = lake.read("training_examples").where(
+        (F.col("issue_date") >= F.lit(since)) & (F.col("issue_date") < F.lit(run_date))
+    )
+    pdf = df.limit(max_rows).toPandas()
+    if pdf.empty:
+        return None
+    scorer = NumpyScorer.load(model_dir)
+    ex = make_examples(pdf, scorer.transform, scorer.spec, 0.0, 0)
+    out = scorer.predict_rows(
+        {"user_x": ex.user_x, "user_bucket": ex.user_bucket, "coupon_x": ex.coupon_x, "coupon_index": ex.coupon_index}
+    )
+    treated = pdf["coupon_id"].notna().to_numpy()
+    return {
+        "purchase": summary_metrics(binary_summary(ex.purchased, out["p_purchase"])),
+        "redeem": summary_metrics(binary_summary(ex.redeemed[treated], out["p_redeem"][treated])),
+    }
+
+
+# ---- policy on the synthetic shop -------------------------------------------------------------------------------
+
+
+def truth_section(
+    ev: Evaluation, spark: SparkSession, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
+) -> None:
+    """True value of the run's allocation against the oracle and the baselines (synthetic shop only)."""
+    from coupon_spark.datagen.shop import truth_table
+    from coupon_spark.datagen.world import season_logit
+
+    users_t, coupons_t = truth_table(cfg, "user_traits"), truth_table(cfg, "coupons")
+    if not (lake.exists(users_t) and lake.exists(coupons_t)):
+        ev.say("policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped")
+        return
+    share, seed = cfg.evaluate.truth_sample_share, cfg.evaluate.seed
+    alloc = _sample_users(allocations, share, seed)
+    traits = lake.read(users_t).join(alloc.select("user_id").distinct(), on="user_id", how="left_semi").toPandas()
+    coupons = lake.read(coupons_t).toPandas()
+    a = alloc.toPandas()
+    model_users = alloc.where(F.col("policy") == POLICY_MODEL).select("user_id").distinct()
+    options = candidates.join(model_users, on="user_id", how="left_semi").toPandas()
+    season = season_logit(ev.run_date)
+    issued = with_true_values(a[a["coupon_id"].notna()], traits, coupons, season)
+    options = with_true_values(options, traits, coupons, season)
+    budgets, _ = run_budgets(lake, cfg, ev.run_date)
+    budgets = [dataclasses.replace(b, limit=b.limit * share) for b in budgets]
+    params = params_from_config(cfg.allocation)
+    basis_cost = "expected_cost" if params.cost_basis == "expected" else "coupon_cost"
+    policies = {
+        "model": issued[issued["policy"] == POLICY_MODEL],
+        "oracle": oracle_allocation(options, budgets, params, run_date=ev.run_date.isoformat()),
+        "random": random_targeting(options, budgets, basis_cost, params.max_per_user, seed),
+        "redeem": redeem_targeting(options, budgets, basis_cost, params.max_per_user),
+    }
+    note = f"users sampled at {share:g}" if share < 1 else None
+    oracle_value = float(policies["oracle"]["true_incremental_profit"].sum())
+    values = {}
+    for name, rows in policies.items():
+        v = float(rows["true_incremental_profit"].sum())
+        values[name] = v
+        ev.add(
+            "policy_truth",
+            "true_incremental_profit",
+            v,
+            dimension="policy",
+            dimension_value=name,
+            n=len(rows),
+            note=note,
+        )
+        ev.add(
+            "policy_truth",
+            "ratio_to_oracle",
+            v / oracle_value if oracle_value > 0 else float("nan"),
+            dimension="policy",
+            dimension_value=name,
+            n=len(rows),
+            note=note,
+        )
+        ev.add(
+            "policy_truth",
+            "true_expected_cost",
+            float(rows["true_expected_cost"].sum()),
+            dimension="policy",
+            dimension_value=name,
+            n=len(rows),
+            note=note,
+        )
+        for t in UPLIFT_TYPES:
+            ev.add(
+                "policy_truth",
+                f"coupons_to_{t}",
+                float((rows["uplift_type"] == t).sum()),
+                dimension="policy",
+                dimension_value=name,
+                n=len(rows),
+                note=note,
+            )
+    ev.add(
+        "policy_truth",
+        "predicted_incremental_profit",
+        float(policies["model"]["expected_profit"].sum()),
+        dimension="policy",
+        dimension_value="model",
+        note="the model's own estimate of the same coupons",
+    )
+    explore = issued[issued["policy"] == POLICY_EXPLORATION]
+    ev.add(
+        "policy_truth",
+        "true_incremental_profit",
+        float(explore["true_incremental_profit"].sum()),
+        dimension="policy",
+        dimension_value="exploration",
+        n=len(explore),
+        note=note,
+    )
+    n_hold = int((a["policy"] == POLICY_HOLDOUT).sum())
+    ev.add(
+        "policy_truth",
+        "true_incremental_profit",
+        0.0,
+        dimension="policy",
+        dimension_value="holdout",
+        n=n_hold,
+        note="the holdout gets no coupon: no increment by construction",
+    )
+    model_true_spend = budget_spend(policies["model"].assign(_c=policies["model"]["true_expected_cost"]), budgets, "_c")
+    for b, s in zip(budgets, model_true_spend, strict=True):
+        if b.kind == "amount":
+            ev.add(
+                "policy_truth",
+                "model_true_expected_spend",
+                s,
+                dimension="budget",
+                dimension_value=b.name,
+                note=f"model-arm limit {b.limit:.2f} on the model's estimated cost",
+            )
+    ev.plots["policy_values"] = values
+    ev.plots["uplift_curve"] = uplift_curve(options)
+
+
+def uplift_curve(options: pd.DataFrame, points: int = 200) -> dict[str, np.ndarray]:
+    """Cumulative true incremental profit when users are targeted (with their best candidate by the model)
+    in the order of the model's expected profit, against random order and the true (perfect) order."""
+    if options.empty:
+        return {}
+    best = options.sort_values(["user_id", "expected_profit"], ascending=[True, False]).drop_duplicates("user_id")
+    true = best["true_incremental_profit"].to_numpy(np.float64)
+    n = len(true)
+    order = np.argsort(-best["expected_profit"].to_numpy(np.float64), kind="stable")
+    model = np.concatenate([[0.0], np.cumsum(true[order])])
+    perfect_true = options.groupby("user_id")["true_incremental_profit"].max().to_numpy(np.float64)
+    perfect = np.concatenate([[0.0], np.cumsum(np.sort(perfect_true)[::-1])])
+    idx = np.unique(np.linspace(0, n, min(points, n + 1)).round().astype(int))
+    frac = idx / n
+    return {"fraction": frac, "model": model[idx], "random": frac * true.sum(), "perfect": perfect[idx]}
+
+
+# ---- policy from logs -------------------------------------------------------------------------------------------
+
+
+def logged_decisions(lake: Lake, cfg: Config, run_date: dt.date) -> DataFrame | None:
+    """Randomised logged decisions of the look-back window with the reward (None without training examples)."""
+    if not lake.exists("training_examples"):
+        return None
+    e = cfg.evaluate
+    since = run_date - dt.timedelta(days=e.ope_lookback_days)
+    df = lake.read("training_examples").where(
+        (F.col("issue_date") >= F.lit(since))
+        & (F.col("issue_date") < F.lit(run_date))
+        & F.col("policy").isin(list(e.ope_policies))
+    )
+    seg = F.col("uc_segment") if "uc_segment" in df.columns else F.lit("all")
+    return df.select(
+        "issuance_id", "issue_date", "user_id", "coupon_id", "propensity",
+        (F.col("revenue_eur") * F.lit(_margin(cfg)) - F.col("coupon_cost_eur")).alias("reward"),
+        seg.alias("segment"),
+    )  # fmt: skip
+
+
+def target_actions(allocations: DataFrame) -> DataFrame:
+    """The run's decision per user: its (first) coupon, or null for none (holdout and untreated users)."""
+    return allocations.groupBy("user_id").agg(F.min("coupon_id").alias("target_coupon"))
+
+
+def ope_frame(logged: DataFrame, allocations: DataFrame) -> pd.DataFrame:
+    """Logged decisions with the run's action for their user and whether the logs support it (the target
+    coupon was logged on that day by the randomised policies); users without a decision get none."""
+    live = logged.where(F.col("coupon_id").isNotNull()).select("issue_date", F.col("coupon_id").alias("_c")).distinct()
+    t = target_actions(allocations)
+    joined = (
+        logged.alias("l")
+        .join(t.alias("t"), on="user_id", how="left")
+        .join(live.alias("v"), how="left",
+              on=(F.col("l.issue_date") == F.col("v.issue_date")) & (F.col("t.target_coupon") == F.col("v._c")))
+        .select("l.*", F.col("t.target_coupon").alias("target_coupon"),
+                (F.col("t.target_coupon").isNull() | F.col("v._c").isNotNull()).alias("supported"))
+    )  # fmt: skip
+    return joined.toPandas()
+
+
+def ope_estimates(pdf: pd.DataFrame, confidence: float, seed: int) -> dict[str, est.Estimate]:
+    """IPS, SNIPS and DR of the target policy (``target_coupon``), of "no coupon", and DR/IPS of their
+    difference, on the supported rows of :func:`ope_frame`; the logging policy's mean reward."""
+    d = pdf[pdf["supported"]].reset_index(drop=True)
+    r, p = d["reward"].to_numpy(np.float64), d["propensity"].to_numpy(np.float64)
+    same = (d["coupon_id"].fillna("\x00") == d["target_coupon"].fillna("\x00")).to_numpy(np.float64)
+    none = d["coupon_id"].isna().to_numpy(np.float64)
+    folds = pd.util.hash_pandas_object(d["issuance_id"].astype(str) + f":{seed}", index=False).to_numpy() % 2
+    q_log, q_pi = (
+        est.cross_fitted_cell_means(d.assign(_none=None), folds, ["segment"], "coupon_id", "reward", "target_coupon")
+        if len(d)
+        else (np.zeros(0), np.zeros(0))
+    )
+    _, q_none = (
+        est.cross_fitted_cell_means(d.assign(_none=None), folds, ["segment"], "coupon_id", "reward", "_none")
+        if len(d)
+        else (np.zeros(0), np.zeros(0))
+    )
+    out = {
+        "ips.policy": est.ips(r, same, p, confidence),
+        "snips.policy": est.snips(r, same, p, confidence),
+        "dr.policy": est.doubly_robust(r, same, p, q_log, q_pi, confidence),
+        "ips.no_coupon": est.ips(r, none, p, confidence),
+        "snips.no_coupon": est.snips(r, none, p, confidence),
+        "dr.no_coupon": est.doubly_robust(r, none, p, q_log, q_none, confidence),
+        "logging_policy": est.mean_estimate(r, confidence),
+    }
+    if len(d):
+        w_pi, w_0 = same / p, none / p
+        out["ips.policy_minus_no_coupon"] = est.mean_estimate((w_pi - w_0) * r, confidence)
+        out["dr.policy_minus_no_coupon"] = est.mean_estimate(
+            est.dr_terms(r, same, p, q_log, q_pi) - est.dr_terms(r, none, p, q_log, q_none), confidence
+        )
+    return out
+
+
+def logs_section(ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame) -> None:
+    logged = logged_decisions(lake, cfg, ev.run_date)
+    if logged is None:
+        ev.say("policy (logs): no training_examples table: off-policy estimates not available")
+        return
+    pdf = ope_frame(logged, allocations)
+    if pdf.empty:
+        ev.say(
+            f"policy (logs): no closed randomised issuance ({', '.join(cfg.evaluate.ope_policies)}) in the "
+            f"{cfg.evaluate.ope_lookback_days} days before {ev.run_date}: off-policy estimates not available"
+        )
+        return
+    support = float(pdf["supported"].mean())
+    ev.add(
+        "policy_logs",
+        "support_share",
+        support,
+        n=len(pdf),
+        note="share of logged decisions whose run action was available to the logging policy that day",
+    )
+    note = f"EUR per decision; reward = revenue * {_margin(cfg):g} - coupon cost"
+    for key, e in ope_estimates(pdf, cfg.evaluate.confidence, cfg.evaluate.seed).items():
+        estimator, _, target = key.partition(".")
+        ev.add_estimate(
+            "policy_logs",
+            estimator if target else "mean_reward",
+            e,
+            dimension="target",
+            dimension_value=target or "logging_policy",
+            note=note,
+        )
+
+
+# ---- realised uplift against the holdout ------------------------------------------------------------------------
+
+
+def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: dt.date) -> dt.date | None:
+    """The day the allocation of ``alloc_date`` was issued: the date of the silver issuances that carry its
+    coupons (looked for from ``alloc_date`` to two days later, not after ``until``), else None."""
+    if not lake.exists("issuances"):
+        return None
+    dates = [
+        d
+        for d in _partition_dates(lake, "issuances", "ingest_date")
+        if alloc_date <= d <= min(until, alloc_date + dt.timedelta(2))
+    ]
+    if not dates:
+        return None
+    issued = allocations.where(F.col("coupon_id").isNotNull() & (F.col("policy") == POLICY_MODEL)).select(
+        "user_id", "coupon_id"
+    )
+    hits = (
+        lake.read("issuances", where={"ingest_date": dates})
+        .join(issued, on=["user_id", "coupon_id"], how="left_semi")
+        .groupBy(F.to_date("issued_at").alias("d")).count().orderBy(F.col("count").desc()).first()
+    )  # fmt: skip
+    return None if hits is None else hits["d"]
+
+
+def realised_rewards(lake: Lake, cfg: Config, allocations: DataFrame, day: dt.date) -> pd.DataFrame:
+    """Per user of the allocation: arm, purchased on ``day`` (0/1) and reward ``(amount - discount) * margin -
+    coupon cost of the day's redemptions``, from the silver orders and redemptions."""
+    late = dt.timedelta(days=cfg.cleanse.max_lateness_days)
+    ingest = {"ingest_date": [d for d in _partition_dates(lake, "orders", "ingest_date") if day <= d <= day + late]}
+    orders = (
+        lake.read("orders", where=ingest).where(F.to_date("ordered_at") == F.lit(day))
+        .groupBy("user_id").agg((F.sum(F.col("amount_eur") - F.coalesce("discount_eur", F.lit(0)))).cast("double")
+                                .alias("revenue"))
+    )  # fmt: skip
+    users = allocations.groupBy("user_id").agg(F.first("policy").alias("arm"))
+    out = users.join(orders, on="user_id", how="left")
+    if lake.exists("redemptions") and lake.exists("coupons"):
+        r_ingest = {
+            "ingest_date": [d for d in _partition_dates(lake, "redemptions", "ingest_date") if day <= d <= day + late]
+        }
+        cost = lake.read("coupons").groupBy("coupon_id").agg(F.max(F.col("cost_eur").cast("double")).alias("unit"))
+        red = (
+            lake.read("redemptions", where=r_ingest).where(F.to_date("redeemed_at") == F.lit(day))
+            .join(cost, on="coupon_id", how="left").groupBy("user_id").agg(F.sum("unit").alias("coupon_cost"))
+        ) if r_ingest["ingest_date"] else None  # fmt: skip
+        if red is not None:
+            out = out.join(red, on="user_id", how="left")
+    if "coupon_cost" not in out.columns:
+        out = out.withColumn("coupon_cost", F.lit(0.0))
+    return out.select(
+        "user_id", "arm", F.col("revenue").isNotNull().cast("int").alias("purchased"),
+        (F.coalesce("revenue", F.lit(0.0)) * F.lit(_margin(cfg)) - F.coalesce("coupon_cost", F.lit(0.0)))
+        .alias("reward"),
+    ).toPandas()  # fmt: skip
+
+
+def holdout_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
+    """Realised uplift of the latest played allocation (up to the run date) against its holdout."""
+    dates = [d for d in _partition_dates(lake, "allocations", "run_date") if d <= ev.run_date][-3:]
+    for alloc_date in reversed(dates):
+        allocations = lake.read("allocations", where={"run_date": alloc_date})
+        day = played_day(lake, allocations, alloc_date, ev.run_date)
+        if (
+            day is None
+            or not lake.exists("orders")
+            or not [d for d in _partition_dates(lake, "orders", "ingest_date") if d >= day]
+        ):
+            continue
+        pdf = realised_rewards(lake, cfg, allocations, day)
+        e = cfg.evaluate
+        note = f"allocation of {alloc_date}, outcomes of {day}; reward = revenue * {_margin(cfg):g} - coupon cost"
+        arms = {a: g for a, g in pdf.groupby("arm")}
+        for arm, g in arms.items():
+            ev.add(
+                "holdout",
+                "mean_reward",
+                float(g["reward"].mean()),
+                dimension="arm",
+                dimension_value=arm,
+                n=len(g),
+                note=note,
+            )
+            ev.add(
+                "holdout",
+                "purchase_rate",
+                float(g["purchased"].mean()),
+                dimension="arm",
+                dimension_value=arm,
+                n=len(g),
+                note=note,
+            )
+        model, hold = arms.get(POLICY_MODEL), arms.get(POLICY_HOLDOUT)
+        if model is None or hold is None:
+            ev.say(f"holdout: the allocation of {alloc_date} has no {'model' if model is None else 'holdout'} arm")
+            return
+        up = est.bootstrap_mean_difference(
+            model["reward"].to_numpy(), hold["reward"].to_numpy(), e.bootstrap_samples, e.confidence, e.seed
+        )
+        ev.add_estimate(
+            "holdout",
+            "uplift_per_user",
+            up,
+            dimension="allocation_date",
+            dimension_value=alloc_date.isoformat(),
+            note=note + "; model arm minus holdout, bootstrap",
+        )
+        pr = est.bootstrap_mean_difference(
+            model["purchased"].to_numpy(), hold["purchased"].to_numpy(), e.bootstrap_samples, e.confidence, e.seed + 1
+        )
+        ev.add_estimate(
+            "holdout",
+            "purchase_rate_uplift",
+            pr,
+            dimension="allocation_date",
+            dimension_value=alloc_date.isoformat(),
+            note=note,
+        )
+        ev.add(
+            "holdout",
+            "incremental_profit",
+            up.value * len(model),
+            ci_low=up.ci_low * len(model),
+            ci_high=up.ci_high * len(model),
+            n=len(model),
+            dimension="allocation_date",
+            dimension_value=alloc_date.isoformat(),
+            note=note + "; per-user uplift times model-arm users",
+        )
+        return
+    ev.say(
+        f"holdout: no allocation up to {ev.run_date} has been played yet (no issuance of its coupons in "
+        "silver): realised uplift not available"
+    )
+
+
+# ---- budgets and fairness ----------------------------------------------------------------------------------------
+
+
+def budget_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
+    if not lake.exists("allocation_runs"):
+        ev.say("budget: no allocation_runs table")
+        return
+    row = lake.read("allocation_runs", where={"run_date": ev.run_date}).orderBy(F.col("started_at").desc()).first()
+    if row is None:
+        ev.say(f"budget: no allocation run for {ev.run_date}")
+        return
+    for key in ("primal_value", "dual_bound", "gap", "n_users", "n_holdout", "n_exploration", "n_model"):
+        ev.add("budget", key, float(row[key]) if row[key] is not None else None, note=row["run_id"])
+    spend = []
+    for b in row["budgets"] or []:
+        for key in ("limit", "spend", "exploration_spend", "use", "multiplier"):
+            ev.add("budget", key, b[key], dimension="budget", dimension_value=b["name"], note=b["campaign_id"])
+        spend.append((b["name"], float(b["limit"]), float(b["spend"]), float(b["exploration_spend"] or 0.0)))
+    ev.plots["budgets"] = spend
+
+
+def fairness_section(ev: Evaluation, spark: SparkSession, lake: Lake, allocations: DataFrame) -> None:
+    """Coupons, spend and expected value by segment and region (the silver users snapshot of the run date)."""
+    dates = [d for d in _partition_dates(lake, "users", "ingest_date") if d <= ev.run_date]
+    if not dates:
+        ev.say("fairness: no silver users snapshot up to the run date")
+        return
+    users = lake.read("users", where={"ingest_date": dates[-1]}).select("user_id", "segment", "region")
+    a = allocations.where(F.col("policy") != POLICY_HOLDOUT).join(users, on="user_id", how="left")
+    groups = {}
+    for dim in ("segment", "region"):
+        rows = (
+            a.groupBy(F.coalesce(F.col(dim), F.lit("unknown")).alias("g"))
+            .agg(F.countDistinct("user_id").alias("users"), F.count("coupon_id").alias("coupons"),
+                 F.sum("expected_cost").alias("expected_cost"), F.sum("coupon_cost").alias("face_cost"),
+                 F.sum("expected_profit").alias("expected_profit"))
+            .orderBy("g").collect()
+        )  # fmt: skip
+        total_users = sum(r["users"] for r in rows) or 1
+        total_cost = sum(r["expected_cost"] or 0.0 for r in rows) or float("nan")
+        for r in rows:
+            g = r["g"]
+            for key in ("users", "coupons", "expected_cost", "face_cost", "expected_profit"):
+                ev.add("fairness", key, float(r[key] or 0.0), dimension=dim, dimension_value=g)
+            ev.add(
+                "fairness",
+                "coupon_rate",
+                r["coupons"] / r["users"] if r["users"] else None,
+                dimension=dim,
+                dimension_value=g,
+                n=r["users"],
+            )
+            ev.add(
+                "fairness",
+                "spend_share_over_user_share",
+                ((r["expected_cost"] or 0.0) / total_cost) / (r["users"] / total_users),
+                dimension=dim,
+                dimension_value=g,
+                n=r["users"],
+                note="1 = spend in proportion to users",
+            )
+        groups[dim] = [(r["g"], r["users"], r["coupons"], float(r["expected_cost"] or 0.0)) for r in rows]
+    ev.plots["fairness"] = groups
+
+
+# ---- the whole evaluation ----------------------------------------------------------------------------------------
+
+
+def evaluate(spark: SparkSession, cfg: Config, run_date: dt.date, lake: Lake | None = None) -> Evaluation:
+    """Every section for ``run_date``; writes nothing (see :func:`write` and :func:`run`).
+
+    Raises:
+        NoAllocationError: The allocations table has no row for ``run_date``.
+    """
+    lake = lake or Lake.from_config(spark, cfg.lake)
+    ev = Evaluation(run_date)
+    if not lake.exists("allocations") or run_date not in _partition_dates(lake, "allocations", "run_date"):
+        raise NoAllocationError(
+            f"no allocation for {run_date}: run `coupon-spark allocate --run-date {run_date}` first"
+        )
+    allocations = lake.read("allocations", where={"run_date": run_date}).cache()
+    try:
+        version = allocations.where(F.col("model_version").isNotNull()).select("model_version").first()
+        model_section(ev, lake, cfg, None if version is None else version[0])
+        if lake.exists("candidates"):
+            candidates = lake.read("candidates", where={"run_date": run_date})
+            truth_section(ev, spark, lake, cfg, allocations, candidates)
+        else:
+            ev.say("policy (synthetic shop): no candidates table")
+        logs_section(ev, lake, cfg, allocations)
+        holdout_section(ev, lake, cfg)
+        budget_section(ev, lake, cfg)
+        fairness_section(ev, spark, lake, allocations)
+    finally:
+        allocations.unpersist()
+    return ev
+
+
+class NoAllocationError(RuntimeError):
+    """The run date has no allocation to evaluate."""
+
+
+def history(lake: Lake, run_date: dt.date, days: int) -> pd.DataFrame:
+    """Headline metrics of the last ``days`` run dates up to ``run_date`` from ``evaluation_metrics``."""
+    if not lake.exists(METRICS_TABLE):
+        return pd.DataFrame(columns=["run_date", "section", "metric", "dimension_value", "value"])
+    since = run_date - dt.timedelta(days=days)
+    wanted = (
+        ((F.col("section") == "policy_truth") & F.col("metric").isin("true_incremental_profit", "ratio_to_oracle"))
+        | ((F.col("section") == "policy_logs") & (F.col("metric") == "dr"))
+        | ((F.col("section") == "holdout") & (F.col("metric") == "incremental_profit"))
+    )
+    return (
+        lake.read(METRICS_TABLE).where((F.col("run_date") > F.lit(since)) & (F.col("run_date") <= F.lit(run_date)))
+        .where(wanted).select("run_date", "section", "metric", "dimension_value", "value", "ci_low", "ci_high")
+        .toPandas()
+    )  # fmt: skip
+
+
+def report_dir(cfg: Config, run_date: dt.date) -> str:
+    d = cfg.evaluate.report_dir
+    base = d if ("://" in d or d.startswith("/")) else join_uri(cfg.lake.root, d)
+    return join_uri(base, run_date.isoformat())
+
+
+def write(spark: SparkSession, cfg: Config, ev: Evaluation, lake: Lake | None = None) -> tuple[Any, str]:
+    """Replace the run date's rows of ``evaluation_metrics`` and write the report; returns (write result, path
+    of ``index.html``)."""
+    from coupon_spark.report import write_report
+
+    lake = lake or Lake.from_config(spark, cfg.lake)
+    result = lake.write(
+        metrics_frame(spark, ev),
+        METRICS_TABLE,
+        mode="overwrite",
+        partition_by=["run_date"],
+        replace_where={"run_date": ev.run_date},
+        description=f"evaluate {ev.run_date}",
+    )
+    hist = history(lake, ev.run_date, cfg.evaluate.history_days)
+    path = write_report(ev, hist, report_dir(cfg, ev.run_date))
+    return result, path
+
+
+def summary_lines(ev: Evaluation) -> list[str]:
+    """The short summary the stage prints."""
+    lines = [f"evaluation of {ev.run_date}: {len(ev.metrics)} metrics"]
+    auc = ev.value("model", "registry_validation.auc", "purchase")
+    if auc is not None:
+        lines.append(
+            f"  model {ev.plots.get('model_version', '')}: validation purchase AUC {auc:.4f}, log loss "
+            f"{ev.value('model', 'registry_validation.log_loss', 'purchase') or float('nan'):.4f}"
+        )
+    values = ev.plots.get("policy_values")
+    if values:
+        o = values.get("oracle", float("nan"))
+        parts = [f"{k} {v:,.2f} ({v / o:.1%})" if o > 0 else f"{k} {v:,.2f}" for k, v in values.items()]
+        lines.append("  true incremental profit (ratio to oracle): " + ", ".join(parts))
+    dr = [m for m in ev.metrics if m.section == "policy_logs" and m.metric == "dr"]
+    for m in dr:
+        if m.value is not None:
+            lines.append(
+                f"  DR value per decision, {m.dimension_value}: {m.value:.4f} [{m.ci_low:.4f}, {m.ci_high:.4f}]"
+            )
+    up = [m for m in ev.metrics if m.section == "holdout" and m.metric == "uplift_per_user"]
+    for m in up:
+        lines.append(
+            f"  realised uplift vs holdout ({m.dimension_value}): {m.value:.4f} EUR/user "
+            f"[{m.ci_low:.4f}, {m.ci_high:.4f}]"
+        )
+    for name, limit, spend, _ in ev.plots.get("budgets", []):
+        lines.append(
+            f"  budget {name}: {spend:,.2f} of {limit:,.2f} ({spend / limit:.1%})"
+            if limit
+            else f"  budget {name}: {spend:,.2f}"
+        )
+    lines += [f"  note: {m}" for m in ev.messages]
+    return lines
+
+
+def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+    """``coupon-spark evaluate``: evaluate the run date's allocation, write the metrics and the report."""
+    lake = Lake.from_config(spark, cfg.lake)
+    try:
+        ev = evaluate(spark, cfg, run_date, lake)
+    except NoAllocationError as exc:
+        print(f"evaluate: {exc}")
+        return 1
+    result, path = write(spark, cfg, ev, lake)
+    print("\n".join(summary_lines(ev)))
+    print(f"  {result}\n  report {path}")
+    return 0

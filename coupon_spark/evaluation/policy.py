@@ -1,0 +1,166 @@
+"""The true value of allocations on the synthetic shop: the run's, the oracle's and two baselines'.
+
+Everything here works on pandas frames on the driver, with the hidden response model
+(:mod:`coupon_spark.datagen.response`) as the judge. The options are the run's candidates (the same users and
+the same eligible coupons the allocator could choose from), each valued with the truth:
+
+- ``true_uplift`` = p(purchase | coupon) - p(purchase | none), ``true_p_redeem``, ``true_expected_cost`` =
+  ``true_p_redeem * coupon_cost``, and ``true_incremental_profit`` = expected profit with the coupon less the
+  expected profit without it (the quantity the allocator tries to maximise, net of the coupon's cost).
+
+Policies, all at the same budgets and per-user cap:
+
+- ``oracle``: the allocator itself (:func:`coupon_spark.allocation.allocate_in_memory`) run on the options with
+  their true values and true expected costs, without holdout or exploration.
+- ``random``: a uniformly random candidate per user, users in random order, each accepted while every budget
+  it counts against has room (on the candidates' estimated cost: what a shop could actually run).
+- ``redeem``: (user, coupon) pairs by decreasing estimated ``p_redeem``, accepted greedily on the same terms
+  (targeting by redemption probability alone).
+
+Policy values are sums of ``true_incremental_profit`` over the coupons a policy issues (one coupon acts per
+user and day; with ``max_per_user > 1`` the coupons' increments are added, an approximation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from coupon_spark.allocation import POLICY_MODEL, AllocationParams, Budget, allocate_in_memory
+from coupon_spark.datagen.response import CouponParams, UserTraits, response_matrix, uplift_type
+
+TRUE_COLUMNS = ("true_uplift", "true_p_redeem", "true_expected_cost", "true_incremental_profit", "uplift_type")
+
+
+def with_true_values(options: pd.DataFrame, traits: pd.DataFrame, coupons: pd.DataFrame, season: float) -> pd.DataFrame:
+    """Adds the true response of each (user, coupon) option: :data:`TRUE_COLUMNS`.
+
+    Args:
+        options: Rows with ``user_id``, ``coupon_id`` (null = no coupon) and ``coupon_cost``.
+        traits: The hidden traits of (at least) the options' users (``USER_TRUTH`` columns).
+        coupons: The truth catalogue (``COUPON_TRUTH`` columns).
+        season: The day's purchase-logit shift (:func:`coupon_spark.datagen.world.season_logit`).
+
+    Raises:
+        KeyError: A user or coupon of the options is not in the truth.
+    """
+    out = options.copy()
+    if out.empty:
+        for c in TRUE_COLUMNS:
+            out[c] = pd.Series(dtype=object if c == "uplift_type" else np.float64)
+        return out
+    users = traits.drop_duplicates("user_id").set_index("user_id")
+    missing = set(out["user_id"]) - set(users.index)
+    if missing:
+        raise KeyError(
+            f"{len(missing)} users of the allocation are not in the shop's truth, e.g. {sorted(missing)[:3]}"
+        )
+    uids = pd.unique(out["user_id"])
+    params = CouponParams.from_pandas(coupons)
+    r = response_matrix(UserTraits.from_pandas(users.loc[uids].reset_index()), params, season)
+    row = pd.Index(uids).get_indexer(out["user_id"])
+    col = params.index_of(out["coupon_id"].to_numpy(object)) + 1  # 0 = no coupon
+    unknown = out["coupon_id"].notna().to_numpy() & (col == 0)
+    if unknown.any():
+        raise KeyError(f"coupons not in the shop's truth: {sorted(set(out['coupon_id'][unknown]))[:5]}")
+    p, p0 = r.p_purchase[row, col], r.p_purchase[row, 0]
+    out["true_uplift"] = p - p0
+    out["true_p_redeem"] = r.p_redeem[row, col]
+    cost = out["coupon_cost"].fillna(0.0).to_numpy(np.float64) if "coupon_cost" in out else 0.0
+    out["true_expected_cost"] = out["true_p_redeem"] * cost
+    out["true_incremental_profit"] = r.expected_profit[row, col] - r.expected_profit[row, 0]
+    out["uplift_type"] = np.where(col > 0, uplift_type(p0, p), None)
+    return out
+
+
+def budget_spend(issued: pd.DataFrame, budgets: Sequence[Budget], cost: str) -> np.ndarray:
+    """Spend of the issued rows on each budget (money: the sum of ``cost``; count: coupons)."""
+    out = np.zeros(len(budgets))
+    for i, b in enumerate(budgets):
+        rows = issued if b.campaign_id is None else issued[issued["campaign_id"] == b.campaign_id]
+        out[i] = float(rows[cost].sum()) if b.kind == "amount" else float(len(rows))
+    return out
+
+
+def greedy_within_budgets(options: pd.DataFrame, budgets: Sequence[Budget], cost: str, max_per_user: int) -> np.ndarray:
+    """Accept options in the given order while the user has fewer than ``max_per_user`` coupons and every
+    budget the option counts against has room; returns the accepted rows' positions.
+
+    Args:
+        options: Rows with ``user_id``, ``campaign_id`` and the ``cost`` column, in priority order.
+        budgets: Money budgets count ``cost``, count budgets one per coupon.
+        cost: The cost column.
+        max_per_user: Per-user cap.
+    """
+    left = np.array([b.limit for b in budgets], np.float64)
+    is_amount = np.array([b.kind == "amount" for b in budgets])
+    camp = options["campaign_id"].to_numpy(object)
+    costs = options[cost].to_numpy(np.float64)
+    campaigns = pd.unique(camp)
+    applies = {c: np.array([b.campaign_id is None or b.campaign_id == c for b in budgets], bool) for c in campaigns}
+    taken: dict[str, int] = {}
+    accepted = []
+    eps = 1e-9
+    for i, (u, c, x) in enumerate(zip(options["user_id"].to_numpy(object), camp, costs, strict=True)):
+        if taken.get(u, 0) >= max_per_user:
+            continue
+        need = np.where(is_amount, x, 1.0) * applies[c]
+        if np.all(need <= left + eps):
+            left -= need
+            taken[u] = taken.get(u, 0) + 1
+            accepted.append(i)
+    return np.array(accepted, dtype=np.int64)
+
+
+def random_targeting(
+    options: pd.DataFrame, budgets: Sequence[Budget], cost: str, max_per_user: int, seed: int
+) -> pd.DataFrame:
+    """The random baseline: one random candidate per user, users in random order, within the budgets."""
+    if options.empty:
+        return options.iloc[:0]
+    rng = np.random.default_rng(seed)
+    shuffled = options.assign(_u=rng.random(len(options))).sort_values("_u", kind="stable")
+    one = shuffled.drop_duplicates("user_id", keep="first")  # a uniform candidate of each user, users shuffled
+    picked = one.iloc[greedy_within_budgets(one, budgets, cost, max_per_user)]
+    return picked.drop(columns="_u")
+
+
+def redeem_targeting(options: pd.DataFrame, budgets: Sequence[Budget], cost: str, max_per_user: int) -> pd.DataFrame:
+    """The redemption baseline: pairs by decreasing estimated ``p_redeem``, accepted greedily within budgets."""
+    ordered = options.sort_values(["p_redeem", "user_id", "coupon_id"], ascending=[False, True, True], kind="stable")
+    return ordered.iloc[greedy_within_budgets(ordered, budgets, cost, max_per_user)]
+
+
+def oracle_allocation(
+    options: pd.DataFrame, budgets: Sequence[Budget], params: AllocationParams, run_date: str = "1970-01-01"
+) -> pd.DataFrame:
+    """The allocator on the options valued with the truth (:data:`TRUE_COLUMNS` needed), without holdout or
+    exploration; returns the issued options (with their true columns)."""
+    if options.empty:
+        return options.iloc[:0]
+    cand = pd.DataFrame(
+        {
+            "user_id": options["user_id"].to_numpy(object),
+            "coupon_id": options["coupon_id"].to_numpy(object),
+            "campaign_id": options["campaign_id"].to_numpy(object),
+            "uplift": options["true_uplift"].to_numpy(np.float64),
+            "coupon_cost": options["coupon_cost"].to_numpy(np.float64),
+            "expected_cost": options["true_expected_cost"].to_numpy(np.float64),
+            "expected_profit": options["true_incremental_profit"].to_numpy(np.float64),
+            "model_version": "oracle",
+        }
+    )
+    oracle_params = AllocationParams(
+        max_per_user=params.max_per_user,
+        cost_basis=params.cost_basis,
+        holdout_share=0.0,
+        exploration_share=0.0,
+        seed=params.seed,
+        solver=params.solver,
+        fill_moves=params.fill_moves,
+    )
+    rows, _ = allocate_in_memory(cand, budgets, oracle_params, run_date=run_date)
+    issued = rows[rows["coupon_id"].notna() & (rows["policy"] == POLICY_MODEL)][["user_id", "coupon_id"]]
+    return options.merge(issued, on=["user_id", "coupon_id"], how="inner")
