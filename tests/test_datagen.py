@@ -1,0 +1,209 @@
+"""The synthetic shop: the response model by hand, the four uplift types, determinism, the landing layout,
+the logging policy and the feedback-loop entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from coupon_spark.config import Config, LakeConfig, ShopConfig, SparkConfig
+from coupon_spark.datagen.response import (
+    NO_COUPON,
+    CouponParams,
+    UserTraits,
+    response_frame,
+    response_matrix,
+    response_pairs,
+    uplift_type,
+    user_uplift_types,
+)
+from coupon_spark.datagen.shop import generate, truth_table
+from coupon_spark.datagen.simulate import ISSUANCE_COLUMNS, live_coupons, simulate_day
+from coupon_spark.datagen.world import CATEGORIES, coupons_pandas, users_frame
+from coupon_spark.lake import Lake
+from coupon_spark.schemas import LANDING_FIELDS, LANDING_FILES
+
+DAY = dt.date(2026, 11, 2)
+
+
+def one_user(**kw: object) -> UserTraits:
+    base = dict(alpha=0.0, price_sensitivity=0.5, basket_eur=40.0, margin_rate=0.25)
+    base.update(kw)  # type: ignore[arg-type]
+    return UserTraits(
+        alpha=np.array([base["alpha"]]),
+        price_sensitivity=np.array([base["price_sensitivity"]]),
+        basket_eur=np.array([base["basket_eur"]]),
+        margin_rate=np.array([base["margin_rate"]]),
+        taste=np.full((1, len(CATEGORIES)), 1 / len(CATEGORIES)),
+        kind_response=np.array([[1.0, -1.0, 0.0]]),
+    )
+
+
+COUPONS = CouponParams.from_pandas(
+    pd.DataFrame(
+        {
+            "coupon_id": ["A", "B"],
+            "kind": ["price_off", "free_shipping"],
+            "category": ["all", "books"],
+            "face_value_eur": [10.0, 4.95],
+            "min_spend_eur": [20.0, 0.0],
+            "cost_eur": [10.0, 3.5],
+        }
+    )
+)
+
+
+def test_response_model_by_hand() -> None:
+    r = response_matrix(one_user(), COUPONS)
+    # no coupon: sigmoid(0) = 0.5; profit 0.5 * 0.25 * 40 = 5
+    # A: value = min(3, (10/40)/0.25) * (0.5+0.5) = 1, match 1, tau = 1 -> p = sigmoid(1) = 0.7310586;
+    #    use = 0.9 * min(1, 40/20) = 0.9 -> p_redeem = 0.6579527; profit = 0.7310586*10 - 0.6579527*10 = 0.7310586
+    # B: value = min(3, (4.95/40)/0.25) * 1 = 0.495, match = min(2, 8 * 1/8) = 1, tau = -0.495
+    #    p = sigmoid(-0.495) = 0.3787185; use = 0.9 * min(1, 8/8) * min(1, 40/1e-9) = 0.9
+    p_a = 1 / (1 + math.exp(-1))
+    p_b = 1 / (1 + math.exp(0.495))
+    np.testing.assert_allclose(r.p_purchase, [[0.5, p_a, p_b]], rtol=1e-12)
+    np.testing.assert_allclose(r.p_redeem, [[0.0, 0.9 * p_a, 0.9 * p_b]], rtol=1e-12)
+    np.testing.assert_allclose(
+        r.expected_profit, [[5.0, p_a * 10 - 0.9 * p_a * 10, p_b * 10 - 0.9 * p_b * 3.5]], rtol=1e-12
+    )
+    assert list(uplift_type(r.p_purchase[0, 0], r.p_purchase[0, 1:])) == ["persuadable", "sleeping_dog"]
+
+
+def test_pairs_agree_with_the_matrix() -> None:
+    users = dataclasses.replace(one_user(), alpha=np.array([-1.0]))
+    m = response_matrix(users, COUPONS, season=0.1)
+    for j, idx in enumerate([NO_COUPON, 0, 1]):
+        p = response_pairs(users, COUPONS, np.array([idx]), season=0.1)
+        assert p.p_purchase[0] == pytest.approx(m.p_purchase[0, j])
+        assert p.expected_profit[0] == pytest.approx(m.expected_profit[0, j])
+
+
+def test_uplift_type_thresholds() -> None:
+    got = uplift_type(np.array([0.1, 0.1, 0.5, 0.05, 0.5]), np.array([0.2, 0.05, 0.505, 0.055, 0.3]))
+    assert list(got) == ["persuadable", "sleeping_dog", "sure_thing", "lost_cause", "sleeping_dog"]
+
+
+def test_population_holds_all_four_uplift_types(spark: SparkSession) -> None:
+    shop = ShopConfig(users=3000, partitions=2)
+    users = users_frame(spark, shop).toPandas()
+    types = pd.Series(
+        user_uplift_types(
+            response_matrix(UserTraits.from_pandas(users), CouponParams.from_pandas(coupons_pandas(shop)))
+        )
+    )
+    shares = types.value_counts(normalize=True)
+    assert set(shares.index) == {"persuadable", "sure_thing", "lost_cause", "sleeping_dog"}
+    assert shares.min() > 0.05, shares.to_dict()
+    assert users["taste"].map(sum).sub(1).abs().max() < 1e-9
+    assert users["activity"].quantile(0.99) > 5 * users["activity"].median()  # heavy-tailed
+
+
+def test_response_frame_is_the_matrix_in_long_form(spark: SparkSession) -> None:
+    shop = ShopConfig(users=50, partitions=2)
+    users = users_frame(spark, shop)
+    coupons = coupons_pandas(shop)
+    long = response_frame(users, coupons).toPandas()
+    m = response_matrix(UserTraits.from_pandas(users.toPandas()), CouponParams.from_pandas(coupons))
+    assert len(long) == 50 * (len(coupons) + 1)
+    first = long[long["user_id"] == "U00000000"]
+    np.testing.assert_allclose(first["p_purchase"].to_numpy(), m.p_purchase[0])
+    assert first["coupon_id"].isna().sum() == 1
+
+
+@pytest.fixture(scope="module")
+def shop_runs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Config]:
+    """The same tiny shop generated twice, with different partitioning."""
+    out = []
+    for parts in (2, 3):
+        root = tmp_path_factory.mktemp(f"shop{parts}")
+        cfg = Config(
+            spark=SparkConfig(),
+            lake=LakeConfig(root=str(root / "lake"), landing=str(root / "landing"), backend="bridge"),
+            shop=ShopConfig(users=300, partitions=parts, dirty_rate=0.05),
+        )
+        generate(spark, cfg, DAY, days=1)
+        out.append(cfg)
+    return out[0], out[1]
+
+
+def test_generator_is_deterministic_whatever_the_partitioning(shop_runs: tuple[Config, Config]) -> None:
+    a, b = shop_runs
+    for name in LANDING_FILES.values():
+        fa = Path(a.lake.landing) / DAY.isoformat() / name
+        fb = Path(b.lake.landing) / DAY.isoformat() / name
+        assert fa.read_bytes() == fb.read_bytes(), name
+
+
+def test_a_different_seed_is_a_different_shop(spark: SparkSession) -> None:
+    a = users_frame(spark, ShopConfig(users=20, seed=1)).select("alpha").collect()
+    b = users_frame(spark, ShopConfig(users=20, seed=2)).select("alpha").collect()
+    assert a != b
+
+
+def test_landing_layout(shop_runs: tuple[Config, Config]) -> None:
+    cfg = shop_runs[0]
+    folder = Path(cfg.lake.landing) / DAY.isoformat()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(LANDING_FILES.values())
+    for source, name in LANDING_FILES.items():
+        if name.endswith(".csv"):
+            assert (folder / name).read_text(encoding="utf-8", errors="replace").splitlines()[0] == ",".join(
+                LANDING_FIELDS[source]
+            )
+    events = (folder / "events.jsonl").read_bytes()
+    assert all(f'"event_type":"{t}"'.encode() in events for t in ("view", "cart", "purchase"))
+    assert b"\xe9" in events or b"\xe9" in (folder / "users.csv").read_bytes()  # bad encodings are there
+
+
+def test_truth_is_saved_apart(spark: SparkSession, shop_runs: tuple[Config, Config]) -> None:
+    cfg = shop_runs[0]
+    lake = Lake.from_config(spark, cfg.lake)
+    assert lake.read(truth_table(cfg, "user_traits")).count() == 300
+    assert not (Path(cfg.lake.landing) / "_truth").exists()
+    assert Path(cfg.lake.table_path(cfg.shop.truth_dir)).is_dir()
+
+
+def test_logging_policy_propensities(spark: SparkSession, shop_runs: tuple[Config, Config]) -> None:
+    cfg = shop_runs[0]
+    lines = (Path(cfg.lake.landing) / DAY.isoformat() / "issuances.jsonl").read_text(encoding="utf-8", errors="replace")
+    df = spark.read.json(
+        spark.sparkContext.parallelize(lines.splitlines()),
+        schema="coupon_id string, propensity double, issuance_id string, _corrupt_record string",
+    )
+    rows = df.filter(F.col("_corrupt_record").isNull() & F.col("issuance_id").isNotNull()).collect()
+    n_live = len(live_coupons(coupons_pandas(cfg.shop), DAY))
+    control = [r for r in rows if r.coupon_id is None]
+    treated = [r for r in rows if r.coupon_id is not None and r.coupon_id.startswith("CPN0")]
+    assert control and treated
+    assert {r.propensity for r in control} == {0.25}
+    assert {r.propensity for r in treated if isinstance(r.propensity, float)} <= {0.75 / n_live, None}
+
+
+def test_simulate_day_takes_any_issuances(spark: SparkSession) -> None:
+    """The feedback-loop entry point: only users who were given a coupon can redeem it, and only that one."""
+    shop = ShopConfig(users=400, partitions=2)
+    users = users_frame(spark, shop)
+    coupons = coupons_pandas(shop)
+    coupon = live_coupons(coupons, DAY)["coupon_id"].iloc[0]
+    given = [f"U{i:08d}" for i in range(0, 400, 2)]
+    issuances = spark.createDataFrame(
+        [(f"X{u}", u, coupon, dt.datetime(2026, 11, 2, 6), "test", 1.0) for u in given], ISSUANCE_COLUMNS
+    )
+    out = simulate_day(users, coupons, DAY, issuances, shop)
+    red = out.redemptions.collect()
+    assert red, "some of 200 treated users redeem"
+    assert {r.user_id for r in red} <= set(given) and {r.coupon_id for r in red} == {coupon}
+    assert {r.issuance_id for r in red} <= {f"X{u}" for u in given}
+    none = simulate_day(users, coupons, DAY, issuances.limit(0), shop)
+    assert none.redemptions.count() == 0
+    # common random numbers: users without a coupon behave identically under both policies
+    untreated = lambda d: {r.order_id for r in d.orders.collect() if r.user_id not in set(given)}  # noqa: E731
+    assert untreated(out) == untreated(none)
