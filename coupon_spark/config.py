@@ -461,7 +461,7 @@ class EvaluateConfig:
 
     report_dir: str = "reports"
     margin_rate: float = 0.0
-    ope_policies: list[str] = field(default_factory=lambda: ["random_v1", "exploration"])
+    ope_policies: list[str] = field(default_factory=lambda: ["random_v1", "coupon-spark/exploration"])
     ope_lookback_days: int = 28
     confidence: float = 0.95
     bootstrap_samples: int = 1000
