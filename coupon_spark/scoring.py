@@ -107,20 +107,20 @@ def with_recent_coupons(users: DataFrame, issuances: DataFrame, run_date: dt.dat
     )
 
 
-def eligibility(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
-    """Boolean ``[n_users, n_coupons]``: frequency cap, segment targeting and minimum-spend plausibility."""
-    n, m = len(users), len(coupons.cost)
-    ok = np.ones((n, m), dtype=bool)
+def mask_ineligible(values: np.ndarray, users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
+    """Set ``values[i, j]`` to -inf where user i may not get coupon j: frequency cap, segment targeting,
+    minimum-spend plausibility. In place; returns ``values``."""
     if RECENT_COLUMN in users:
-        ok &= (users[RECENT_COLUMN].to_numpy() < cfg.frequency_cap)[:, None]
+        values[users[RECENT_COLUMN].to_numpy() >= cfg.frequency_cap, :] = -np.inf
     basket = user_basket(users, cfg)
-    ok &= coupons.min_spend[None, :] <= cfg.min_spend_factor * basket[:, None]
+    values[coupons.min_spend[None, :] > cfg.min_spend_factor * basket[:, None]] = -np.inf
     if any(a is not None for a in coupons.allowed_segments):
+        n = len(users)
         seg = users[SEGMENT_COLUMN].astype(object).to_numpy() if SEGMENT_COLUMN in users else np.full(n, None)
         for j, allowed in enumerate(coupons.allowed_segments):
             if allowed is not None:
-                ok[:, j] &= np.isin(seg, list(allowed))
-    return ok
+                values[~np.isin(seg, list(allowed)), j] = -np.inf
+    return values
 
 
 def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
@@ -131,16 +131,20 @@ def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
 
 
 def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    """Top-K candidates of one chunk of users: the numpy kernel that the UDF runs per chunk."""
+    """Top-K candidates of one chunk of users: the numpy kernel that the UDF runs per chunk.
+
+    The ``[n_users, n_coupons]`` matrices stay float32; only the K kept per user are widened to float64.
+    """
     n, m = len(users), len(coupons.cost)
-    out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
-    p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
-    basket = user_basket(users, cfg)
-    profit = uplift * (cfg.margin_rate * basket)[:, None] - p_redeem * coupons.cost[None, :]
-    ranked = np.where(eligibility(users, coupons, cfg), profit, -np.inf)
     k = min(cfg.top_k, m)
     if k == 0 or n == 0:
         return pd.DataFrame({c: [] for c in _TASK_DDL_COLUMNS})
+    out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
+    p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
+    value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
+    profit = uplift * value[:, None]
+    profit -= p_redeem * coupons.cost.astype(np.float32)[None, :]
+    ranked = mask_ineligible(profit.copy(), users, coupons, cfg)
     top = np.argpartition(-ranked, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
     order = np.argsort(-np.take_along_axis(ranked, top, axis=1), axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
@@ -150,6 +154,7 @@ def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreCon
     rows, cols = rows[keep], cols[keep]
     ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), n)[keep]
     cost = coupons.cost[cols]
+    p_r = p_redeem[rows, cols].astype(np.float64)
     return pd.DataFrame(
         {
             "user_id": users["user_id"].to_numpy(object)[rows],
@@ -158,10 +163,10 @@ def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreCon
             "p_purchase": p[rows, cols].astype(np.float64),
             "p_purchase_none": p_none[rows].astype(np.float64),
             "uplift": uplift[rows, cols].astype(np.float64),
-            "p_redeem": p_redeem[rows, cols].astype(np.float64),
+            "p_redeem": p_r,
             "coupon_cost": cost,
-            "expected_cost": p_redeem[rows, cols] * cost,
-            "expected_profit": profit[rows, cols],
+            "expected_cost": p_r * cost,
+            "expected_profit": profit[rows, cols].astype(np.float64),
             "rank": ranks,
         }
     )

@@ -27,12 +27,13 @@ TRANSFORM_FILE = "transform.json"
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
+    """Logistic function, numerically stable (``0.5 * (1 + tanh(x / 2))``: one ufunc pass, no overflow), in the
+    input's dtype."""
+    x = np.asarray(x)
+    out = np.multiply(x, 0.5, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+    np.tanh(out, out=out)
+    out += 1.0
+    out *= 0.5
     return out
 
 
