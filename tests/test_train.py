@@ -40,6 +40,7 @@ def max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
+@pytest.mark.slow
 def test_two_horovod_ranks_train_exactly_like_one_process_on_the_same_global_batches(spark, lake, lake_cfg):
     """The proof that gradients are averaged: the train stage on 2 ranks (Spark tasks of the local[2]
     session, Gloo) ends with the weights of ONE process that takes both ranks' local batches as its batch."""
@@ -117,6 +118,9 @@ def test_model_recovers_a_known_response_model():
     assert roc_auc(y, out["p_purchase"]) >= 0.9 * roc_auc(y, world.p_true[val])
     treated = world.examples["coupon_id"].notna().to_numpy()[val]
     assert np.corrcoef(out["uplift"][treated], world.uplift_true[val][treated])[0, 1] > 0.5
+    # p(purchase | none) of the control rows follows the truth too (the learned "no coupon" arm)
+    control = ~treated
+    assert np.corrcoef(out["p_purchase_none"][control], world.p_none_true[val][control])[0, 1] > 0.9
 
 
 def rank_main_in_memory(ex, spec, tc):  # type: ignore[no-untyped-def]
@@ -128,7 +132,10 @@ def rank_main_in_memory(ex, spec, tc):  # type: ignore[no-untyped-def]
 STAGES_BUILT = all(STAGES[s].target for s in ("generate", "cleanse", "features"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not STAGES_BUILT, reason="needs the generate, cleanse and features stages (not built yet)")
+@pytest.mark.skipif(not os.environ.get("COUPON_SPARK_E2E"),
+                    reason="about 10 minutes on 2 cores (8 days of cleansing): set COUPON_SPARK_E2E=1 to run it")
 def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     """generate -> cleanse -> features -> train on a small shop; the model's AUC on its validation rows
     reaches 90% of the AUC of the shop's true probabilities, and its uplift correlates with the true uplift."""
@@ -142,19 +149,20 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     from coupon_spark.model.data import read_files, validation_mask
 
     root = os.path.join(os.path.dirname(__file__), "..", "conf", "local.yaml")
-    cfg = Config.from_file(root, overrides=[f"lake.root={tmp_path}/lake", f"lake.landing={tmp_path}/landing",
-                                            "lake.backend=bridge", "shop.users=3000", "shop.partitions=2",
-                                            "shop.issue_rate=0.8", "train.num_proc=0", "train.epochs=8",
-                                            "train.batch_size=256", "train.learning_rate=0.005"])
-    days = 10
+    cfg = Config.from_file(root, overrides=[
+        f"lake.root={tmp_path}/lake", f"lake.landing={tmp_path}/landing", "lake.backend=bridge",
+        "shop.users=3000", "shop.partitions=2", "shop.issue_rate=0.8",
+        "features.outcome_window_days=1",  # a shop coupon acts on its issue day only
+        "train.num_proc=0", "train.epochs=8", "train.batch_size=256", "train.learning_rate=0.005",
+    ])
+    days = 8
     first = cfg.shop.start
-    args = argparse.Namespace(stage="pipeline", days=1, users=None)
-    for i in range(days):
-        day = first + dt.timedelta(days=i)
-        for stage in ("generate", "cleanse", "features"):
-            assert resolve(STAGES[stage])(spark, cfg, day, args) == 0
     run_date = first + dt.timedelta(days=days)
-    assert resolve(STAGES["features"])(spark, cfg, run_date, args) == 0
+    assert resolve(STAGES["generate"])(spark, cfg, first, argparse.Namespace(stage="generate", days=days,
+                                                                             users=None)) == 0
+    for i in range(days):
+        assert resolve(STAGES["cleanse"])(spark, cfg, first + dt.timedelta(days=i), argparse.Namespace()) == 0
+    assert resolve(STAGES["features"])(spark, cfg, run_date, argparse.Namespace()) == 0
     out = train(spark, cfg, run_date)
     lake = Lake.from_config(spark, cfg.lake)
     scorer = NumpyScorer.load(Registry.from_config(cfg).local_dir(out.name, out.version))
@@ -175,7 +183,11 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
         ex["user_id"]), "coupon_x": scorer.transform.coupon_matrix(ex), "coupon_index": idx})
     assert u.shape == (len(ex), scorer.embedding_dim)
     y = ex["purchased"].to_numpy()
-    assert roc_auc(y, pred["p_purchase"]) >= 0.9 * roc_auc(y, truth.p_purchase)
     treated = ex["coupon_id"].notna().to_numpy()
     true_uplift = truth.p_purchase - truth_none.p_purchase
-    assert np.corrcoef(pred["uplift"][treated], true_uplift[treated])[0, 1] > 0.0
+    auc, auc_true = roc_auc(y, pred["p_purchase"]), roc_auc(y, truth.p_purchase)
+    corr = float(np.corrcoef(pred["uplift"][treated], true_uplift[treated])[0, 1])
+    print(f"shop: {len(ex)} validation rows, model AUC {auc:.4f}, true-probability AUC {auc_true:.4f}, "
+          f"uplift correlation {corr:.3f}")
+    assert auc >= 0.9 * auc_true
+    assert corr > 0.0
