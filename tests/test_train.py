@@ -191,3 +191,27 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
           f"uplift correlation {corr:.3f}")
     assert auc >= 0.9 * auc_true
     assert corr > 0.0
+
+
+def test_each_rank_pins_the_gpu_spark_assigned_its_task(monkeypatch):
+    """What a rank of a GPU pool sees: Spark's task resources (handed over by horovod.spark) name the GPU."""
+    from horovod.spark.task import task_info
+    from pyspark.resource import ResourceInformation
+
+    from coupon_spark.model.train import pin_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("HOROVOD_LOCAL_RANK", "1")
+    try:
+        task_info.set_resources({"gpu": ResourceInformation("gpu", ["3"])})
+        assert pin_gpu() == "3" and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+        # an executor that already narrowed CUDA to its devices: the address is an index into them
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+        task_info.set_resources({"gpu": ResourceInformation("gpu", ["1"])})
+        assert pin_gpu() == "6" and os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+        # no GPU resource from Spark: the local rank decides
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        task_info.set_resources({})
+        assert pin_gpu() == "1"
+    finally:
+        task_info.set_resources({})
