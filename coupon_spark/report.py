@@ -114,10 +114,11 @@ def plot_history(hist: pd.DataFrame) -> bytes | None:
             ax.plot(s["run_date"], s["value"], marker="o", label=f"{policy} (truth)")
     hold = h[(h["section"] == "holdout") & (h["metric"] == "incremental_profit")]
     if not hold.empty:
+        v = hold["value"].to_numpy(np.float64)
         ax.errorbar(
-            hold["run_date"],
-            hold["value"],
-            yerr=[hold["value"] - hold["ci_low"], hold["ci_high"] - hold["value"]],
+            list(hold["run_date"]),
+            v,
+            yerr=np.vstack([v - hold["ci_low"].to_numpy(np.float64), hold["ci_high"].to_numpy(np.float64) - v]),
             marker="s",
             linestyle="--",
             label="realised vs holdout",

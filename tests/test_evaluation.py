@@ -340,7 +340,8 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
 
     assert evaluate_run(spark, cfg, RUN) == 0
     metrics = lake.read("evaluation_metrics").toPandas()
-    assert lake.read("evaluation_metrics").schema == EVALUATION_METRICS
+    schema = lake.read("evaluation_metrics").schema
+    assert [(f.name, f.dataType) for f in schema] == [(f.name, f.dataType) for f in EVALUATION_METRICS]
     assert set(metrics["section"]) == {"model", "policy_truth", "policy_logs", "holdout", "budget", "fairness"}
 
     def one(section: str, metric: str, value_of: str | None = None) -> pd.Series:
@@ -357,8 +358,12 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
     assert one("policy_truth", "true_incremental_profit", "model")["value"] == pytest.approx(
         truth_value["true_incremental_profit"].sum())
     assert one("policy_truth", "ratio_to_oracle", "random")["value"] < 1.0
-    # IPS of the run's policy: only L1 matches (weight 10, reward 100 * 0.3 - 5 = 25); 4 rows -> 62.5
-    assert one("policy_logs", "ips", "policy")["value"] == pytest.approx(10 * 25 / 4)
+    # IPS of the run's policy: L1 matches (weight 10, reward 100 * 0.3 - 5 = 25), and L4, whose user has no
+    # decision in the run (target: no coupon; weight 4, reward 20 * 0.3 = 6); L2, L3 do not; 4 rows
+    assert one("policy_logs", "ips", "policy")["value"] == pytest.approx((10 * 25 + 4 * 6) / 4)
+    # no coupon for everyone: L2 (weight 4, reward 0) and L4 (weight 4, reward 6) -> SNIPS 24 / 8
+    assert one("policy_logs", "snips", "no_coupon")["value"] == pytest.approx(24 / 8)
+    assert one("policy_logs", "support_share")["value"] == 1.0
     # realised uplift: model arm 4 * 15 EUR over its users, holdout 15 EUR over its users
     up = one("holdout", "uplift_per_user")
     assert up["value"] == pytest.approx(4 * 15.0 / len(model_users) - 15.0 / len(hold_users))
