@@ -36,7 +36,7 @@ from coupon_spark.model.network import build_model, export_weights
 from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
-from coupon_spark.scoring import prepare_coupons, score_chunk, score_users
+from coupon_spark.scoring import prepare_coupons, score_chunk, score_users, top_candidates
 from coupon_spark.session import build_spark_session
 
 N_NUMERIC = 24
@@ -136,7 +136,7 @@ def _kernel(pdf: pd.DataFrame) -> int:
     scorer, coupons, cfg = _KERNEL
     rows = 0
     for s in range(0, len(pdf), cfg.batch_rows):
-        rows += len(score_chunk(pdf.iloc[s : s + cfg.batch_rows], scorer, coupons, cfg))
+        rows += len(top_candidates(pdf.iloc[s : s + cfg.batch_rows], scorer, coupons, cfg).rows)
     return rows
 
 

@@ -1,7 +1,7 @@
 """``coupon-spark score``: every user against every live coupon, in a pandas UDF with broadcast weights.
 
 The model's numpy weights (:class:`coupon_spark.model.scorer.NumpyScorer`) and the live coupons' tower outputs
-are broadcast once; each task unpacks them once (iterator-form ``mapInPandas``) and, per chunk of
+are broadcast once; each task unpacks them once (iterator-form ``mapInArrow``) and, per chunk of
 ``score.batch_rows`` users, runs the user tower as vectorised numpy and one matrix product against all live
 coupons and the "no coupon" arm. Eligibility is applied in the same pass, and only the top-K candidates per
 user (by expected incremental profit) leave the task; nothing is collected to the driver.
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -130,15 +131,26 @@ def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
     return np.where(b > 0, b, cfg.default_basket_eur)
 
 
-def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> pd.DataFrame:  # type: ignore[no-untyped-def]
-    """Top-K candidates of one chunk of users: the numpy kernel that the UDF runs per chunk.
+@dataclass(frozen=True)
+class TopK:
+    """The candidates of a chunk as flat arrays: user ``rows[i]`` gets coupon ``cols[i]`` at ``rank[i]``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    rank: np.ndarray
+    columns: dict[str, np.ndarray]  # the float64 value columns of _TASK_DDL, aligned with rows/cols
+
+
+def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> TopK:  # type: ignore[no-untyped-def]
+    """The numpy kernel: towers, every user x every live coupon, eligibility, top-K per user.
 
     The ``[n_users, n_coupons]`` matrices stay float32; only the K kept per user are widened to float64.
     """
     n, m = len(users), len(coupons.cost)
     k = min(cfg.top_k, m)
     if k == 0 or n == 0:
-        return pd.DataFrame({c: [] for c in _TASK_DDL_COLUMNS})
+        empty = np.zeros(0, np.int64)
+        return TopK(empty, empty, empty.astype(np.int32), {c: np.zeros(0) for c in _VALUE_COLUMNS})
     out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
     p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
     value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
@@ -152,14 +164,13 @@ def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreCon
     cols = top.ravel()
     keep = np.isfinite(ranked[rows, cols])
     rows, cols = rows[keep], cols[keep]
-    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), n)[keep]
     cost = coupons.cost[cols]
     p_r = p_redeem[rows, cols].astype(np.float64)
-    return pd.DataFrame(
+    return TopK(
+        rows,
+        cols,
+        np.tile(np.arange(1, k + 1, dtype=np.int32), n)[keep],
         {
-            "user_id": users["user_id"].to_numpy(object)[rows],
-            "coupon_id": coupons.frame["coupon_id"].to_numpy(object)[cols],
-            "campaign_id": coupons.frame["campaign_id"].to_numpy(object)[cols],
             "p_purchase": p[rows, cols].astype(np.float64),
             "p_purchase_none": p_none[rows].astype(np.float64),
             "uplift": uplift[rows, cols].astype(np.float64),
@@ -167,8 +178,51 @@ def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreCon
             "coupon_cost": cost,
             "expected_cost": p_r * cost,
             "expected_profit": profit[rows, cols].astype(np.float64),
-            "rank": ranks,
+        },
+    )
+
+
+_VALUE_COLUMNS = [
+    "p_purchase",
+    "p_purchase_none",
+    "uplift",
+    "p_redeem",
+    "coupon_cost",
+    "expected_cost",
+    "expected_profit",
+]
+
+
+def score_chunk(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """:func:`top_candidates` as a pandas frame (the task output's columns, without run_date/model_version)."""
+    t = top_candidates(users, scorer, coupons, cfg)
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"].to_numpy(object)[t.rows],
+            "coupon_id": coupons.frame["coupon_id"].to_numpy(object)[t.cols],
+            "campaign_id": coupons.frame["campaign_id"].to_numpy(object)[t.cols],
+            **t.columns,
+            "rank": t.rank,
         }
+    )
+
+
+def _arrow_chunk(batch: pa.RecordBatch, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> pa.RecordBatch:  # type: ignore[no-untyped-def]
+    """:func:`top_candidates` on an Arrow batch, answered as an Arrow batch: the string columns are gathered
+    with Arrow's ``take``, so no Python string object is made per candidate."""
+    t = top_candidates(batch.to_pandas(), scorer, coupons, cfg)
+    ids = pa.array(coupons.frame["coupon_id"].to_numpy(object), pa.string())
+    campaigns = pa.array(coupons.frame["campaign_id"].to_numpy(object), pa.string())
+    rows, cols = pa.array(t.rows), pa.array(t.cols)
+    return pa.RecordBatch.from_arrays(
+        [
+            batch.column(batch.schema.get_field_index("user_id")).take(rows),
+            ids.take(cols),
+            campaigns.take(cols),
+            *[pa.array(t.columns[c], pa.float64()) for c in _VALUE_COLUMNS],
+            pa.array(t.rank, pa.int32()),
+        ],
+        names=_TASK_DDL_COLUMNS,
     )
 
 
@@ -199,13 +253,13 @@ def score_users(users: DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig
     if RECENT_COLUMN in users.columns:
         cols.append(RECENT_COLUMN)
 
-    def udf(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def udf(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         sc, cp, c = payload.value  # once per task
-        for pdf in batches:
-            for start in range(0, len(pdf), c.batch_rows):
-                yield score_chunk(pdf.iloc[start : start + c.batch_rows], sc, cp, c)
+        for batch in batches:
+            for start in range(0, batch.num_rows, c.batch_rows):
+                yield _arrow_chunk(batch.slice(start, c.batch_rows), sc, cp, c)
 
-    return users.select(*cols).mapInPandas(udf, _TASK_DDL)
+    return users.select(*cols).mapInArrow(udf, _TASK_DDL)
 
 
 def load_scorer(cfg: Config):  # type: ignore[no-untyped-def]
