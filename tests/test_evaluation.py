@@ -31,7 +31,7 @@ from coupon_spark.evaluation import (
 )
 from coupon_spark.evaluation import run as evaluate_run
 from coupon_spark.lake import Lake
-from coupon_spark.schemas import CANDIDATES_SCHEMA, EVALUATION_METRICS, ISSUANCES, ORDERS, USERS
+from coupon_spark.schemas import ALLOCATIONS_SCHEMA, CANDIDATES_SCHEMA, EVALUATION_METRICS, ISSUANCES, ORDERS, USERS
 
 Z95 = 1.959963984540054
 
@@ -256,7 +256,7 @@ def _write(spark: SparkSession, lake: Lake, pdf: pd.DataFrame, schema, table: st
 
 
 def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lake, tmp_path: Path) -> None:
-    from coupon_spark.allocation import run as allocate_run
+    from coupon_spark.allocation.job import budgets_from_config, params_from_config, summary_frame
     from coupon_spark.model.registry import Registry
 
     base = Config.from_file("conf/base.yaml")
@@ -293,7 +293,17 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
     cand["expected_cost"] = cand["p_redeem"] * cand["coupon_cost"]
     cand["expected_profit"] = (r.expected_profit[:, 1:] - r.expected_profit[:, :1]).ravel()
     _write(spark, lake, cand, CANDIDATES_SCHEMA, "candidates", "run_date")
-    assert allocate_run(spark, cfg, RUN) == 0
+    # the allocator in memory (the Spark job makes the same decisions; tests/test_allocation.py checks that)
+    params = params_from_config(cfg.allocation)
+    budgets = budgets_from_config(cfg.allocation)
+    rows, plan = allocate_in_memory(cand, budgets, params, run_date=RUN.isoformat())
+    rows = rows.assign(run_date=RUN, run_id="r1")
+    lake.write(spark.createDataFrame(rows[ALLOCATIONS_SCHEMA.fieldNames()], ALLOCATIONS_SCHEMA), "allocations",
+               mode="overwrite", partition_by=["run_date"])  # fmt: skip
+    value = float(rows["expected_profit"].sum())
+    runs = summary_frame(spark, plan, params, RUN, "r1", dt.datetime(2026, 11, 9, 6, tzinfo=dt.timezone.utc), 1.0,
+                         plan.spend, value, rows["user_id"].nunique(), len(cand), 0)  # fmt: skip
+    lake.write(runs, "allocation_runs", mode="overwrite", partition_by=["run_date"])
     alloc = lake.read("allocations", where={"run_date": RUN}).toPandas()
     treated = alloc[alloc["coupon_id"].notna()]
     hold_users = alloc.loc[alloc["policy"] == "holdout", "user_id"].tolist()
