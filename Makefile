@@ -19,7 +19,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHO
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=GLOO MAKEFLAGS=-j2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check bench package clean
+.PHONY: help setup setup-airflow demo test check bench package clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -38,16 +38,25 @@ $(VENV)/.horovod: $(VENV)/.installed
 
 setup: $(VENV)/.horovod ## create .venv and install the pinned stack (horovod built from source: ~5 min once)
 
+AIRFLOW_VENV := .venv-airflow
+$(AIRFLOW_VENV)/.installed: requirements/airflow.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q -c $(CONSTRAINTS) --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -r requirements/airflow.txt
+	touch $@
+
+setup-airflow: $(AIRFLOW_VENV)/.installed ## a separate venv with Airflow, to load dags/ in the tests
+
 demo: setup ## run the whole loop on a local Spark with the synthetic shop (lakehouse in ./lakehouse)
 	$(BIN)/coupon-spark doctor --conf $(CONF) --run-date $(RUN_DATE)
 	$(BIN)/coupon-spark pipeline --conf $(CONF) --run-date $(RUN_DATE) --days $(DAYS)
 
-test: setup ## run the test suite (real Spark, real Delta tables)
+test: setup setup-airflow ## run the test suite (real Spark, real Delta tables, the DAG loaded by Airflow)
 	$(BIN)/python -m pytest
 
 check: setup ## lint and type-check (ruff, mypy)
-	$(BIN)/ruff check coupon_spark jobs tests bench
-	$(BIN)/ruff format --check coupon_spark jobs tests bench
+	$(BIN)/ruff check coupon_spark jobs tests bench dags
+	$(BIN)/ruff format --check coupon_spark jobs tests bench dags
 	$(BIN)/mypy coupon_spark
 
 bench: setup ## benchmarks: figures printed as ratios against a baseline measured in the same run
