@@ -12,6 +12,7 @@ The Spark settings of each task come from the same YAML files the jobs read (``s
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from pathlib import Path
 
@@ -73,5 +74,5 @@ with DAG(
     tags=["coupon-spark"],
 ) as dag:
     tasks = [stage_task(s) for s in STAGES]
-    for upstream, downstream in zip(tasks, tasks[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(tasks):
         upstream >> downstream

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -42,7 +43,7 @@ def test_dag_imports_without_errors(dagbag):
 def test_one_spark_submit_per_stage_in_order(dagbag):
     tasks = dagbag["dags"]["coupon_daily"]["tasks"]
     assert set(tasks) == set(STAGES)
-    for upstream, downstream in zip(STAGES, STAGES[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(STAGES):
         assert tasks[upstream]["downstream"] == [downstream]
     assert tasks["evaluate"]["downstream"] == []
     for stage, t in tasks.items():
