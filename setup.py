@@ -47,6 +47,9 @@ setup(
             "types-PyYAML",
             "pandas-stubs",
             "build",
+            "nbclient",  # the analyst notebook is executed by the tests
+            "nbformat",
+            "ipykernel",
         ],
     },
     entry_points={"console_scripts": ["coupon-spark=coupon_spark.cli:main"]},
