@@ -28,8 +28,8 @@ def alloc(day, user, coupon, campaign, policy, cost, profit, version="m/1"):
 @pytest.fixture()
 def small_lake(spark, tmp_path) -> Path:
     root = tmp_path / "lakehouse"
-    cfg = LakeConfig(root=str(root), landing=str(tmp_path / "landing"), tables={
-        "allocations": "gold/allocations", "users": "silver/users", "evaluation_metrics": "ops/evaluation_metrics"})  # fmt: skip
+    tables = {"allocations": "gold/allocations", "users": "silver/users", "evaluation_metrics": "ops/metrics"}
+    cfg = LakeConfig(root=str(root), landing=str(tmp_path / "landing"), tables=tables)
     lake = Lake(spark, cfg, BridgeBackend(spark))
     rows = [
         alloc(D1, "u1", "c1", "camp_a", "model", 1.0, 2.0, "m/1"),
