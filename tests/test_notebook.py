@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from coupon_spark.config import LakeConfig
+from coupon_spark.config import Config, LakeConfig
 from coupon_spark.lake import Lake
 from coupon_spark.lake.bridge import BridgeBackend
 from coupon_spark.schemas import ALLOCATIONS_SCHEMA, EVALUATION_METRICS, USERS
@@ -28,7 +28,7 @@ def alloc(day, user, coupon, campaign, policy, cost, profit, version="m/1"):
 @pytest.fixture()
 def small_lake(spark, tmp_path) -> Path:
     root = tmp_path / "lakehouse"
-    tables = {"allocations": "gold/allocations", "users": "silver/users", "evaluation_metrics": "ops/metrics"}
+    tables = Config.from_file(ROOT / "conf" / "local.yaml").lake.tables  # where the notebook will look
     cfg = LakeConfig(root=str(root), landing=str(tmp_path / "landing"), tables=tables)
     lake = Lake(spark, cfg, BridgeBackend(spark))
     rows = [
