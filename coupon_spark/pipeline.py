@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -95,10 +96,8 @@ def ensure_history(
     missing = [d for d in days if d not in have]
     for i, day in enumerate(missing, 1):
         label = f"[history {day}] {i}/{len(missing)}"
-        progress.stage(
-            f"{label} generate (random logging policy)", lambda d=day: generate_day(spark, lake, cfg, world, d)
-        )
-        progress.stage(f"{label} cleanse", lambda d=day: cleanse_day(spark, lake, cfg, d))
+        progress.stage(f"{label} generate (random logging policy)", partial(generate_day, spark, lake, cfg, world, day))
+        progress.stage(f"{label} cleanse", partial(cleanse_day, spark, lake, cfg, day))
     return missing
 
 
@@ -129,7 +128,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
                 if name == "train" and not _train_today(lake, cfg, run_date, day):
                     print(f"{head} {i}/6 train: reusing the latest model (pipeline.train_every_days)")
                     continue
-                rc = progress.stage(f"{head} {i}/6 {name}", lambda f=fn, d=day: f(spark, cfg, d, args))
+                rc = progress.stage(f"{head} {i}/6 {name}", partial(fn, spark, cfg, day, args))
                 if rc:
                     print(f"{head} {name} failed with code {rc}; stopping")
                     return int(rc)  # type: ignore[call-overload]
@@ -137,17 +136,17 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
                 issued = issuances_from_allocations(lake.read("allocations", where={"run_date": day}), day)
                 progress.stage(
                     f"{head} 5/6 the shop plays the day forward (allocations -> outcomes -> landing)",
-                    lambda d=day, iss=issued: generate_day(spark, lake, cfg, world, d, issuances=iss),
+                    partial(generate_day, spark, lake, cfg, world, day, issuances=issued),
                 )
             else:
                 progress.stage(
                     f"{head} 5/6 the shop's day (random logging policy)",
-                    lambda d=day: generate_day(spark, lake, cfg, world, d),
+                    partial(generate_day, spark, lake, cfg, world, day),
                 )
-            progress.stage(f"{head} 5/6 cleanse", lambda d=day: cleanse_day(spark, lake, cfg, d))
+            progress.stage(f"{head} 5/6 cleanse", partial(cleanse_day, spark, lake, cfg, day))
             evaluate = _stage_fn("evaluate")
             if evaluate is not None:
-                progress.stage(f"{head} 6/6 evaluate", lambda f=evaluate, d=day: f(spark, cfg, d, args))
+                progress.stage(f"{head} 6/6 evaluate", partial(evaluate, spark, cfg, day, args))
     finally:
         world.close()
     print(f"pipeline: {days} day(s) from {run_date} in {time.perf_counter() - started:.0f}s")
