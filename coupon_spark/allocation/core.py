@@ -221,6 +221,26 @@ class Block:
     def from_payload(cls, data: bytes, user_ids: pa.Array | None = None) -> Block:
         return cls(**pickle.loads(data), user_ids=user_ids)
 
+    def slim(self, basis: CostBasis) -> Block:
+        """What the solver's passes read (value, the cost on ``basis``, campaign, the per-user draws), without
+        the output-only columns: the form kept in the Spark workers' block cache. Not for :func:`decide_block`.
+        """
+        cost = self.cost(basis)
+        empty = np.zeros((self.n, 0), dtype=np.int32)
+        return Block(
+            block_id=self.block_id,
+            value=self.value,
+            exp_cost=cost,
+            face_cost=cost,
+            uplift=np.zeros((self.n, 0)),
+            campaign=self.campaign,
+            coupon=empty,
+            model_version=empty,
+            holdout=self.holdout,
+            u_explore=self.u_explore,
+            u_pick=self.u_pick,
+        )
+
 
 @dataclass(frozen=True)
 class PackSettings:
@@ -711,9 +731,11 @@ class Moves:
         return Moves(*[getattr(self, f)[mask] for f in self.__dataclass_fields__])
 
     def top(self, limit: int) -> Moves:
+        """The ``limit`` moves of largest adjusted gain, ties by (block, row, add, rem): a total order, so the
+        result does not depend on the order the parts were concatenated in (Spark tasks, cache misses)."""
         if len(self.row) <= limit:
             return self
-        keep = np.argsort(-self.adj_gain, kind="stable")[:limit]
+        keep = np.lexsort((self.rem, self.add, self.row, self.block_id, -self.adj_gain))[:limit]
         return Moves(*[getattr(self, f)[keep] for f in self.__dataclass_fields__])
 
 

@@ -1,9 +1,15 @@
 """The allocation on Spark: pack the candidates into cached blocks, run the dual passes, write the tables.
 
 The candidates are repartitioned by user and packed once (``mapInArrow``) into blocks of dense numpy arrays,
-one Spark row per block, and cached: each later pass (stats, each grid of multipliers, the fill, the output)
-is one ``mapInArrow`` job over the cached blocks that decodes them without copying row by row, runs a block
-function of :mod:`coupon_spark.allocation.core` and returns one small row per task, which the driver sums.
+one Spark row per block, and cached: that cache is the source of truth. Each solver pass (stats, each grid of
+multipliers, the fill) is one ``mapInArrow`` job over the cached *block ids* only: the Python worker that
+runs a task finds the blocks, already decoded, in its per-process cache (:data:`_BLOCK_CACHE`, filled when it
+packed them or first read them, keyed by the run), runs a block function of
+:mod:`coupon_spark.allocation.core` and returns one small result per block. A block a worker does not hold
+(another worker packed it, the worker was restarted, the cache evicted it) is reported missing and the driver
+runs it at once in a second job that reads it from the Spark cache (and caches it there): the results are the
+same either way, and the driver combines them in block-id order, so they do not depend on where a block ran.
+Only the output pass reads every block back whole (it needs the user ids and the output columns).
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import argparse
 import datetime as dt
 import logging
 import pickle
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -143,8 +151,43 @@ def dictionaries(candidates: DataFrame) -> Dictionaries:
     return Dictionaries(tuple(rows["coupons"]), tuple(rows["campaigns"]), tuple(rows["versions"]) + (None,))
 
 
+# ---- the per-worker block cache ----------------------------------------------------------------------------------
+
+#: Decoded (slim) blocks per run key, in each Python worker process: run key -> block id -> block. It only
+#: saves reading blocks back from Spark; a miss is always served from the Spark cache (see SparkPasses).
+_BLOCK_CACHE: OrderedDict[str, dict[int, Block]] = OrderedDict()
+#: Runs kept per process (the oldest is dropped first), so a worker's memory is bounded by ~two runs' blocks.
+_CACHE_RUNS = 2
+_CACHE_LOCK = threading.Lock()
+
+
+def _cache_for(key: str, create: bool) -> dict[int, Block] | None:
+    with _CACHE_LOCK:
+        blocks = _BLOCK_CACHE.get(key)
+        if blocks is None and create:
+            blocks = _BLOCK_CACHE[key] = {}
+            while len(_BLOCK_CACHE) > _CACHE_RUNS:
+                _BLOCK_CACHE.popitem(last=False)
+        if blocks is not None:
+            _BLOCK_CACHE.move_to_end(key)
+        return blocks
+
+
+def _cache_put(key: str, block: Block, basis: CostBasis) -> Block:
+    slim = block.slim(basis)
+    blocks = _cache_for(key, create=True)
+    assert blocks is not None
+    blocks[block.block_id] = slim
+    return slim
+
+
+def _cache_drop(key: str) -> None:
+    with _CACHE_LOCK:
+        _BLOCK_CACHE.pop(key, None)
+
+
 def _pack_fn(
-    dicts: Dictionaries, settings: PackSettings
+    dicts: Dictionaries, settings: PackSettings, cache_key: str | None = None, basis: CostBasis = "expected"
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
@@ -159,6 +202,9 @@ def _pack_fn(
             nonlocal count
             blocks, invalid = pack_table(table, dicts, settings, base + count)
             count += len(blocks)
+            if cache_key is not None:
+                for b in blocks:
+                    _cache_put(cache_key, b, basis)
             out = [
                 (b.block_id, b.n, b.value.size, 0, pickle.dumps(b.user_ids, protocol=5), b.payload()) for b in blocks
             ]
@@ -196,14 +242,22 @@ def _pack_fn(
 
 
 def pack_candidates(
-    candidates: DataFrame, dicts: Dictionaries, settings: PackSettings, partitions: int
+    candidates: DataFrame,
+    dicts: Dictionaries,
+    settings: PackSettings,
+    partitions: int,
+    cache_key: str | None = None,
+    basis: CostBasis = "expected",
 ) -> DataFrame:
-    """Candidates -> blocks (``BLOCKS_DDL``): repartitioned by user, sorted by (user, coupon), packed."""
+    """Candidates -> blocks (``BLOCKS_DDL``): repartitioned by user, sorted by (user, coupon), packed.
+
+    With ``cache_key`` the packing worker also keeps each block (slim, for ``basis``) in its block cache.
+    """
     return (
         candidates.select(*CANDIDATE_COLUMNS)
         .repartition(partitions, "user_id")
         .sortWithinPartitions("user_id", "coupon_id")
-        .mapInArrow(_pack_fn(dicts, settings), BLOCKS_DDL)
+        .mapInArrow(_pack_fn(dicts, settings, cache_key, basis), BLOCKS_DDL)
     )
 
 
@@ -221,72 +275,118 @@ def _blocks(batch: pa.RecordBatch, with_users: bool = False) -> Iterator[Block]:
 # ---- Spark passes ----------------------------------------------------------------------------------------------
 
 
-def _reduce(df: DataFrame, fn: Callable[[Iterator[Block]], object]) -> list[object]:
-    """Run ``fn`` over the blocks of each task; return the list of per-task results."""
+def _per_block(
+    keys: DataFrame,
+    blocks: DataFrame,
+    cache_key: str,
+    basis: CostBasis,
+    fn: Callable[[Block], object],
+    combine: Callable[[list[object]], object] | None = None,
+) -> tuple[list[tuple[int, object]], int]:
+    """``fn`` on every block: from the workers' caches, then the missing blocks from the Spark cache.
 
-    def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        result = fn(b for batch in batches for b in _blocks(batch))
-        yield pa.RecordBatch.from_arrays([pa.array([pickle.dumps(result, protocol=5)], pa.binary())], names=["r"])
+    Args:
+        combine: Merges a task's results into one before they travel (only for an order-free merge, such as
+            :meth:`Moves.top`); without it every block's result comes back.
 
-    return [pickle.loads(r["r"]) for r in df.select("data").mapInArrow(task, "r binary").collect()]
+    Returns the ``(block id, result)`` pairs in block-id order and the number of blocks read back from Spark.
+    """
+
+    def merged(done: list[tuple[int, object]]) -> list[tuple[int, object]]:
+        if combine is None or len(done) < 2:
+            return done
+        return [(done[0][0], combine([r for _, r in done]))]
+
+    def cached(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        held = _cache_for(cache_key, create=False) or {}
+        done: list[tuple[int, object]] = []
+        missing: list[int] = []
+        for batch in batches:
+            for bid in batch.column("block_id").to_pylist():
+                b = held.get(bid)
+                if b is None:
+                    missing.append(bid)
+                else:
+                    done.append((bid, fn(b)))
+        payload = pickle.dumps((merged(done), missing), protocol=5)
+        yield pa.RecordBatch.from_arrays([pa.array([payload], pa.binary())], names=["r"])
+
+    def reread(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        done: list[tuple[int, object]] = []
+        for batch in batches:
+            for b in _blocks(batch):
+                done.append((b.block_id, fn(_cache_put(cache_key, b, basis))))
+        payload = pickle.dumps((merged(done), []), protocol=5)
+        yield pa.RecordBatch.from_arrays([pa.array([payload], pa.binary())], names=["r"])
+
+    out: list[tuple[int, object]] = []
+    missing: list[int] = []
+    for r in keys.mapInArrow(cached, "r binary").collect():
+        done, miss = pickle.loads(r["r"])
+        out.extend(done)
+        missing.extend(miss)
+    if missing:
+        # one task reads them all, so that the worker running it then holds every block: which worker runs a
+        # task is the scheduler's choice, and per-partition rereads could keep landing on the wrong one
+        again = blocks.where(F.col("block_id").isin(missing)).select("block_id", "data").coalesce(1)
+        for r in again.mapInArrow(reread, "r binary").collect():
+            out.extend(pickle.loads(r["r"])[0])
+    out.sort(key=lambda t: t[0])
+    return out, len(missing)
 
 
 class SparkPasses:
-    """The passes of :class:`coupon_spark.allocation.plan.Passes` as Spark jobs over the cached blocks."""
+    """The passes of :class:`coupon_spark.allocation.plan.Passes` as Spark jobs over the cached blocks.
 
-    def __init__(self, blocks: DataFrame):
+    Each pass runs the block function on the blocks the workers hold decoded (see the module doc) and sums the
+    per-block results on the driver in block-id order, so the outcome does not depend on which worker held
+    which block, nor on cache misses.
+    """
+
+    def __init__(self, blocks: DataFrame, cache_key: str, basis: CostBasis):
         self.blocks = blocks
+        # only the ids travel to the workers on a pass (the columnar cache reads just these columns)
+        self.keys = blocks.where(F.col("n_users") > 0).select("block_id")
+        self.cache_key = cache_key
+        self.basis = basis
         self.seconds = 0.0
         self.passes = 0
+        self.reread = 0  # blocks read back from the Spark cache (worker cache misses), all passes together
 
-    def _run(self, fn: Callable[[Iterator[Block]], object]) -> list[object]:
+    def _run(
+        self, fn: Callable[[Block], object], combine: Callable[[list[object]], object] | None = None
+    ) -> list[object]:
         t = time.perf_counter()
-        out = _reduce(self.blocks, fn)
+        out, missing = _per_block(self.keys, self.blocks, self.cache_key, self.basis, fn, combine)
         self.seconds += time.perf_counter() - t
         self.passes += 1
-        return out
+        self.reread += missing
+        return [r for _, r in out]
 
     def stats(self, basis: CostBasis, explore_share: float, n_campaigns: int) -> BlockStats:
-        def fn(blocks: Iterator[Block]) -> BlockStats:
-            total = BlockStats.zero(n_campaigns)
-            for b in blocks:
-                total = total + block_stats(b, basis, explore_share, n_campaigns)
-            return total
-
-        parts = self._run(fn)
         total = BlockStats.zero(n_campaigns)
-        for p in parts:
+        for p in self._run(lambda b: block_stats(b, basis, explore_share, n_campaigns)):
             total = total + p  # type: ignore[operator]
         return total
 
     def evaluate(
         self, basis: CostBasis, alpha: np.ndarray, beta: np.ndarray, arms: Arms, k: int, n_campaigns: int
     ) -> Agg:
-        m = alpha.shape[0]
-
-        def fn(blocks: Iterator[Block]) -> Agg:
-            total = Agg.zero(m, n_campaigns)
-            for b in blocks:
-                total = total + evaluate_block(b, basis, alpha, beta, arms, k, n_campaigns)
-            return total
-
-        total = Agg.zero(m, n_campaigns)
-        for p in self._run(fn):
+        total = Agg.zero(alpha.shape[0], n_campaigns)
+        for p in self._run(lambda b: evaluate_block(b, basis, alpha, beta, arms, k, n_campaigns)):
             total = total + p  # type: ignore[operator]
         return total
 
     def moves(
         self, basis: CostBasis, alpha: np.ndarray, beta: np.ndarray, arms: Arms, k: int, limit: int
     ) -> tuple[Moves, Moves]:
-        def fn(blocks: Iterator[Block]) -> tuple[Moves, Moves]:
-            parts = [block_moves(b, basis, alpha, beta, arms, k, limit) for b in blocks]
-            return (Moves.concat([p[0] for p in parts]).top(limit), Moves.concat([p[1] for p in parts]).top(2 * limit))
+        def top(parts: list[object]) -> tuple[Moves, Moves]:
+            return (
+                Moves.concat([p[0] for p in parts]).top(limit),  # type: ignore[index]
+                Moves.concat([p[1] for p in parts]).top(2 * limit),  # type: ignore[index]
+            )
 
-        parts = self._run(fn)
-        return (
-            Moves.concat([p[0] for p in parts]).top(limit),  # type: ignore[index]
-            Moves.concat([p[1] for p in parts]).top(2 * limit),  # type: ignore[index]
-        )
+        return top(self._run(lambda b: block_moves(b, basis, alpha, beta, arms, k, limit), top))
 
 
 # ---- the allocation as DataFrames -------------------------------------------------------------------------------
@@ -306,12 +406,13 @@ class AllocationResult:
 
 
 def _decide_fn(
-    plan: Plan, params: AllocationParams, dicts: Dictionaries, run_date: dt.date, run_id: str
+    plan: Plan, params: AllocationParams, dicts: Dictionaries, run_date: dt.date, run_id: str, cache_key: str = ""
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     alpha, beta, arms, moves = plan.alpha, plan.beta, plan.arms, plan.moves
     target = pa.schema([pa.field(f.name, t) for f, t in zip(ALLOCATIONS_SCHEMA.fields, _ARROW_TYPES, strict=True)])
 
     def decide(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        _cache_drop(cache_key)  # the solver is done: free this worker's decoded blocks (best effort)
         for batch in batches:
             for b in _blocks(batch, with_users=True):
                 dec = decide_block(b, params.cost_basis, alpha, beta, arms, params.max_per_user, moves.get(b.block_id))
@@ -371,16 +472,19 @@ def allocate(
     ex_salt, pick_salt = exploration_salts(params.seed, run_date.isoformat())
     settings = PackSettings(params.holdout_share, params.holdout_salt, ex_salt, pick_salt, block_rows)
     partitions = partitions or spark.sparkContext.defaultParallelism
-    blocks = pack_candidates(candidates, dicts, settings, partitions).persist(StorageLevel.MEMORY_AND_DISK)
+    cache_key = f"{run_id}:{uuid.uuid4().hex}"  # this call's blocks in the workers' caches
+    blocks = pack_candidates(candidates, dicts, settings, partitions, cache_key, params.cost_basis).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     sizes = blocks.agg(F.sum("n_users"), F.sum("n_options"), F.sum("n_invalid")).first()
     assert sizes is not None
     n_users, n_options, n_invalid = (int(v or 0) for v in sizes)
     matrix = BudgetMatrix.build(budgets, dicts.campaigns)
-    passes = SparkPasses(blocks)
+    passes = SparkPasses(blocks, cache_key, params.cost_basis)
     plan = make_plan(passes, matrix, params)
     allocations = (
         blocks.select("user_ids", "data")
-        .mapInArrow(_decide_fn(plan, params, dicts, run_date, run_id), ALLOCATIONS_SCHEMA)
+        .mapInArrow(_decide_fn(plan, params, dicts, run_date, run_id, cache_key), ALLOCATIONS_SCHEMA)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     cost_col = "expected_cost" if params.cost_basis == "expected" else "coupon_cost"

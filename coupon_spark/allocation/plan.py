@@ -113,7 +113,7 @@ class InMemoryPasses:
         self, basis: CostBasis, alpha: np.ndarray, beta: np.ndarray, arms: Arms, k: int, limit: int
     ) -> tuple[Moves, Moves]:
         parts = [block_moves(b, basis, alpha, beta, arms, k, limit) for b in self.blocks]
-        return Moves.concat([p[0] for p in parts]).top(limit), Moves.concat([p[1] for p in parts]).top(limit)
+        return Moves.concat([p[0] for p in parts]).top(limit), Moves.concat([p[1] for p in parts]).top(2 * limit)
 
 
 @dataclass
