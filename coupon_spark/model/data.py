@@ -70,7 +70,8 @@ def snapshot_files(location: str, version: int, since: dt.date | None = None,
         if day is not None and ((since and day < since) or (until and day >= until)):
             continue
         uri = p if "://" in p else f"{base}/{unquote(p)}"
-        out.append(DataFile(uri, int(records[i]) if records[i] is not None else -1, part))
+        n = records[i]
+        out.append(DataFile(uri, int(n) if n is not None else -1, part))
     return sorted(out, key=lambda f: f.path)
 
 

@@ -150,7 +150,7 @@ def rank_main(task: RankTask) -> dict[str, Any]:
         gpus = tf.config.list_physical_devices("GPU")
         if not gpus:
             log.warning("rank %d: train.use_gpu is set but no GPU is visible; training on the CPU", comm.rank)
-        elif task.horovod and not comm.hvd.nccl_built():  # type: ignore[attr-defined]
+        elif isinstance(comm, HorovodComm) and not comm.hvd.nccl_built():
             log.warning("rank %d: Horovod was built without NCCL: GPU gradients go through Gloo on the host",
                         comm.rank)
         log.info("rank %d: GPU %s (CUDA_VISIBLE_DEVICES=%s)", comm.rank, gpus, gpu)

@@ -89,7 +89,8 @@ class FeatureTransform:
             FeatureStatsError: An unknown ``kind``/``transform``, a one-hot feature without a vocabulary, or
                 no user feature at all.
         """
-        rows = stats.to_dict("records") if isinstance(stats, pd.DataFrame) else [dict(r) for r in stats]
+        records = stats.to_dict("records") if isinstance(stats, pd.DataFrame) else stats
+        rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in records]
         user: list[FeatureSpec] = []
         coupon: list[FeatureSpec] = []
         for r in sorted(rows, key=lambda r: str(r["feature"])):
@@ -117,9 +118,9 @@ class FeatureTransform:
         if not user:
             raise FeatureStatsError("feature_stats: no user feature (uf_*/uc_*); was the features stage run?")
         dates = {str(r.get("as_of_date", "")) for r in rows}
-        versions = {r.get("source_version") for r in rows} - {None}
+        versions = [int(r["source_version"]) for r in rows if r.get("source_version") is not None]
         return cls(user, coupon, as_of_date=max(dates) if dates else "",
-                   source_version=int(max(versions)) if versions else None)
+                   source_version=max(versions) if versions else None)
 
     @property
     def user_columns(self) -> list[str]:
