@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a configuration value, e.g. --set lake.root=/tmp/lake (repeatable)",
         )
+        if stage.name == "train":
+            p.add_argument("--force", action="store_true", help="train again on inputs already trained on")
         if stage.name == "pipeline":
             p.add_argument("--days", type=int, default=1, help="number of consecutive days to run")
         if stage.name == "generate":
@@ -101,11 +103,12 @@ def resolve(stage: Stage) -> Callable[..., int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # third-party libraries (py4j, Horovod's rendezvous) log at INFO on the root logger: keep them to warnings
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("py4j").setLevel(logging.WARNING)
+    logging.getLogger("coupon_spark").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         cfg = Config.from_file(args.conf, overrides=args.overrides)
     except ConfigError as exc:

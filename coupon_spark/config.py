@@ -671,6 +671,11 @@ def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str, default_file:
             raise ConfigError(f"{where}: {key}: expected an integer, found {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; take it as the number it is
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key}: expected a number, found {value!r}")
         return float(value)

@@ -98,3 +98,11 @@ def test_unsafe_yaml_is_refused(tmp_path):
 def test_bad_override_syntax():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         Config.from_file(CONF / "local.yaml", overrides=["lake.root"])
+
+
+def test_float_written_without_a_dot_is_a_number(tmp_path):
+    env = write(tmp_path, "env.yaml", "extends: " + str(CONF / "base.yaml") + "\ntrain: {l2: 1e-4}\n")
+    assert Config.from_file(env).train.l2 == 1e-4
+    bad = write(tmp_path, "bad.yaml", "extends: " + str(CONF / "base.yaml") + "\ntrain: {l2: tiny}\n")
+    with pytest.raises(ConfigError, match=r"train\.l2: expected a number, found 'tiny'"):
+        Config.from_file(bad)
