@@ -150,6 +150,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
     finally:
         world.close()
     print(f"pipeline: {days} day(s) from {run_date} in {time.perf_counter() - started:.0f}s")
+    print_policy_summary(lake, cfg, [run_date + dt.timedelta(days=n) for n in range(days)])
     print("tables:")
     for name in sorted(cfg.lake.tables):
         if lake.exists(name):
@@ -158,6 +159,48 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
                 f"  {name:<20} version {info.version:<4} {info.num_rows if info.num_rows is not None else '?':>10} rows"
             )
     return 0
+
+
+def print_policy_summary(lake: Lake, cfg: Config, days: list[dt.date]) -> None:
+    """Day by day: the true incremental profit of each policy as a share of the oracle's, the budget use, and
+    where the report is (from ``evaluation_metrics``, as the evaluate stage wrote it)."""
+    if not lake.exists("evaluation_metrics"):
+        return
+    rows = (
+        lake.read("evaluation_metrics", where={"run_date": days})
+        .where(
+            ((F.col("section") == "policy_truth") & F.col("metric").isin("ratio_to_oracle", "true_incremental_profit"))
+            | ((F.col("section") == "budget") & (F.col("metric") == "use"))
+            | ((F.col("section") == "model") & (F.col("metric") == "registry_validation.auc"))
+        )
+        .select("run_date", "section", "metric", "dimension_value", "value")
+        .collect()
+    )
+    if not rows:
+        return
+    print("policy value (true incremental profit, EUR; share of the oracle's at the same budgets):")
+    for day in days:
+        got = [r for r in rows if r["run_date"] == day]
+        if not got:
+            continue
+        ratio = {
+            r["dimension_value"]: r["value"]
+            for r in got
+            if r["metric"] == "ratio_to_oracle" and r["value"] is not None and r["value"] == r["value"]
+        }
+        profit = {r["dimension_value"]: r["value"] for r in got if r["metric"] == "true_incremental_profit"}
+        parts = [f"{k} {profit.get(k) or 0:,.0f} ({ratio[k]:.1%})" for k in sorted(ratio, key=ratio.__getitem__)[::-1]]
+        use = [
+            f"{r['dimension_value']} {r['value']:.1%}" for r in got if r["metric"] == "use" and r["value"] is not None
+        ]
+        auc = [
+            r["value"] for r in got if r["metric"] == "registry_validation.auc" and r["dimension_value"] == "purchase"
+        ]
+        print(f"  {day}: " + ", ".join(parts))
+        print(f"  {'':10}  budget use: {', '.join(use) or '-'}" + (f"; model AUC {auc[0]:.3f}" if auc else ""))
+    from coupon_spark.evaluation.job import report_dir
+
+    print(f"report: {report_dir(cfg, days[-1])}/index.html")
 
 
 def _train_today(lake: Lake, cfg: Config, first_day: dt.date, day: dt.date) -> bool:
