@@ -550,6 +550,9 @@ class SolveResult:
     evaluations: int
     converged: bool
     trace: list[tuple[int, float, float]] = field(default_factory=list)  # (pass, best primal, best dual)
+    dual_value: float = 0.0  # model-arm value of the choice under dual_lam (it may overspend)
+    dual_spend: np.ndarray | None = None  # (B,) its spend
+    finished: float = -np.inf  # best value the finisher reached (a repaired and filled allocation)
 
     @property
     def gap(self) -> float:
@@ -564,6 +567,8 @@ def relative_gap(primal: float, dual: float) -> float:
 
 
 Evaluator = Callable[[np.ndarray], Agg]
+#: ``(lam, value, spend)`` of a choice -> value of the feasible allocation made from it (repair + fill), or None.
+Finisher = Callable[[np.ndarray, float, np.ndarray], "float | None"]
 
 
 def solve_dual(
@@ -572,6 +577,7 @@ def solve_dual(
     residual: np.ndarray,
     lam_hi: np.ndarray,
     settings: SolverSettings,
+    finisher: Finisher | None = None,
 ) -> SolveResult:
     """Coordinate descent on the multipliers, each coordinate by a grid bisection evaluated in whole passes.
 
@@ -579,7 +585,8 @@ def solve_dual(
     ``b``'s spend within ``residual[b]`` (spend on ``b`` never rises with ``lam_b``); each pass tries
     ``grid_points`` values of the bracket at once (log-spaced while it is wide, then evenly). Every evaluated
     multiplier vector gives a dual bound, and every one whose allocation fits all budgets gives a primal
-    candidate: the best of each are kept, so the certificate never gets worse.
+    candidate: the best of each are kept, so the certificate never gets worse. The search stops as soon as
+    their gap is within the tolerance (even mid-round, mid-bisection): each pass costs a pass over the data.
 
     Args:
         evaluate: ``(m, B)`` multipliers -> :class:`Agg` over the model users (one distributed pass).
@@ -587,16 +594,23 @@ def solve_dual(
         residual: ``(B,)`` what the model arm may spend (limits less exploration spend), all >= 0.
         lam_hi: ``(B,)`` multipliers at which budget ``b`` spends nothing.
         settings: Tolerance and limits.
+        finisher: Turns the choice of the best dual multipliers into a feasible allocation (one pass: the
+            repair and fill) and returns its value; called at the end of each round whose bound improved. With
+            several budgets the choices the search evaluates rarely fit every budget at once, so without it the
+            certificate would only close at the very end; with it the search stops as soon as a finished
+            allocation is within the tolerance of the bound.
     """
     n_b = len(residual)
     st = {"passes": 0, "evals": 0, "primal": -np.inf, "dual": np.inf}
     best_lam = np.full(n_b, np.inf)
     best_spend = np.zeros(n_b)
     dual_lam = np.zeros(n_b)
+    dual_value, dual_spend = 0.0, np.zeros(n_b)
+    finished = -np.inf
     trace: list[tuple[int, float, float]] = []
 
     def run(points: np.ndarray) -> np.ndarray:
-        nonlocal best_lam, best_spend, dual_lam
+        nonlocal best_lam, best_spend, dual_lam, dual_value, dual_spend
         agg = evaluate(points)
         st["passes"] += 1
         st["evals"] += len(points)
@@ -605,6 +619,7 @@ def solve_dual(
         i = int(np.argmin(dual))
         if dual[i] < st["dual"]:
             st["dual"], dual_lam = float(dual[i]), points[i].copy()
+            dual_value, dual_spend = float(agg.value[i]), spend[i].copy()
         feasible = np.all(spend <= residual, axis=1)
         if feasible.any():
             vals = np.where(feasible, agg.value, -np.inf)
@@ -613,6 +628,10 @@ def solve_dual(
                 st["primal"], best_lam, best_spend = float(vals[j]), points[j].copy(), spend[j].copy()
         trace.append((st["passes"], st["primal"], st["dual"]))
         return spend
+
+    def certified() -> bool:
+        """The best feasible allocation seen is within the tolerance of the best bound: no pass can help more."""
+        return relative_gap(max(st["primal"], finished), st["dual"]) <= settings.tolerance
 
     lam = np.zeros(n_b)
     step = np.ones(n_b)  # last relative change of each multiplier: the width of its next search window
@@ -624,12 +643,17 @@ def solve_dual(
         rounds += 1
         before, dual_before = lam.copy(), st["dual"]
         for b in range(n_b):
-            if st["passes"] >= settings.max_passes:
+            if st["passes"] >= settings.max_passes or certified():
                 break
-            new = _coordinate(run, lam, b, residual[b], lam_hi[b], g, step[b], settings)
+            new = _coordinate(run, lam, b, residual[b], lam_hi[b], g, step[b], settings, certified)
             step[b] = abs(new - lam[b]) / max(new, lam[b], 1e-300)
             lam[b] = new
-        converged = relative_gap(st["primal"], st["dual"]) <= settings.tolerance
+        if finisher is not None and not certified() and st["dual"] < dual_before:
+            value = finisher(dual_lam, dual_value, dual_spend)
+            st["passes"] += 1
+            if value is not None:
+                finished = max(finished, value)
+        converged = certified()
         stalled = dual_before - st["dual"] <= 0.01 * settings.tolerance * abs(st["dual"])
         if rounds > 1 and (np.allclose(lam, before, rtol=1e-6, atol=0.0) or stalled):
             break
@@ -645,8 +669,11 @@ def solve_dual(
         passes=st["passes"],
         rounds=rounds,
         evaluations=st["evals"],
-        converged=relative_gap(st["primal"], st["dual"]) <= settings.tolerance,
+        converged=certified(),
         trace=trace,
+        dual_value=dual_value,
+        dual_spend=dual_spend,
+        finished=finished,
     )
 
 
@@ -659,13 +686,15 @@ def _coordinate(
     g: int,
     step: float,
     settings: SolverSettings,
+    certified: Callable[[], bool] = lambda: False,
 ) -> float:
     """Smallest grid-resolved ``lam_b`` keeping budget ``b`` within ``limit`` (others fixed).
 
     The first pass tries 0, ``hi`` (where ``b`` spends nothing) and, when warm, a window around the current
     value as wide as its last change; later passes split the bracket found (log-spaced while its ends are
     more than 1.5x apart, evenly after). Stops when the bracket is within 1e-4 (relative), or the spend at its
-    upper end is within a quarter of the tolerance of the limit.
+    upper end is within a quarter of the tolerance of the limit, or when ``certified()`` says the search as a
+    whole is done (the gap is within the tolerance).
     """
     hi = float(hi) * (1 + 1e-6) + 1e-12
     cur = float(lam[b])
@@ -697,7 +726,7 @@ def _coordinate(
             lo_v = float(grid_arr[-1])
         if up_spend >= 0 and limit - up_spend <= 0.25 * settings.tolerance * max(limit, 1e-12):
             break
-        if up_v - lo_v <= 1e-4 * up_v:
+        if up_v - lo_v <= 1e-4 * up_v or certified():
             break
     return up_v
 

@@ -204,17 +204,29 @@ def make_plan(passes: Passes, budgets: BudgetMatrix, params: AllocationParams) -
         alpha, beta = budgets.coefficients(points)
         return passes.evaluate(basis, alpha, beta, arms, k, n_c)
 
-    solve = solve_dual(evaluate, budgets, residual, lam_hi, params.solver)
-    # Two ways to a final allocation; the better is kept. (A) the best feasible multipliers, filled greedily.
-    # (B) the multipliers of the best dual bound: its choice may overspend a little, so drop the least
-    # valuable choices of the over-spent budgets first (the repair), then fill.
-    options = [_finish(passes, budgets, params, arms, solve.lam, solve.primal, solve.spend, residual, n_c)]
-    if not np.array_equal(solve.dual_lam, solve.lam):
-        agg = evaluate(solve.dual_lam[None, :])
-        spend_b = budgets.spend(agg.amount, agg.count)[0]
-        options.append(
-            _finish(passes, budgets, params, arms, solve.dual_lam, float(agg.value[0]), spend_b, residual, n_c)
-        )
+    finished: dict[bytes, tuple[np.ndarray, float, np.ndarray, Moves] | None] = {}
+
+    def finish(lam: np.ndarray, value: float, spend: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, Moves] | None:
+        key = np.asarray(lam, dtype=np.float64).tobytes()
+        if key not in finished:
+            finished[key] = _finish(passes, budgets, params, arms, lam, value, spend, residual, n_c)
+        return finished[key]
+
+    def finisher(lam: np.ndarray, value: float, spend: np.ndarray) -> float | None:
+        done = finish(lam, value, spend)
+        return None if done is None else done[1]
+
+    solve = solve_dual(evaluate, budgets, residual, lam_hi, params.solver, finisher)
+    # Two ways to a final allocation; the better is kept. (B) the multipliers of the best dual bound: its choice
+    # may overspend a little, so drop the least valuable choices of the over-spent budgets first (the repair),
+    # then fill (already done, when the search stopped on it). (A) the best feasible multipliers, filled
+    # greedily: skipped when (B) alone is within the tolerance of the bound.
+    options = []
+    if not np.array_equal(solve.dual_lam, solve.lam) and solve.dual_spend is not None:
+        options.append(finish(solve.dual_lam, solve.dual_value, solve.dual_spend))
+    tol = params.solver.tolerance
+    if not (options and options[0] is not None and relative_gap(options[0][1], solve.dual) <= tol):
+        options.append(finish(solve.lam, solve.primal, solve.spend))
     best = max((o for o in options if o is not None), key=lambda o: o[1])
     lam, value, model_spend, chosen = best
     alpha, beta = (c[0] for c in budgets.coefficients(lam))
