@@ -33,23 +33,28 @@ def main() -> None:
     parser.add_argument("--views", type=float, default=7.5, help="shop.views_per_user_day")
     parser.add_argument("--out", default="bench/out/cleanse")
     parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--reuse", action="store_true", help="keep an existing landing folder (skip generate)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
-    shutil.rmtree(out, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(out, ignore_errors=True)
+    for stale in ("lake", "plain"):
+        shutil.rmtree(out / stale, ignore_errors=True)
     cfg = Config.from_file(
         "conf/local.yaml",
         overrides=[f"lake.root={out}/lake", f"lake.landing={out}/landing", "lake.backend=bridge",
                    f"shop.users={args.users}", f"shop.views_per_user_day={args.views}"],
     )  # fmt: skip
     spark = build_spark_session(dataclasses.replace(cfg.spark, master=args.master))
-    t0 = time.perf_counter()
-    counts = generate(spark, cfg, DAY, days=1)[DAY]
-    gen_s = time.perf_counter() - t0
-    lines = {s: sum(c.values()) for s, c in counts.items()}
-    total = sum(lines.values())
-    print(f"generated {DAY}: {total:,} lines ({lines['events']:,} events) in {gen_s:.1f}s")
-
     folder = f"{cfg.lake.landing}/{DAY.isoformat()}"
+    if not (args.reuse and Path(folder).is_dir()):
+        t0 = time.perf_counter()
+        generate(spark, cfg, DAY, days=1)
+        print(f"generated {DAY} in {time.perf_counter() - t0:.1f}s")
+    lines = {s: spark.read.text(f"{folder}/{LANDING_FILES[s]}").count() for s in SOURCE_ORDER}
+    total = sum(lines.values())
+    print(f"landing {DAY}: {total:,} lines ({lines['events']:,} events)")
+
     t0 = time.perf_counter()
     for source in SOURCE_ORDER:
         path = f"{folder}/{LANDING_FILES[source]}"

@@ -110,6 +110,7 @@ class Rule:
     out: str | None = None  # silver column (default: the same name; money: <name>_eur)
     values: tuple[str, ...] = ()  # allowed values of a code (after lower-casing), or for a category extra ones
     upper: bool = False  # codes kept in upper case (regions, currencies)
+    capped: bool = True  # money: above cleanse.max_amount_eur is absurd (not for budgets)
 
     @property
     def column(self) -> str:
@@ -176,7 +177,7 @@ SOURCES: dict[str, Source] = {
                 Rule("currency", "currency", required=True),
                 Rule("valid_from", "date", required=True),
                 Rule("valid_to", "date", required=True),
-                Rule("campaign_budget", "money"),
+                Rule("campaign_budget", "money", capped=False),
                 Rule("updated_at", "timestamp"),
             ),
             key="coupon_id",
@@ -493,10 +494,11 @@ def record_checks(source: Source, cfg: CleanseConfig, day: dt.date) -> list[Chec
         if r.kind == "money":
             eur = F.col(f"t_{r.name}_eur")
             out.append(("bad_amount", t[r.name] < 0, F.format_string(f"{r.name}: %s is negative", v)))
+            too_big = (eur > F.lit(cfg.max_amount_eur)) if r.capped else F.lit(False)
             out.append(
                 (
                     "bad_amount",
-                    eur > F.lit(cfg.max_amount_eur),
+                    too_big,
                     F.format_string(f"{r.name}: %s is above {cfg.max_amount_eur:g} {cfg.base_currency}", v),
                 )
             )
