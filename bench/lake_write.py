@@ -63,10 +63,17 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--partitioned", action="store_true", help="also time a write partitioned by ingest_date")
+    ap.add_argument("--arrow-batch", type=int, default=20000, help="spark.sql.execution.arrow.maxRecordsPerBatch")
     args = ap.parse_args()
 
     spark = build_spark_session(
-        SparkConfig(master="local[*]", shuffle_partitions=4, driver_memory="6g", conf={"spark.ui.enabled": "false"})
+        SparkConfig(
+            master="local[*]",
+            shuffle_partitions=4,
+            driver_memory="6g",
+            arrow_batch_size=args.arrow_batch,
+            conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"},
+        )
     )
     work = Path(tempfile.mkdtemp(prefix="bench-lake-"))
     lake = Lake(spark, LakeConfig(root=str(work), landing=str(work / "landing")), BridgeBackend(spark, 2_000_000))

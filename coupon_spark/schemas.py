@@ -408,19 +408,16 @@ arm, budget, segment, region, bin; null when not); ``ci_low``/``ci_high`` its in
 defined (never a made-up number). Money is EUR."""
 
 __all__: list[str] = [
-    "COUPON_FEATURES_KEYS",
-    "COUPON_FEATURE_PREFIXES",
-    "FEATURE_STATS",
-    "TRAINING_EXAMPLES_KEYS",
-    "USER_FEATURES_KEYS",
-    "USER_FEATURE_PREFIXES",
     "ALLOCATIONS_SCHEMA",
     "ALLOCATION_RUNS_SCHEMA",
     "BUDGET_USE",
     "CANDIDATES_SCHEMA",
     "COUPONS",
+    "COUPON_FEATURES_KEYS",
+    "COUPON_FEATURE_PREFIXES",
     "EVALUATION_METRICS",
     "EVENTS",
+    "FEATURE_STATS",
     "ISSUANCES",
     "LANDING_FIELDS",
     "LANDING_FILES",
@@ -430,6 +427,9 @@ __all__: list[str] = [
     "REDEMPTIONS",
     "RUN_METRICS",
     "SILVER_TABLES",
+    "TRAINING_EXAMPLES_KEYS",
     "USERS",
+    "USER_FEATURES_KEYS",
+    "USER_FEATURE_PREFIXES",
     "StructType",
 ]
