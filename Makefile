@@ -5,8 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := requirements/constraints.txt
 CONF ?= conf/local.yaml
-RUN_DATE ?= $(shell date -u +%F)
+# the synthetic shop's calendar: its campaigns run around shop.start_date (2026-11-02)
+RUN_DATE ?= 2026-11-12
 DAYS ?= 3
+DEMO_USERS ?= 20000
+DEMO_LAKE ?= ./lakehouse
 
 # Spark workers must use the venv's interpreter; TensorFlow 2.18 with tf-keras (Keras 2) for Horovod.
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
@@ -48,8 +51,9 @@ $(AIRFLOW_VENV)/.installed: requirements/airflow.txt
 setup-airflow: $(AIRFLOW_VENV)/.installed ## a separate venv with Airflow, to load dags/ in the tests
 
 demo: setup ## run the whole loop on a local Spark with the synthetic shop (lakehouse in ./lakehouse)
-	$(BIN)/coupon-spark doctor --conf $(CONF) --run-date $(RUN_DATE)
-	$(BIN)/coupon-spark pipeline --conf $(CONF) --run-date $(RUN_DATE) --days $(DAYS)
+	$(BIN)/coupon-spark doctor --conf $(CONF) --run-date $(RUN_DATE) --set lake.root=$(DEMO_LAKE)
+	time $(BIN)/coupon-spark pipeline --conf $(CONF) --run-date $(RUN_DATE) --days $(DAYS) \
+		--set lake.root=$(DEMO_LAKE) --set lake.landing=$(DEMO_LAKE)/landing --set shop.users=$(DEMO_USERS)
 
 test: setup setup-airflow ## run the test suite (real Spark, real Delta tables, the DAG loaded by Airflow)
 	$(BIN)/python -m pytest
@@ -59,8 +63,12 @@ check: setup ## lint and type-check (ruff, mypy)
 	$(BIN)/ruff format --check coupon_spark jobs tests bench dags
 	$(BIN)/mypy coupon_spark
 
-bench: setup ## benchmarks: figures printed as ratios against a baseline measured in the same run
-	$(BIN)/python bench/lake_write.py
+bench: setup ## benchmarks: figures printed as ratios against a baseline measured in the same run (~1 h)
+	$(BIN)/python bench/lake_write.py --partitioned
+	$(BIN)/python bench/score.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/allocation.py
+	$(BIN)/python bench/cleanse.py
 
 package: setup ## build the wheel (dist/) that spark-submit --py-files ships to the cluster
 	rm -rf dist build
