@@ -176,7 +176,8 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
     registry = Registry.from_config(cfg)
     name = cfg.train.model_name
     try:
-        version = int(model_version) if model_version and model_version.isdigit() else registry.latest(name)
+        tail = (model_version or "").rsplit("/", 1)[-1]  # the allocations carry "<name>/<version>"
+        version = int(tail) if tail.isdigit() else registry.latest(name)
         metrics = registry.read_json(name, version, "metrics.json")
         manifest = registry.manifest(name, version)
     except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
@@ -185,6 +186,8 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
     note = f"{name} v{version}"
     calibration: dict[str, list[dict[str, Any]]] = {}
     for target, m in (metrics.get("validation") or {}).items():
+        if not isinstance(m, dict):  # e.g. the scalar validation_loss beside the per-target metrics
+            continue
         _add_binary(ev, m, target, "registry_validation", note)
         calibration[f"{target} (validation)"] = m.get("calibration", [])
     ev.plots["model_version"] = note
