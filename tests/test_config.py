@@ -20,7 +20,7 @@ def test_local_extends_base_and_overrides_only_what_it_sets():
     assert cfg.spark.master == "local[*]"
     assert cfg.spark.shuffle_partitions == 4  # local.yaml
     assert cfg.spark.arrow_batch_size == 20000  # base.yaml
-    assert cfg.spark.conf == {"spark.ui.enabled": "false"}
+    assert cfg.spark.conf == {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
     assert cfg.lake.backend == "auto"
     assert cfg.lake.tables["allocations"] == "gold/allocations"
     assert Path(cfg.lake.root).is_absolute()
