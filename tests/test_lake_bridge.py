@@ -311,3 +311,10 @@ def test_partitions_are_listed_from_the_log(spark, lake):
     assert lake.partitions("t") == [{"day": D1}, {"day": D2}]
     lake.write(frame(spark, []), "u")
     assert lake.partitions("u") == []
+
+
+def test_write_leaves_the_session_arrow_batch_size_as_it_was(spark, lake):
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    lake.write(spark.range(0, 10).withColumnRenamed("id", "k"), "t")
+    assert spark.conf.get(key) == before

@@ -146,10 +146,17 @@ class BridgeBackend:
 
     name = "bridge"
 
-    def __init__(self, spark: SparkSession, target_file_rows: int = 1_000_000, compression: str = "snappy"):
+    def __init__(
+        self,
+        spark: SparkSession,
+        target_file_rows: int = 1_000_000,
+        compression: str = "snappy",
+        write_batch_rows: int = 100_000,
+    ):
         self.spark = spark
         self.target_file_rows = target_file_rows
         self.compression = compression
+        self.write_batch_rows = write_batch_rows
 
     # ---- opening -----------------------------------------------------------------------------------------
     def _open(
@@ -254,7 +261,7 @@ class BridgeBackend:
             write_id,
         )
         columns = [f["name"] for f in fields if f["name"] in {x["name"] for x in incoming}]
-        rows = df.select(*columns).mapInArrow(writer, FILE_META_DDL).collect()
+        rows = self._run_write_tasks(df.select(*columns).mapInArrow(writer, FILE_META_DDL))
         files = [r.asDict() for r in rows]
         for f in files:
             f["partition_values"] = json.loads(f["partition_values"])
@@ -305,6 +312,21 @@ class BridgeBackend:
         result = WriteResult(location, after.version(), len(adds), num_rows, replaced)
         log.info("%s (%s, %.1fs%s)", result, mode, time.perf_counter() - started, ", schema evolved" if evolved else "")
         return result
+
+    def _run_write_tasks(self, files: DataFrame) -> list[Any]:
+        """Run the writing tasks. Their Arrow batches are made larger than the session's default for UDFs
+        (``write_batch_rows``): the tasks only hand rows to the Parquet writer, and the per-batch cost of the
+        JVM-to-Python transfer dominated the write at 20k-row batches (bench/lake_write.py)."""
+        key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+        before = self.spark.conf.get(key, None)
+        self.spark.conf.set(key, str(max(self.write_batch_rows, int(before or 0))))
+        try:
+            return files.collect()
+        finally:
+            if before is None:
+                self.spark.conf.unset(key)
+            else:
+                self.spark.conf.set(key, before)
 
     @staticmethod
     def _files(table: DeltaTable, parts: list[str]) -> list[tuple[str, int, dict[str, str | None]]]:
