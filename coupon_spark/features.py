@@ -21,7 +21,7 @@ import argparse
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -478,13 +478,6 @@ class FeatureRunSummary:
     seconds: dict[str, float]
 
 
-def _timed(seconds: dict[str, float], name: str, fn: Callable[[], object]) -> object:
-    started = time.perf_counter()
-    out = fn()
-    seconds[name] = round(time.perf_counter() - started, 2)
-    return out
-
-
 def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> FeatureRunSummary:
     """Write the feature tables for ``run_date``: snapshots (plus missing issue-date snapshots), the training
     examples of every issue date whose outcome window closed within the look-back, and the feature stats."""
@@ -497,6 +490,14 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     seconds: dict[str, float] = {}
     versions: dict[str, int] = {}
     counts: dict[str, int] = {}
+
+    def replace(df: DataFrame, table: str, partition: str) -> None:
+        """Replace the partitions present in ``df``; note the version, the rows and the time."""
+        started = time.perf_counter()
+        res = lake.write(df, table, mode="replace_partitions", partition_by=[partition])
+        seconds[table] = round(time.perf_counter() - started, 2)
+        versions[table], counts[table] = res.version, res.num_rows
+
     win = fcfg.outcome_window_days
     # issue dates whose windows closed: issued on D, outcomes known up to R 00:00, so D + window + 1 <= R
     closed_from = run_date - dt.timedelta(days=fcfg.training_lookback_days)
@@ -519,19 +520,9 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     users, orders, events = lake.read("users"), lake.read("orders"), lake.read("events")
     redemptions, coupons = lake.read("redemptions"), lake.read("coupons")
     uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg)
-    res = _timed(
-        seconds,
-        "user_features",
-        lambda: lake.write(uf, "user_features", mode="replace_partitions", partition_by=["as_of_date"]),
-    )
-    versions["user_features"], counts["user_features"] = res.version, res.num_rows  # type: ignore[attr-defined]
+    replace(uf, "user_features", "as_of_date")
     cf = coupon_features(coupons, snapshots)
-    res = _timed(
-        seconds,
-        "coupon_features",
-        lambda: lake.write(cf, "coupon_features", mode="replace_partitions", partition_by=["as_of_date"]),
-    )
-    versions["coupon_features"], counts["coupon_features"] = res.version, res.num_rows  # type: ignore[attr-defined]
+    replace(cf, "coupon_features", "as_of_date")
 
     # the transformation: computed from the snapshot of the run date, as committed
     uf_now = lake.read("user_features", where={"as_of_date": run_date})
@@ -555,12 +546,7 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
             fcfg,
         )
     )
-    res = _timed(
-        seconds,
-        "feature_stats",
-        lambda: lake.write(stats, "feature_stats", mode="replace_partitions", partition_by=["as_of_date"]),
-    )
-    versions["feature_stats"], counts["feature_stats"] = res.version, res.num_rows  # type: ignore[attr-defined]
+    replace(stats, "feature_stats", "as_of_date")
 
     if wanted:
         ex = training_examples(
@@ -573,12 +559,7 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
             wanted,
             win,
         )
-        res = _timed(
-            seconds,
-            "training_examples",
-            lambda: lake.write(ex, "training_examples", mode="replace_partitions", partition_by=["issue_date"]),
-        )
-        versions["training_examples"], counts["training_examples"] = res.version, res.num_rows  # type: ignore[attr-defined]
+        replace(ex, "training_examples", "issue_date")
     return FeatureRunSummary(run_date, snapshots, wanted, versions, counts, seconds)
 
 
