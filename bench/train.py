@@ -54,19 +54,23 @@ def synthetic_examples(n: int, seed: int = 0) -> tuple[pd.DataFrame, list[dict[s
     day0 = dt.date(2026, 11, 1)
     control = rng.random(n) < 0.25
     coupon = np.where(control, None, rng.choice(COUPONS, n))
-    pdf = pd.DataFrame({
-        "issue_date": [day0 + dt.timedelta(days=int(d)) for d in rng.integers(0, 4, n)],
-        "issuance_id": [f"i{k}" for k in range(n)],
-        "user_id": [f"u{k}" for k in rng.integers(0, n // 3 + 1, n)],
-        "coupon_id": coupon,
-        "campaign_id": np.where(control, None, "k1"),
-        "issued_at": [dt.datetime(2026, 11, 1, 9)] * n,
-        "policy": "random",
-        "propensity": np.where(control, 0.25, 0.75 / len(COUPONS)),
-        "purchased": (rng.random(n) < 0.3).astype(int),
-        "redeemed": (rng.random(n) < 0.1).astype(int) * (~control),
-        "revenue_eur": 0.0, "coupon_cost_eur": 0.0, "outcome_window_days": 7,
-    })
+    pdf = pd.DataFrame(
+        {
+            "issue_date": [day0 + dt.timedelta(days=int(d)) for d in rng.integers(0, 4, n)],
+            "issuance_id": [f"i{k}" for k in range(n)],
+            "user_id": [f"u{k}" for k in rng.integers(0, n // 3 + 1, n)],
+            "coupon_id": coupon,
+            "campaign_id": np.where(control, None, "k1"),
+            "issued_at": [dt.datetime(2026, 11, 1, 9)] * n,
+            "policy": "random",
+            "propensity": np.where(control, 0.25, 0.75 / len(COUPONS)),
+            "purchased": (rng.random(n) < 0.3).astype(int),
+            "redeemed": (rng.random(n) < 0.1).astype(int) * (~control),
+            "revenue_eur": 0.0,
+            "coupon_cost_eur": 0.0,
+            "outcome_window_days": 7,
+        }
+    )
     for j in range(N_NUMERIC):
         pdf[f"uf_x{j:02d}"] = rng.normal(size=n)
     pdf["uc_segment"] = rng.choice(["a", "b", "c", "d"], n)
@@ -75,9 +79,11 @@ def synthetic_examples(n: int, seed: int = 0) -> tuple[pd.DataFrame, list[dict[s
     stats: list[dict[str, Any]] = [
         {"feature": f"uf_x{j:02d}", "transform": "standard", "center": 0.0, "scale": 1.0} for j in range(N_NUMERIC)
     ]
-    stats += [{"feature": "uc_segment", "transform": "onehot", "vocabulary": ["a", "b", "c"]},
-              {"feature": "cf_value", "transform": "standard", "center": 10.0, "scale": 5.0},
-              {"feature": "cc_kind", "transform": "onehot", "vocabulary": ["abs", "pct"]}]
+    stats += [
+        {"feature": "uc_segment", "transform": "onehot", "vocabulary": ["a", "b", "c"]},
+        {"feature": "cf_value", "transform": "standard", "center": 10.0, "scale": 5.0},
+        {"feature": "cc_kind", "transform": "onehot", "vocabulary": ["abs", "pct"]},
+    ]
     return pdf, stats
 
 
@@ -95,8 +101,9 @@ def bench_rank(task: RankTask, steps: int) -> dict[str, Any]:
     comm = HorovodComm()
     spec = ModelSpec.from_json(task.spec_json)
     transform = FeatureTransform.from_json(task.transform_json)
-    shard = make_examples(read_files(task.groups[comm.rank], task.columns), transform, spec,
-                          task.train.validation_share, task.train.seed)
+    shard = make_examples(
+        read_files(task.groups[comm.rank], task.columns), transform, spec, task.train.validation_share, task.train.seed
+    )
     result = fit([shard], spec, task.train, comm)
     later = result.history[1:] or result.history
     loop_eps = sum(h["examples_per_second"] * h["seconds"] for h in later) / sum(h["seconds"] for h in later)
@@ -143,9 +150,15 @@ def bench_rank(task: RankTask, steps: int) -> dict[str, Any]:
     t_local = timed(local_step, batch)
     t_dist = timed(dist_step, batch)
     t_ar = timed(allreduce_only, grads)
-    return {"rank": comm.rank, "loop_examples_per_s": loop_eps, "step_local_s": t_local, "step_dist_s": t_dist,
-            "allreduce_s": t_ar, "gradient_floats": int(sum(int(np.prod(v.shape)) for v in var)),
-            "global_batch": b * hvd.size()}
+    return {
+        "rank": comm.rank,
+        "loop_examples_per_s": loop_eps,
+        "step_local_s": t_local,
+        "step_dist_s": t_dist,
+        "allreduce_s": t_ar,
+        "gradient_floats": int(sum(int(np.prod(v.shape)) for v in var)),
+        "global_batch": b * hvd.size(),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,51 +173,91 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     import horovod.spark
 
-    spark = build_spark_session(SparkConfig(master="local[2]", app_name="bench-train",
-                                            conf={"spark.ui.enabled": "false", "spark.default.parallelism": "2",
-                                                  "spark.ui.showConsoleProgress": "false"}))
+    spark = build_spark_session(
+        SparkConfig(
+            master="local[2]",
+            app_name="bench-train",
+            conf={
+                "spark.ui.enabled": "false",
+                "spark.default.parallelism": "2",
+                "spark.ui.showConsoleProgress": "false",
+            },
+        )
+    )
     spark.sparkContext.setLogLevel("ERROR")
     tmp = tempfile.mkdtemp(prefix="bench-train-")
-    lake = Lake(spark, LakeConfig(root=f"{tmp}/lake", landing=f"{tmp}/landing", backend="bridge"),
-                BridgeBackend(spark, target_file_rows=max(args.rows // 8, 1000)))
+    lake = Lake(
+        spark,
+        LakeConfig(root=f"{tmp}/lake", landing=f"{tmp}/landing", backend="bridge"),
+        BridgeBackend(spark, target_file_rows=max(args.rows // 8, 1000)),
+    )
     pdf, stats = synthetic_examples(args.rows)
     from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-    extra = [StructField(c, StringType() if c.startswith(("uc_", "cc_")) else DoubleType())
-             for c in pdf.columns if c.startswith(("uf_", "uc_", "cf_", "cc_"))]
+    extra = [
+        StructField(c, StringType() if c.startswith(("uc_", "cc_")) else DoubleType())
+        for c in pdf.columns
+        if c.startswith(("uf_", "uc_", "cf_", "cc_"))
+    ]
     schema = StructType([*TRAINING_EXAMPLES_KEYS.fields, *extra])
-    cols = [[t.to_pydatetime() for t in pdf[f.name]] if f.name == "issued_at" else pdf[f.name].astype(object).tolist()
-            for f in schema.fields]
-    version = lake.write(spark.createDataFrame(list(zip(*cols, strict=True)), schema).repartition(8),
-                         "training_examples", partition_by=["issue_date"]).version
+    cols = [
+        [t.to_pydatetime() for t in pdf[f.name]] if f.name == "issued_at" else pdf[f.name].astype(object).tolist()
+        for f in schema.fields
+    ]
+    version = lake.write(
+        spark.createDataFrame(list(zip(*cols, strict=True)), schema).repartition(8),
+        "training_examples",
+        partition_by=["issue_date"],
+    ).version
     files = snapshot_files(lake.location("training_examples"), version)
     transform = FeatureTransform.from_stats(stats)
-    print(f"bench/train.py: {args.rows:,} examples in {len(files)} files; {os.cpu_count()} CPU cores; "
-          f"batch {args.batch_size} per rank; user-id buckets {args.buckets}")
+    print(
+        f"bench/train.py: {args.rows:,} examples in {len(files)} files; {os.cpu_count()} CPU cores; "
+        f"batch {args.batch_size} per rank; user-id buckets {args.buckets}"
+    )
     rows = []
     for n in [int(x) for x in args.ranks.split(",")]:
-        tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=0.001,
-                         user_id_buckets=args.buckets, early_stopping_patience=args.epochs)
-        spec = ModelSpec(transform.user_dim, transform.coupon_dim, tc.embedding_dim, list(tc.hidden_units),
-                         tc.id_embedding_dim, tc.user_id_buckets, COUPONS)
+        tc = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=0.001,
+            user_id_buckets=args.buckets,
+            early_stopping_patience=args.epochs,
+        )
+        spec = ModelSpec(
+            transform.user_dim,
+            transform.coupon_dim,
+            tc.embedding_dim,
+            list(tc.hidden_units),
+            tc.id_embedding_dim,
+            tc.user_id_buckets,
+            COUPONS,
+        )
         task = RankTask(split_files(files, n), True, spec.to_json(), transform.to_json(), tc)
         t0 = time.perf_counter()
-        res = horovod.spark.run(bench_rank, args=(task, args.steps), num_proc=n, use_gloo=True, env=dict(RANK_ENV),
-                                verbose=0)
+        res = horovod.spark.run(
+            bench_rank, args=(task, args.steps), num_proc=n, use_gloo=True, env=dict(RANK_ENV), verbose=0
+        )
         wall = time.perf_counter() - t0
         r0 = res[0]
         rows.append((n, r0, wall))
-    print(f"model: {r0['gradient_floats']:,} trainable floats ({r0['gradient_floats'] * 4 / 1e6:.2f} MB of gradients "
-          "per step)")
-    print(f"{'ranks':>5} {'global batch':>12} {'loop ex/s':>10} {'step (no allreduce)':>20} {'step (hvd tape)':>16} "
-          f"{'allreduce only':>15} {'tape - plain':>13} {'share of step':>14} {'job wall s':>11}")
+    print(
+        f"model: {r0['gradient_floats']:,} trainable floats ({r0['gradient_floats'] * 4 / 1e6:.2f} MB of gradients "
+        "per step)"
+    )
+    print(
+        f"{'ranks':>5} {'global batch':>12} {'loop ex/s':>10} {'step (no allreduce)':>20} {'step (hvd tape)':>16} "
+        f"{'allreduce only':>15} {'tape - plain':>13} {'share of step':>14} {'job wall s':>11}"
+    )
     base = rows[0][1]["loop_examples_per_s"]
     for n, r, wall in rows:
         extra = r["step_dist_s"] - r["step_local_s"]  # what the allreduce adds to a training step
         share = extra / r["step_dist_s"] if r["step_dist_s"] else float("nan")
-        print(f"{n:>5} {r['global_batch']:>12} {r['loop_examples_per_s']:>10,.0f} {r['step_local_s'] * 1e3:>17.2f} ms "
-              f"{r['step_dist_s'] * 1e3:>13.2f} ms {r['allreduce_s'] * 1e3:>12.2f} ms {extra * 1e3:>10.2f} ms "
-              f"{share:>14.0%} {wall:>11.1f}")
+        print(
+            f"{n:>5} {r['global_batch']:>12} {r['loop_examples_per_s']:>10,.0f} {r['step_local_s'] * 1e3:>17.2f} ms "
+            f"{r['step_dist_s'] * 1e3:>13.2f} ms {r['allreduce_s'] * 1e3:>12.2f} ms {extra * 1e3:>10.2f} ms "
+            f"{share:>14.0%} {wall:>11.1f}"
+        )
     if len(rows) > 1:
         print(f"speed-up of {rows[-1][0]} ranks over {rows[0][0]}: {rows[-1][1]['loop_examples_per_s'] / base:.2f}x")
     spark.stop()

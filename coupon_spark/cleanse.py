@@ -39,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -334,8 +334,12 @@ def landing_path(cfg: Config, day: dt.date, source: str) -> str:
     return f"{cfg.lake.landing.rstrip('/')}/{day.isoformat()}/{schemas.LANDING_FILES[source]}"
 
 
+def _const(df: DataFrame) -> Callable[[], DataFrame]:
+    return lambda: df
+
+
 def _exists(spark: SparkSession, path: str) -> bool:
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    jvm: Any = spark.sparkContext._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
     return bool(fs.exists(hpath))
@@ -788,7 +792,7 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
         quarantine = r.quarantined_df if quarantine is None else quarantine.unionByName(r.quarantined_df)
     assert quarantine is not None
     writes: list[tuple[str, Callable[[], DataFrame]]] = [
-        (SOURCES[name].table, lambda r=r: r.accepted_df) for name, r in result.sources.items()
+        (SOURCES[name].table, _const(r.accepted_df)) for name, r in result.sources.items()
     ]
     writes.append(("quarantine", lambda: quarantine))
     writes.append(("run_metrics", lambda: _metrics(spark, result, started)))

@@ -26,19 +26,24 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
-        Stage("doctor", "check Java, Spark, the Delta backend and the lakehouse; list tables and versions",
-              "coupon_spark.doctor:run"),
+        Stage(
+            "doctor",
+            "check Java, Spark, the Delta backend and the lakehouse; list tables and versions",
+            "coupon_spark.doctor:run",
+        ),
         Stage("generate", "write a synthetic shop's landing files and its hidden truth", "coupon_spark.datagen:run"),
-        Stage("cleanse", "landing files of one ingest date -> silver Delta tables + quarantine",
-              "coupon_spark.cleanse:run"),
+        Stage(
+            "cleanse",
+            "landing files of one ingest date -> silver Delta tables + quarantine",
+            "coupon_spark.cleanse:run",
+        ),
         Stage("features", "point-in-time user/coupon features and training examples", "coupon_spark.features:run"),
-        Stage("train", "train the two-tower uplift model with Horovod on Spark",
-              "coupon_spark.model.train:run"),
+        Stage("train", "train the two-tower uplift model with Horovod on Spark", "coupon_spark.model.train:run"),
         Stage("score", "score every user against every live coupon (pandas UDF)", "coupon_spark.scoring:run"),
-        Stage("allocate", "budget-constrained allocation through the Lagrangian dual",
-              "coupon_spark.allocation:run"),
-        Stage("evaluate", "model metrics, policy value, budget use, fairness; the report",
-              "coupon_spark.evaluation:run"),
+        Stage("allocate", "budget-constrained allocation through the Lagrangian dual", "coupon_spark.allocation:run"),
+        Stage(
+            "evaluate", "model metrics, policy value, budget use, fairness; the report", "coupon_spark.evaluation:run"
+        ),
         Stage("pipeline", "run the stages in order for one or more days", "coupon_spark.pipeline:run"),
     ]
 }
@@ -89,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--days", type=int, default=1, help="number of consecutive days to run")
         if stage.name == "generate":
             p.add_argument("--days", type=int, default=1, help="number of consecutive days to generate")
-            p.add_argument("--users", type=int, default=None, help="population size (small-sample runs); "
-                           "default: shop.users from the configuration")
+            p.add_argument(
+                "--users",
+                type=int,
+                default=None,
+                help="population size (small-sample runs); default: shop.users from the configuration",
+            )
     return parser
 
 

@@ -234,9 +234,25 @@ class FeaturesConfig:
     recency_cap_days: int = 365
     vocabulary_max_size: int = 100
     log1p_features: list[str] = field(
-        default_factory=lambda: ["orders", "spend", "views", "carts", "sessions", "issued", "redeemed", "tenure",
-                                 "recency", "basket", "discount_taken", "price", "face_value", "min_spend", "cost",
-                                 "budget", "days"]
+        default_factory=lambda: [
+            "orders",
+            "spend",
+            "views",
+            "carts",
+            "sessions",
+            "issued",
+            "redeemed",
+            "tenure",
+            "recency",
+            "basket",
+            "discount_taken",
+            "price",
+            "face_value",
+            "min_spend",
+            "cost",
+            "budget",
+            "days",
+        ]
     )
 
 
@@ -617,8 +633,7 @@ def _build(
     if unknown:
         key = f"{prefix}{unknown[0]}"
         raise ConfigError(
-            f"{_where(origin, key, default_file)}: unknown key {key!r}; "
-            f"{section} accepts: {', '.join(sorted(allowed))}"
+            f"{_where(origin, key, default_file)}: unknown key {key!r}; {section} accepts: {', '.join(sorted(allowed))}"
         )
     kwargs: dict[str, Any] = {}
     for name in allowed:
@@ -652,8 +667,10 @@ def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str, default_file:
             raise ConfigError(f"{where}: {key}: expected a mapping, found {value!r}")
         kt, vt = args
         if vt is str:  # Spark settings: YAML may give 1 or true, which Spark reads as "1" / "true"
-            value = {k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, (bool, int, float)) else v
-                     for k, v in value.items()}
+            value = {
+                k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, (bool, int, float)) else v
+                for k, v in value.items()
+            }
         return {
             _coerce(kt, k, origin, f"{key}.{k}", default_file): _coerce(vt, v, origin, f"{key}.{k}", default_file)
             for k, v in value.items()

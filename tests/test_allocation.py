@@ -99,8 +99,19 @@ def test_hand_worked_single_budget() -> None:
     # optimum (a->x, c->y is 9; a->y, b->x is 9; a->x, b->x, c->y costs 13).
     rows = [("a", "x", 6.0, 5.0), ("a", "y", 4.0, 2.0), ("b", "x", 5.0, 5.0), ("c", "y", 3.0, 3.0)]
     df = pd.DataFrame(
-        [{"user_id": u, "coupon_id": c, "campaign_id": "k", "uplift": 0.1, "coupon_cost": cost,
-          "expected_cost": cost, "expected_profit": v, "model_version": "m"} for u, c, v, cost in rows]
+        [
+            {
+                "user_id": u,
+                "coupon_id": c,
+                "campaign_id": "k",
+                "uplift": 0.1,
+                "coupon_cost": cost,
+                "expected_cost": cost,
+                "expected_profit": v,
+                "model_version": "m",
+            }
+            for u, c, v, cost in rows
+        ]
     )
     out, plan = allocate_in_memory(df, [make_budget(None, "amount", 10.5)], AllocationParams())
     got = dict(zip(out["user_id"], out["coupon_id"], strict=True))
@@ -258,8 +269,12 @@ def test_missing_columns_are_named(spark: SparkSession) -> None:
 
 def test_job_writes_tables_replaces_the_date_and_exports(spark: SparkSession, lake: Lake, tmp_path: Path) -> None:
     df = instance(21, n_users=200)
-    lake.write(spark.createDataFrame(df[CANDIDATES_SCHEMA.fieldNames()], CANDIDATES_SCHEMA), "candidates",
-               mode="replace_partitions", partition_by=["run_date"])
+    lake.write(
+        spark.createDataFrame(df[CANDIDATES_SCHEMA.fieldNames()], CANDIDATES_SCHEMA),
+        "candidates",
+        mode="replace_partitions",
+        partition_by=["run_date"],
+    )
     base = Config.from_file("conf/base.yaml")
     cfg = dataclasses.replace(
         base,

@@ -312,7 +312,8 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
 
     # silver: users (fairness), the played issuances of the run date and a few orders on that day
     su = traits[["user_id", "signup_date", "region", "city", "device", "segment"]].assign(
-        updated_at=pd.Timestamp("2026-11-08"), ingest_date=RUN)
+        updated_at=pd.Timestamp("2026-11-08"), ingest_date=RUN
+    )
     _write(spark, lake, su, USERS, "users", "ingest_date")
     iss = treated[["user_id", "coupon_id"]].assign(
         issuance_id=[f"I{i}" for i in range(len(treated))], issued_at=pd.Timestamp("2026-11-09 08:00:00"),
@@ -366,7 +367,8 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
     assert one("policy_truth", "ratio_to_oracle", "model")["value"] == pytest.approx(1.0, abs=1e-6)
     truth_value = with_true_values(treated[treated["policy"] == "model"], traits, coupons, season_logit(RUN))
     assert one("policy_truth", "true_incremental_profit", "model")["value"] == pytest.approx(
-        truth_value["true_incremental_profit"].sum())
+        truth_value["true_incremental_profit"].sum()
+    )
     assert one("policy_truth", "ratio_to_oracle", "random")["value"] < 1.0
     # IPS of the run's policy: L1 matches (weight 10, reward 100 * 0.3 - 5 = 25), and L4, whose user has no
     # decision in the run (target: no coupon; weight 4, reward 20 * 0.3 = 6); L2, L3 do not; 4 rows

@@ -76,8 +76,15 @@ def test_ipw_loss_by_hand():
     """Four rows; all weights zero so every logit is its bias: p(purchase) = 0.75 (none_bias = ln 3) and
     p(use) = 0.5. Propensities 0.5, 0.25, 1, 0.001 -> clipped at 0.01 -> raw weights 2, 4, 1, 100 with mean
     26.75. Per row: BCE(purchase) plus, for treated purchases only, BCE(redeem | purchase) = ln 2."""
-    spec = ModelSpec(user_dim=2, coupon_dim=1, embedding_dim=3, hidden_units=[4], id_embedding_dim=2,
-                     user_id_buckets=5, coupon_ids=["c1"])
+    spec = ModelSpec(
+        user_dim=2,
+        coupon_dim=1,
+        embedding_dim=3,
+        hidden_units=[4],
+        id_embedding_dim=2,
+        user_id_buckets=5,
+        coupon_ids=["c1"],
+    )
     model = build_model(spec)
     weights = {k: np.zeros_like(v) for k, v in export_weights(model).items()}
     weights["none_bias"] = np.float32(math.log(3.0))
@@ -87,9 +94,14 @@ def test_ipw_loss_by_hand():
     np.testing.assert_allclose(raw, [2.0, 4.0, 1.0, 100.0])
     w = raw / raw.mean()
     ex = Examples(
-        user_x=np.ones((4, 2), np.float32), user_bucket=np.array([0, 1, 2, 3]), coupon_x=np.ones((4, 1), np.float32),
-        coupon_index=np.array([NONE_INDEX, 2, 2, 2]), purchased=np.array([1.0, 1.0, 0.0, 1.0], np.float32),
-        redeemed=np.array([0.0, 1.0, 0.0, 0.0], np.float32), propensity=prop, is_validation=np.zeros(4, bool),
+        user_x=np.ones((4, 2), np.float32),
+        user_bucket=np.array([0, 1, 2, 3]),
+        coupon_x=np.ones((4, 1), np.float32),
+        coupon_index=np.array([NONE_INDEX, 2, 2, 2]),
+        purchased=np.array([1.0, 1.0, 0.0, 1.0], np.float32),
+        redeemed=np.array([0.0, 1.0, 0.0, 0.0], np.float32),
+        propensity=prop,
+        is_validation=np.zeros(4, bool),
     )
     loss = float(model.compute_loss(batch_tensors([ex], [w]), normalizer=4.0))
     lp1, lp0, lu = -math.log(0.75), -math.log(0.25), math.log(2.0)
@@ -114,30 +126,50 @@ def test_metrics_by_hand():
 @pytest.mark.parametrize("buckets", [0, 7])
 def test_numpy_forward_equals_tensorflow(buckets):
     t = FeatureTransform.from_stats(HAND_STATS)
-    spec = ModelSpec(user_dim=t.user_dim, coupon_dim=t.coupon_dim, embedding_dim=4, hidden_units=[6, 5],
-                     id_embedding_dim=3, user_id_buckets=buckets, coupon_ids=["c1", "c2", "c3"])
+    spec = ModelSpec(
+        user_dim=t.user_dim,
+        coupon_dim=t.coupon_dim,
+        embedding_dim=4,
+        hidden_units=[6, 5],
+        id_embedding_dim=3,
+        user_id_buckets=buckets,
+        coupon_ids=["c1", "c2", "c3"],
+    )
     model = build_model(spec, seed=4)
     rng = np.random.default_rng(0)
-    import_weights(model, {k: rng.normal(size=v.shape).astype(np.float32) * 0.7
-                           for k, v in export_weights(model).items()})  # embeddings start at zero: randomise all
+    import_weights(
+        model, {k: rng.normal(size=v.shape).astype(np.float32) * 0.7 for k, v in export_weights(model).items()}
+    )  # embeddings start at zero: randomise all
     scorer = NumpyScorer(spec, t, export_weights(model))
-    users = pd.DataFrame({"user_id": [f"u{k}" for k in range(6)], "uf_x": rng.normal(size=6) * 4,
-                          "uf_y": rng.exponential(3, size=6), "uc_r": ["a", "b", "c", "a", "b", None]})
-    coupons = pd.DataFrame({"coupon_id": ["c1", "c3", "zz", "c2"], "cf_v": [5.0, 10.0, 20.0, 7.5],
-                            "cc_k": ["abs", "pct", "abs", "abs"]})
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{k}" for k in range(6)],
+            "uf_x": rng.normal(size=6) * 4,
+            "uf_y": rng.exponential(3, size=6),
+            "uc_r": ["a", "b", "c", "a", "b", None],
+        }
+    )
+    coupons = pd.DataFrame(
+        {"coupon_id": ["c1", "c3", "zz", "c2"], "cf_v": [5.0, 10.0, 20.0, 7.5], "cc_k": ["abs", "pct", "abs", "abs"]}
+    )
     u, c = scorer.user_embed(users), scorer.coupon_embed(coupons)
     got = scorer.predict(u, c)
     # TensorFlow on every (user, coupon) pair, and on (user, none)
     pairs = users.merge(coupons, how="cross")
-    inputs = {"user_x": t.user_matrix(pairs), "user_bucket": spec.user_buckets(pairs["user_id"]),
-              "coupon_x": t.coupon_matrix(pairs), "coupon_index": spec.coupon_index(pairs["coupon_id"])}
+    inputs = {
+        "user_x": t.user_matrix(pairs),
+        "user_bucket": spec.user_buckets(pairs["user_id"]),
+        "coupon_x": t.coupon_matrix(pairs),
+        "coupon_index": spec.coupon_index(pairs["coupon_id"]),
+    }
     tf_out = {k: v.numpy() for k, v in model(inputs).items()}
     np.testing.assert_allclose(got["p_purchase"].ravel(), tf_out["p_purchase"], atol=1e-5)
     np.testing.assert_allclose(got["p_redeem"].ravel(), tf_out["p_redeem"], atol=1e-5)
     np.testing.assert_allclose(got["uplift"].ravel(), tf_out["uplift"], atol=1e-5)
     np.testing.assert_allclose(np.repeat(got["p_purchase_none"], len(coupons)), tf_out["p_purchase_none"], atol=1e-5)
-    np.testing.assert_allclose(u, model.user_tower(t.user_matrix(users), spec.user_buckets(users["user_id"])).numpy(),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        u, model.user_tower(t.user_matrix(users), spec.user_buckets(users["user_id"])).numpy(), atol=1e-5
+    )
     assert got["p_purchase"].shape == (6, 4) and got["p_purchase_none"].shape == (6,)
     # row-wise, the control arm included
     inputs["coupon_index"] = np.where(np.arange(len(pairs)) % 3 == 0, NONE_INDEX, inputs["coupon_index"])
@@ -145,15 +177,25 @@ def test_numpy_forward_equals_tensorflow(buckets):
     for k in ("p_purchase", "p_purchase_none", "p_redeem"):
         np.testing.assert_allclose(rows[k], tf_rows[k].numpy(), atol=1e-5)
     assert np.all(rows["p_redeem"][inputs["coupon_index"] == NONE_INDEX] == 0.0)
-    np.testing.assert_allclose(rows["p_purchase"][inputs["coupon_index"] == NONE_INDEX],
-                               rows["p_purchase_none"][inputs["coupon_index"] == NONE_INDEX], atol=1e-7)
+    np.testing.assert_allclose(
+        rows["p_purchase"][inputs["coupon_index"] == NONE_INDEX],
+        rows["p_purchase_none"][inputs["coupon_index"] == NONE_INDEX],
+        atol=1e-7,
+    )
 
 
 def test_saved_model_serves_the_same_predictions(tmp_path):
     from coupon_spark.model.network import dummy_batch, export_saved_model
 
-    spec = ModelSpec(user_dim=3, coupon_dim=2, embedding_dim=4, hidden_units=[5], id_embedding_dim=2,
-                     user_id_buckets=4, coupon_ids=["c1"])
+    spec = ModelSpec(
+        user_dim=3,
+        coupon_dim=2,
+        embedding_dim=4,
+        hidden_units=[5],
+        id_embedding_dim=2,
+        user_id_buckets=4,
+        coupon_ids=["c1"],
+    )
     model = build_model(spec, seed=1)
     export_saved_model(model, str(tmp_path / "sm"))
     serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]

@@ -18,22 +18,52 @@ from coupon_spark.lake import Lake
 from coupon_spark.model.data import DataFile, read_files, snapshot_files, split_files
 from coupon_spark.schemas import FEATURE_STATS, TRAINING_EXAMPLES_KEYS
 
-COUPONS = pd.DataFrame({"coupon_id": ["c05", "c10", "c20"], "campaign_id": ["k1", "k1", "k2"],
-                        "cf_value": [5.0, 10.0, 20.0], "cc_kind": ["pct", "abs", "abs"]})
+COUPONS = pd.DataFrame(
+    {
+        "coupon_id": ["c05", "c10", "c20"],
+        "campaign_id": ["k1", "k1", "k2"],
+        "cf_value": [5.0, 10.0, 20.0],
+        "cc_kind": ["pct", "abs", "abs"],
+    }
+)
 REGIONS = np.array(["north", "south", "east"])
 RUN_DATE = dt.date(2026, 12, 1)
 
 # feature_stats, by hand: what the features stage would have computed.
 STATS = [
     {"feature": "uf_a", "kind": "numeric", "transform": "standard", "center": 0.0, "scale": 1.0, "vocabulary": None},
-    {"feature": "uf_b", "kind": "numeric", "transform": "log1p_standard", "center": 1.0, "scale": 0.5,
-     "vocabulary": None},
-    {"feature": "uc_region", "kind": "categorical", "transform": "onehot", "center": None, "scale": None,
-     "vocabulary": ["north", "south"]},
-    {"feature": "cf_value", "kind": "numeric", "transform": "standard", "center": 10.0, "scale": 5.0,
-     "vocabulary": None},
-    {"feature": "cc_kind", "kind": "categorical", "transform": "onehot", "center": None, "scale": None,
-     "vocabulary": ["abs", "pct"]},
+    {
+        "feature": "uf_b",
+        "kind": "numeric",
+        "transform": "log1p_standard",
+        "center": 1.0,
+        "scale": 0.5,
+        "vocabulary": None,
+    },
+    {
+        "feature": "uc_region",
+        "kind": "categorical",
+        "transform": "onehot",
+        "center": None,
+        "scale": None,
+        "vocabulary": ["north", "south"],
+    },
+    {
+        "feature": "cf_value",
+        "kind": "numeric",
+        "transform": "standard",
+        "center": 10.0,
+        "scale": 5.0,
+        "vocabulary": None,
+    },
+    {
+        "feature": "cc_kind",
+        "kind": "categorical",
+        "transform": "onehot",
+        "center": None,
+        "scale": None,
+        "vocabulary": ["abs", "pct"],
+    },
 ]
 
 
@@ -64,12 +94,14 @@ def make_world(n: int, seed: int = 1, days: int = 3) -> World:
     """
     rng = np.random.default_rng(seed)
     n_users = max(n // 3, 10)
-    users = pd.DataFrame({
-        "user_id": [f"u{i:05d}" for i in range(n_users)],
-        "uf_a": rng.normal(size=n_users),
-        "uf_b": np.expm1(rng.normal(1.0, 0.5, size=n_users)).clip(0.0),
-        "uc_region": rng.choice(REGIONS, size=n_users),
-    })
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{i:05d}" for i in range(n_users)],
+            "uf_a": rng.normal(size=n_users),
+            "uf_b": np.expm1(rng.normal(1.0, 0.5, size=n_users)).clip(0.0),
+            "uc_region": rng.choice(REGIONS, size=n_users),
+        }
+    )
     who = rng.integers(0, n_users, size=n)
     ex = users.iloc[who].reset_index(drop=True)
     p_none_arm = np.where(ex["uf_a"].to_numpy() > 0, 0.5, 0.2)
@@ -85,32 +117,41 @@ def make_world(n: int, seed: int = 1, days: int = 3) -> World:
     use = 1 / (1 + np.exp(-(0.5 + 0.8 * ex["uf_a"].to_numpy())))
     redeemed = purchased & ~control & (rng.random(n) < use)
     issue_date = [RUN_DATE - dt.timedelta(days=1 + int(k)) for k in rng.integers(0, days, size=n)]
-    frame = pd.DataFrame({
-        "issue_date": issue_date,
-        "issuance_id": [f"i{seed}-{k:07d}" for k in range(n)],
-        "user_id": ex["user_id"],
-        "coupon_id": np.where(control, None, coupon["coupon_id"].to_numpy()),
-        "campaign_id": np.where(control, None, coupon["campaign_id"].to_numpy()),
-        "issued_at": [dt.datetime.combine(d, dt.time(9)) for d in issue_date],
-        "policy": "random",
-        "propensity": propensity,
-        "purchased": purchased.astype(int),
-        "redeemed": redeemed.astype(int),
-        "revenue_eur": np.where(purchased, 40.0, 0.0),
-        "coupon_cost_eur": np.where(redeemed, value, 0.0),
-        "outcome_window_days": 1,
-        "uf_a": ex["uf_a"], "uf_b": ex["uf_b"], "uc_region": ex["uc_region"],
-        "cf_value": value, "cc_kind": np.where(control, "none", coupon["cc_kind"].to_numpy()),
-    })
+    frame = pd.DataFrame(
+        {
+            "issue_date": issue_date,
+            "issuance_id": [f"i{seed}-{k:07d}" for k in range(n)],
+            "user_id": ex["user_id"],
+            "coupon_id": np.where(control, None, coupon["coupon_id"].to_numpy()),
+            "campaign_id": np.where(control, None, coupon["campaign_id"].to_numpy()),
+            "issued_at": [dt.datetime.combine(d, dt.time(9)) for d in issue_date],
+            "policy": "random",
+            "propensity": propensity,
+            "purchased": purchased.astype(int),
+            "redeemed": redeemed.astype(int),
+            "revenue_eur": np.where(purchased, 40.0, 0.0),
+            "coupon_cost_eur": np.where(redeemed, value, 0.0),
+            "outcome_window_days": 1,
+            "uf_a": ex["uf_a"],
+            "uf_b": ex["uf_b"],
+            "uc_region": ex["uc_region"],
+            "cf_value": value,
+            "cc_kind": np.where(control, "none", coupon["cc_kind"].to_numpy()),
+        }
+    )
     return World(frame, p, p_none, np.where(control, 0.0, p - p_none))
 
 
-EXAMPLES_SCHEMA = StructType([
-    *TRAINING_EXAMPLES_KEYS.fields,
-    StructField("uf_a", DoubleType(), False), StructField("uf_b", DoubleType(), False),
-    StructField("uc_region", StringType(), False),
-    StructField("cf_value", DoubleType(), False), StructField("cc_kind", StringType(), False),
-])
+EXAMPLES_SCHEMA = StructType(
+    [
+        *TRAINING_EXAMPLES_KEYS.fields,
+        StructField("uf_a", DoubleType(), False),
+        StructField("uf_b", DoubleType(), False),
+        StructField("uc_region", StringType(), False),
+        StructField("cf_value", DoubleType(), False),
+        StructField("cc_kind", StringType(), False),
+    ]
+)
 
 
 def write_world(spark: SparkSession, lake: Lake, world: World, stats: list[dict] | None = None) -> int:
@@ -125,12 +166,22 @@ def write_world(spark: SparkSession, lake: Lake, world: World, stats: list[dict]
     df = spark.createDataFrame(rows, EXAMPLES_SCHEMA).repartition(2)
     res = lake.write(df, "training_examples", mode="overwrite", partition_by=["issue_date"])
     stats_rows = [
-        (RUN_DATE - dt.timedelta(days=1), s["feature"], s["kind"], s["transform"], s["center"], s["scale"],
-         s["vocabulary"], "features/user_features", 7)
+        (
+            RUN_DATE - dt.timedelta(days=1),
+            s["feature"],
+            s["kind"],
+            s["transform"],
+            s["center"],
+            s["scale"],
+            s["vocabulary"],
+            "features/user_features",
+            7,
+        )
         for s in (stats or STATS)
     ]
-    lake.write(spark.createDataFrame(stats_rows, FEATURE_STATS), "feature_stats", mode="overwrite",
-               partition_by=["as_of_date"])
+    lake.write(
+        spark.createDataFrame(stats_rows, FEATURE_STATS), "feature_stats", mode="overwrite", partition_by=["as_of_date"]
+    )
     return res.version
 
 

@@ -27,8 +27,18 @@ from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.train import RankTask, rank_main, run, train
 from coupon_spark.model.transform import FeatureTransform
 
-TINY = dict(epochs=2, batch_size=32, learning_rate=0.01, embedding_dim=4, hidden_units=[8], id_embedding_dim=3,
-            user_id_buckets=64, l2=1e-4, validation_share=0.2, seed=5)
+TINY = dict(
+    epochs=2,
+    batch_size=32,
+    learning_rate=0.01,
+    embedding_dim=4,
+    hidden_units=[8],
+    id_embedding_dim=3,
+    user_id_buckets=64,
+    l2=1e-4,
+    validation_share=0.2,
+    seed=5,
+)
 
 
 def config(lake_cfg: LakeConfig, **train: object) -> Config:
@@ -55,8 +65,7 @@ def test_two_horovod_ranks_train_exactly_like_one_process_on_the_same_global_bat
     # The reference: the same snapshot, split the same way, both shards in this one process.
     spec = ModelSpec.from_json(json.dumps(registry.read_json(out.name, out.version, "spec.json")))
     transform = FeatureTransform.from_stats(STATS)
-    files = snapshot_files(lake.location("training_examples"), manifest["training_table"]["version"],
-                           until=RUN_DATE)
+    files = snapshot_files(lake.location("training_examples"), manifest["training_table"]["version"], until=RUN_DATE)
     groups = split_files(files, 2)
     one = rank_main(RankTask(groups, False, spec.to_json(), transform.to_json(), cfg.train))
     assert one["world"] == 2 and one["local_batch"] == 32
@@ -78,8 +87,14 @@ def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys)
     assert registry.root == f"{lake_cfg.root}/models" and registry.latest(name) == 1
     d = registry.local_dir(name)
     assert sorted(p.name for p in d.iterdir()) == [
-        "checkpoints", "manifest.json", "metrics.json", "saved_model", "spec.json", "train_config.json",
-        "transform.json", "weights.npz",
+        "checkpoints",
+        "manifest.json",
+        "metrics.json",
+        "saved_model",
+        "spec.json",
+        "train_config.json",
+        "transform.json",
+        "weights.npz",
     ]
     m = registry.manifest(name, 1)
     assert m["training_table"]["version"] == version == lake.version("training_examples")
@@ -92,8 +107,10 @@ def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys)
     assert 0.5 < metrics["validation"]["purchase"]["auc"] <= 1.0
     assert {"log_loss", "expected_calibration_error", "calibration"} <= metrics["validation"]["purchase"].keys()
     # the published numpy weights are the best checkpoint, and the numpy scorer loads the version
-    np.testing.assert_array_equal(read_npz(f"{registry.version_uri(name, 1)}/checkpoints/best.npz")["none_vector"],
-                                  read_npz(f"{registry.version_uri(name, 1)}/weights.npz")["none_vector"])
+    np.testing.assert_array_equal(
+        read_npz(f"{registry.version_uri(name, 1)}/checkpoints/best.npz")["none_vector"],
+        read_npz(f"{registry.version_uri(name, 1)}/weights.npz")["none_vector"],
+    )
     scorer = NumpyScorer.load(d)
     assert scorer.spec.coupon_ids == ["c05", "c10", "c20"]
     # same inputs: nothing new; forced: version 2 becomes latest
@@ -106,8 +123,14 @@ def test_model_recovers_a_known_response_model():
     of the AUC of the true probabilities, and its uplift estimates follow the true uplift."""
     world = make_world(20000, seed=11)
     transform = FeatureTransform.from_stats(STATS)
-    spec = ModelSpec(transform.user_dim, transform.coupon_dim, embedding_dim=8, hidden_units=[16],
-                     user_id_buckets=0, coupon_ids=["c05", "c10", "c20"])
+    spec = ModelSpec(
+        transform.user_dim,
+        transform.coupon_dim,
+        embedding_dim=8,
+        hidden_units=[16],
+        user_id_buckets=0,
+        coupon_ids=["c05", "c10", "c20"],
+    )
     tc = TrainConfig(epochs=6, batch_size=256, learning_rate=0.01, user_id_buckets=0, seed=1)
     ex = make_examples(world.examples, transform, spec, 0.2, seed=1)
     task_weights = rank_main_in_memory(ex, spec, tc)
@@ -134,8 +157,10 @@ STAGES_BUILT = all(STAGES[s].target for s in ("generate", "cleanse", "features")
 
 @pytest.mark.slow
 @pytest.mark.skipif(not STAGES_BUILT, reason="needs the generate, cleanse and features stages (not built yet)")
-@pytest.mark.skipif(not os.environ.get("COUPON_SPARK_E2E"),
-                    reason="about 10 minutes on 2 cores (8 days of cleansing): set COUPON_SPARK_E2E=1 to run it")
+@pytest.mark.skipif(
+    not os.environ.get("COUPON_SPARK_E2E"),
+    reason="about 10 minutes on 2 cores (8 days of cleansing): set COUPON_SPARK_E2E=1 to run it",
+)
 def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     """generate -> cleanse -> features -> train on a small shop; the model's AUC on its validation rows
     reaches 90% of the AUC of the shop's true probabilities, and its uplift correlates with the true uplift."""
@@ -149,17 +174,28 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     from coupon_spark.model.data import read_files, validation_mask
 
     root = os.path.join(os.path.dirname(__file__), "..", "conf", "local.yaml")
-    cfg = Config.from_file(root, overrides=[
-        f"lake.root={tmp_path}/lake", f"lake.landing={tmp_path}/landing", "lake.backend=bridge",
-        "shop.users=3000", "shop.partitions=2", "shop.issue_rate=0.8",
-        "features.outcome_window_days=1",  # a shop coupon acts on its issue day only
-        "train.num_proc=0", "train.epochs=8", "train.batch_size=256", "train.learning_rate=0.005",
-    ])
+    cfg = Config.from_file(
+        root,
+        overrides=[
+            f"lake.root={tmp_path}/lake",
+            f"lake.landing={tmp_path}/landing",
+            "lake.backend=bridge",
+            "shop.users=3000",
+            "shop.partitions=2",
+            "shop.issue_rate=0.8",
+            "features.outcome_window_days=1",  # a shop coupon acts on its issue day only
+            "train.num_proc=0",
+            "train.epochs=8",
+            "train.batch_size=256",
+            "train.learning_rate=0.005",
+        ],
+    )
     days = 8
     first = cfg.shop.start
     run_date = first + dt.timedelta(days=days)
-    assert resolve(STAGES["generate"])(spark, cfg, first, argparse.Namespace(stage="generate", days=days,
-                                                                             users=None)) == 0
+    assert (
+        resolve(STAGES["generate"])(spark, cfg, first, argparse.Namespace(stage="generate", days=days, users=None)) == 0
+    )
     for i in range(days):
         assert resolve(STAGES["cleanse"])(spark, cfg, first + dt.timedelta(days=i), argparse.Namespace()) == 0
     assert resolve(STAGES["features"])(spark, cfg, run_date, argparse.Namespace()) == 0
@@ -168,8 +204,15 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     scorer = NumpyScorer.load(Registry.from_config(cfg).local_dir(out.name, out.version))
     manifest = Registry.from_config(cfg).manifest(out.name, out.version)
     files = snapshot_files(lake.location("training_examples"), manifest["training_table"]["version"], until=run_date)
-    cols = ["issue_date", "issuance_id", "user_id", "coupon_id", "purchased",
-            *scorer.transform.user_columns, *scorer.transform.coupon_columns]
+    cols = [
+        "issue_date",
+        "issuance_id",
+        "user_id",
+        "coupon_id",
+        "purchased",
+        *scorer.transform.user_columns,
+        *scorer.transform.coupon_columns,
+    ]
     ex = read_files(files, cols)
     ex = ex[validation_mask(ex["issuance_id"], cfg.train.validation_share, cfg.train.seed)].reset_index(drop=True)
     users = lake.read(truth_table(cfg, "user_traits")).toPandas().set_index("user_id").loc[ex["user_id"]]
@@ -179,16 +222,24 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     truth = response_pairs(traits, coupons, coupons.index_of(ex["coupon_id"]), season)
     truth_none = response_pairs(traits, coupons, np.full(len(ex), -1), season)
     u, idx = scorer.user_embed(ex), scorer.spec.coupon_index(ex["coupon_id"])
-    pred = scorer.predict_rows({"user_x": scorer.transform.user_matrix(ex), "user_bucket": scorer.spec.user_buckets(
-        ex["user_id"]), "coupon_x": scorer.transform.coupon_matrix(ex), "coupon_index": idx})
+    pred = scorer.predict_rows(
+        {
+            "user_x": scorer.transform.user_matrix(ex),
+            "user_bucket": scorer.spec.user_buckets(ex["user_id"]),
+            "coupon_x": scorer.transform.coupon_matrix(ex),
+            "coupon_index": idx,
+        }
+    )
     assert u.shape == (len(ex), scorer.embedding_dim)
     y = ex["purchased"].to_numpy()
     treated = ex["coupon_id"].notna().to_numpy()
     true_uplift = truth.p_purchase - truth_none.p_purchase
     auc, auc_true = roc_auc(y, pred["p_purchase"]), roc_auc(y, truth.p_purchase)
     corr = float(np.corrcoef(pred["uplift"][treated], true_uplift[treated])[0, 1])
-    print(f"shop: {len(ex)} validation rows, model AUC {auc:.4f}, true-probability AUC {auc_true:.4f}, "
-          f"uplift correlation {corr:.3f}")
+    print(
+        f"shop: {len(ex)} validation rows, model AUC {auc:.4f}, true-probability AUC {auc_true:.4f}, "
+        f"uplift correlation {corr:.3f}"
+    )
     assert auc >= 0.9 * auc_true
     assert corr > 0.0
 

@@ -626,7 +626,7 @@ def solve_dual(
             j = int(np.argmax(vals))
             if vals[j] > st["primal"]:
                 st["primal"], best_lam, best_spend = float(vals[j]), points[j].copy(), spend[j].copy()
-        trace.append((st["passes"], st["primal"], st["dual"]))
+        trace.append((int(st["passes"]), st["primal"], st["dual"]))
         return spend
 
     def certified() -> bool:
@@ -666,9 +666,9 @@ def solve_dual(
         spend=best_spend,
         dual=float(st["dual"]),
         dual_lam=dual_lam,
-        passes=st["passes"],
+        passes=int(st["passes"]),
         rounds=rounds,
-        evaluations=st["evals"],
+        evaluations=int(st["evals"]),
         converged=certified(),
         trace=trace,
         dual_value=dual_value,
@@ -973,9 +973,9 @@ def decide_block(
     ex = np.flatnonzero(exploring & (pick >= 0))
     full[ex, pick[ex]] = True
     iu, io = np.nonzero(full)
-    adj_all = block.value[iu, io] - block.cost(basis)[iu, io] * alpha[block.campaign[iu, io]] - beta[
-        block.campaign[iu, io]
-    ]
+    adj_all = (
+        block.value[iu, io] - block.cost(basis)[iu, io] * alpha[block.campaign[iu, io]] - beta[block.campaign[iu, io]]
+    )
     return Decision(policy, propensity, iu, io, adj_all)
 
 

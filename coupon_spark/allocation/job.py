@@ -75,8 +75,11 @@ def check_candidates(df: DataFrame) -> None:
     have = {f.name: f.dataType for f in df.schema.fields}
     want = {f.name: f.dataType for f in CANDIDATES_SCHEMA.fields if f.name in CANDIDATE_COLUMNS}
     missing = [n for n in want if n not in have]
-    wrong = [f"{n} ({have[n].simpleString()}, expected {t.simpleString()})" for n, t in want.items()
-             if n in have and have[n] != t]
+    wrong = [
+        f"{n} ({have[n].simpleString()}, expected {t.simpleString()})"
+        for n, t in want.items()
+        if n in have and have[n] != t
+    ]
     if missing or wrong:
         raise MissingColumnsError(
             "the candidates do not follow the contract of coupon_spark.schemas.CANDIDATES_SCHEMA: "
@@ -214,8 +217,14 @@ def _pack_fn(
             if out:
                 cols = list(zip(*out, strict=True))
                 yield pa.RecordBatch.from_arrays(
-                    [pa.array(cols[0], pa.int64()), pa.array(cols[1], pa.int32()), pa.array(cols[2], pa.int64()),
-                     pa.array(cols[3], pa.int64()), pa.array(cols[4], pa.binary()), pa.array(cols[5], pa.binary())],
+                    [
+                        pa.array(cols[0], pa.int64()),
+                        pa.array(cols[1], pa.int32()),
+                        pa.array(cols[2], pa.int64()),
+                        pa.array(cols[3], pa.int64()),
+                        pa.array(cols[4], pa.binary()),
+                        pa.array(cols[5], pa.binary()),
+                    ],
                     names=["block_id", "n_users", "n_options", "n_invalid", "user_ids", "data"],
                 )
 
@@ -426,8 +435,20 @@ def _decide_fn(
 
 
 _ARROW_TYPES = [
-    pa.date32(), pa.string(), pa.string(), pa.string(), pa.string(), pa.bool_(), pa.float64(), pa.float64(),
-    pa.float64(), pa.float64(), pa.float64(), pa.float64(), pa.string(), pa.string(),
+    pa.date32(),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.string(),
+    pa.bool_(),
+    pa.float64(),
+    pa.float64(),
+    pa.float64(),
+    pa.float64(),
+    pa.float64(),
+    pa.float64(),
+    pa.string(),
+    pa.string(),
 ]
 
 
@@ -504,8 +525,9 @@ def allocate(
     spend = check_spend(matrix, amount, count)
     blocks.unpersist()
     seconds = time.perf_counter() - t0
-    summary = summary_frame(spark, plan, params, run_date, run_id, started_at, seconds, spend, value,
-                            n_users, n_options, n_invalid)
+    summary = summary_frame(
+        spark, plan, params, run_date, run_id, started_at, seconds, spend, value, n_users, n_options, n_invalid
+    )
     return AllocationResult(allocations, summary, plan, spend, n_invalid, n_users, n_options)
 
 
@@ -527,17 +549,41 @@ def summary_frame(
     stats = plan.stats
     n_explore = int(stats.explore_users[: plan.arms.explore_buckets].sum())
     budgets = [
-        (b.name, b.kind, b.campaign_id, float(b.limit), float(spend[i]), float(plan.explore_spend[i]),
-         float(spend[i] / b.limit) if b.limit > 0 else 0.0, float(plan.lam[i]))
+        (
+            b.name,
+            b.kind,
+            b.campaign_id,
+            float(b.limit),
+            float(spend[i]),
+            float(plan.explore_spend[i]),
+            float(spend[i] / b.limit) if b.limit > 0 else 0.0,
+            float(plan.lam[i]),
+        )
         for i, b in enumerate(plan.budgets.budgets)
     ]
     dual = max(plan.dual, primal)
     gap = 0.0 if dual <= 0 else max(0.0, (dual - primal) / abs(dual))
     row = (
-        run_date, run_id, started_at, float(seconds), n_users, n_options, n_invalid, stats.n_holdout, n_explore,
-        n_users - stats.n_holdout - n_explore, float(plan.arms.effective_share), params.cost_basis,
-        params.max_per_user, float(primal), float(dual), float(gap), plan.solve.passes, plan.solve.rounds,
-        bool(gap <= params.solver.tolerance), budgets,
+        run_date,
+        run_id,
+        started_at,
+        float(seconds),
+        n_users,
+        n_options,
+        n_invalid,
+        stats.n_holdout,
+        n_explore,
+        n_users - stats.n_holdout - n_explore,
+        float(plan.arms.effective_share),
+        params.cost_basis,
+        params.max_per_user,
+        float(primal),
+        float(dual),
+        float(gap),
+        plan.solve.passes,
+        plan.solve.rounds,
+        bool(gap <= params.solver.tolerance),
+        budgets,
     )
     return spark.createDataFrame([row], ALLOCATION_RUNS_SCHEMA)
 
@@ -567,8 +613,10 @@ def with_channel(cfg: AllocationConfig) -> Callable[[DataFrame], DataFrame]:
 
     def transform(df: DataFrame) -> DataFrame:
         mapping = F.create_map(*[F.lit(x) for kv in sorted(cfg.channels.items()) for x in kv]) if cfg.channels else None
-        channel = F.coalesce(mapping[F.col("campaign_id")], F.lit(cfg.default_channel)) if mapping is not None else (
-            F.lit(cfg.default_channel)
+        channel = (
+            F.coalesce(mapping[F.col("campaign_id")], F.lit(cfg.default_channel))
+            if mapping is not None
+            else (F.lit(cfg.default_channel))
         )
         return df.select(*df.columns, channel.alias("channel"))
 
@@ -613,8 +661,15 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
     acfg = cfg.allocation
     budgets = budgets_from_frame(lake.read(acfg.budgets_table)) if acfg.budgets_table else budgets_from_config(acfg)
     candidates = lake.read("candidates", where={"run_date": run_date})
-    result = allocate(spark, candidates, budgets, params_from_config(acfg), run_date,
-                      partitions=acfg.partitions, block_rows=acfg.block_rows)
+    result = allocate(
+        spark,
+        candidates,
+        budgets,
+        params_from_config(acfg),
+        run_date,
+        partitions=acfg.partitions,
+        block_rows=acfg.block_rows,
+    )
     # replace_partitions, no app transaction id: a rerun must replace the date, not be skipped
     w1 = lake.write(result.allocations, "allocations", mode="replace_partitions", partition_by=["run_date"])
     w2 = lake.write(result.summary, "allocation_runs", mode="replace_partitions", partition_by=["run_date"])

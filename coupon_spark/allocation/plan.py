@@ -174,9 +174,7 @@ class Plan:
         ]
 
 
-def _trim_exploration(
-    stats: BlockStats, budgets: BudgetMatrix, max_fraction: float
-) -> tuple[int, np.ndarray, float]:
+def _trim_exploration(stats: BlockStats, budgets: BudgetMatrix, max_fraction: float) -> tuple[int, np.ndarray, float]:
     """Largest number of exploration buckets whose spend fits ``max_fraction`` of every budget."""
     per_bucket = budgets.spend(stats.explore_amount, stats.explore_count)  # (K, B)
     cum = np.cumsum(per_bucket, axis=0)
@@ -264,8 +262,7 @@ def _finish(
 ) -> tuple[np.ndarray, float, np.ndarray, Moves] | None:
     """Repair (if needed) and fill the choice of ``lam``: (lam, value, model spend, accepted moves) or None."""
     alpha, beta = (c[0] for c in budgets.coefficients(lam))
-    fill, drops = passes.moves(params.cost_basis, alpha, beta, arms, params.max_per_user,
-                               params.fill_moves)
+    fill, drops = passes.moves(params.cost_basis, alpha, beta, arms, params.max_per_user, params.fill_moves)
     dropped, spend, ok = greedy_repair(drops, budgets, spend, residual)
     if not ok:
         return None
@@ -340,8 +337,9 @@ def allocate_in_memory(
     plan = make_plan(InMemoryPasses(blocks), matrix, params)
     parts = []
     for b in blocks:
-        dec = decide_block(b, params.cost_basis, plan.alpha, plan.beta, plan.arms, params.max_per_user,
-                           plan.moves.get(b.block_id))
+        dec = decide_block(
+            b, params.cost_basis, plan.alpha, plan.beta, plan.arms, params.max_per_user, plan.moves.get(b.block_id)
+        )
         parts.append(decision_table(b, dec, dicts))
     out = pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame()
     return out, plan

@@ -58,9 +58,9 @@ class UserTraits:
             price_sensitivity=pdf["price_sensitivity"].to_numpy(np.float64),
             basket_eur=pdf["basket_eur"].to_numpy(np.float64),
             margin_rate=pdf["margin_rate"].to_numpy(np.float64),
-            taste=np.stack(pdf["taste"].to_numpy()).astype(np.float64) if n else np.zeros((0, K)),
+            taste=np.stack(list(pdf["taste"])).astype(np.float64) if n else np.zeros((0, K)),
             kind_response=(
-                np.stack(pdf["kind_response"].to_numpy()).astype(np.float64) if n else np.zeros((0, len(COUPON_KINDS)))
+                np.stack(list(pdf["kind_response"])).astype(np.float64) if n else np.zeros((0, len(COUPON_KINDS)))
             ),
         )
 

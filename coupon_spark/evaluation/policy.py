@@ -59,8 +59,8 @@ def with_true_values(options: pd.DataFrame, traits: pd.DataFrame, coupons: pd.Da
         )
     uids = pd.unique(out["user_id"])
     params = CouponParams.from_pandas(coupons)
-    r = response_matrix(UserTraits.from_pandas(users.loc[uids].reset_index()), params, season)
-    row = pd.Index(uids).get_indexer(out["user_id"])
+    r = response_matrix(UserTraits.from_pandas(users.loc[list(uids)].reset_index()), params, season)
+    row = pd.Index(uids).get_indexer(pd.Index(out["user_id"]))
     col = params.index_of(out["coupon_id"].to_numpy(object)) + 1  # 0 = no coupon
     unknown = out["coupon_id"].notna().to_numpy() & (col == 0)
     if unknown.any():
@@ -71,7 +71,7 @@ def with_true_values(options: pd.DataFrame, traits: pd.DataFrame, coupons: pd.Da
     cost = out["coupon_cost"].fillna(0.0).to_numpy(np.float64) if "coupon_cost" in out else 0.0
     out["true_expected_cost"] = out["true_p_redeem"] * cost
     out["true_incremental_profit"] = r.expected_profit[row, col] - r.expected_profit[row, 0]
-    out["uplift_type"] = np.where(col > 0, uplift_type(p0, p), None)
+    out["uplift_type"] = pd.Series(uplift_type(p0, p), index=out.index, dtype=object).mask(col == 0, None)
     return out
 
 

@@ -40,8 +40,13 @@ class DataFile:
     partition: dict[str, Any] = field(default_factory=dict)
 
 
-def snapshot_files(location: str, version: int, since: dt.date | None = None,
-                   until: dt.date | None = None, date_column: str = "issue_date") -> list[DataFile]:
+def snapshot_files(
+    location: str,
+    version: int,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
+    date_column: str = "issue_date",
+) -> list[DataFile]:
     """Data files of the table at ``location``, version ``version``, with ``since <= date_column < until``.
 
     Args:
@@ -57,8 +62,9 @@ def snapshot_files(location: str, version: int, since: dt.date | None = None,
     parts = list(table.metadata().partition_columns)
     actions = pa.table(table.get_add_actions(flatten=True))
     paths = actions.column("path").to_pylist()
-    records = actions.column("num_records").to_pylist() if "num_records" in actions.column_names else [None] * len(
-        paths)
+    records = (
+        actions.column("num_records").to_pylist() if "num_records" in actions.column_names else [None] * len(paths)
+    )
     pvals = {c: actions.column(f"partition.{c}").to_pylist() for c in parts}
     base = location.rstrip("/")
     out = []
@@ -155,8 +161,9 @@ def validation_mask(issuance_ids: pd.Series | np.ndarray, share: float, seed: in
     return hash_buckets(f"{seed}:" + ids, 1_000_000) < round(share * 1_000_000)
 
 
-def make_examples(pdf: pd.DataFrame, transform: FeatureTransform, spec: ModelSpec,
-                  validation_share: float, seed: int) -> Examples:
+def make_examples(
+    pdf: pd.DataFrame, transform: FeatureTransform, spec: ModelSpec, validation_share: float, seed: int
+) -> Examples:
     """Model inputs, labels and the validation mask of rows following ``TRAINING_EXAMPLES_KEYS``."""
     return Examples(
         user_x=transform.user_matrix(pdf),

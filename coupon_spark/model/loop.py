@@ -142,14 +142,21 @@ def epoch_batches(n: int, batch: int, steps: int, seed: int, epoch: int, shard: 
 
 def batch_tensors(parts: list[Examples], weights: list[np.ndarray]) -> dict[str, tf.Tensor]:
     """Concatenate shard slices into one batch of tensors (inputs, labels and IPW ``weight``)."""
-    cat = {k: np.concatenate([getattr(p, k) for p in parts]) for k in
-           ("user_x", "user_bucket", "coupon_x", "coupon_index", "purchased", "redeemed")}
+    cat = {
+        k: np.concatenate([getattr(p, k) for p in parts])
+        for k in ("user_x", "user_bucket", "coupon_x", "coupon_index", "purchased", "redeemed")
+    }
     cat["weight"] = np.concatenate(weights).astype(np.float32)
     return {k: tf.convert_to_tensor(v) for k, v in cat.items()}
 
 
-def fit(shards: list[Examples], spec: ModelSpec, cfg: TrainConfig, comm: Comm | None = None,
-        checkpoint: Callable[[dict[str, np.ndarray], dict[str, Any]], None] | None = None) -> FitResult:
+def fit(
+    shards: list[Examples],
+    spec: ModelSpec,
+    cfg: TrainConfig,
+    comm: Comm | None = None,
+    checkpoint: Callable[[dict[str, np.ndarray], dict[str, Any]], None] | None = None,
+) -> FitResult:
     """Train the two-tower model on this process's shards (one per Horovod rank, or several emulated here).
 
     Args:
@@ -213,16 +220,24 @@ def fit(shards: list[Examples], spec: ModelSpec, cfg: TrainConfig, comm: Comm | 
     best_weights = export_weights(model)
     train_seconds = 0.0
     if comm.rank == 0:
-        log.info("training: %d shard(s) x %d rows/step = global batch %d, %d steps/epoch, lr %.4g, %d epochs max",
-                 world, b, global_batch, steps, lr, cfg.epochs)
+        log.info(
+            "training: %d shard(s) x %d rows/step = global batch %d, %d steps/epoch, lr %.4g, %d epochs max",
+            world,
+            b,
+            global_batch,
+            steps,
+            lr,
+            cfg.epochs,
+        )
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         iters = [epoch_batches(len(t), b, steps, cfg.seed, epoch, first_shard + j) for j, t in enumerate(train)]
         loss_sum = 0.0
         for _ in range(steps):
             idx = [next(it) for it in iters]
-            batch = batch_tensors([t.take(i) for t, i in zip(train, idx, strict=True)],
-                                  [w[i] for w, i in zip(w_train, idx, strict=True)])
+            batch = batch_tensors(
+                [t.take(i) for t, i in zip(train, idx, strict=True)], [w[i] for w, i in zip(w_train, idx, strict=True)]
+            )
             loss_sum += float(train_step(batch))
         seconds = time.perf_counter() - t0
         train_seconds += seconds
@@ -236,8 +251,15 @@ def fit(shards: list[Examples], spec: ModelSpec, cfg: TrainConfig, comm: Comm | 
         vs = comm.allreduce_sum(vs)
         val_loss = float(vs[0] / vs[1]) if vs[1] > 0 else train_loss
         improved = val_loss < best - cfg.min_delta
-        history.append({"epoch": epoch, "train_loss": train_loss, "validation_loss": val_loss,
-                        "seconds": seconds, "examples_per_second": steps * global_batch / seconds})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "validation_loss": val_loss,
+                "seconds": seconds,
+                "examples_per_second": steps * global_batch / seconds,
+            }
+        )
         if improved:
             best, best_epoch, wait = val_loss, epoch, 0
             best_weights = export_weights(model)
@@ -246,9 +268,15 @@ def fit(shards: list[Examples], spec: ModelSpec, cfg: TrainConfig, comm: Comm | 
         else:
             wait += 1
         if comm.rank == 0:
-            log.info("epoch %d/%d: train loss %.5f, validation loss %.5f%s, %.0f examples/s", epoch, cfg.epochs,
-                     train_loss, val_loss, " (best)" if improved else f" (no better for {wait})",
-                     steps * global_batch / seconds)
+            log.info(
+                "epoch %d/%d: train loss %.5f, validation loss %.5f%s, %.0f examples/s",
+                epoch,
+                cfg.epochs,
+                train_loss,
+                val_loss,
+                " (best)" if improved else f" (no better for {wait})",
+                steps * global_batch / seconds,
+            )
         if wait >= cfg.early_stopping_patience:
             if comm.rank == 0:
                 log.info("early stop after epoch %d: best validation loss %.5f at epoch %d", epoch, best, best_epoch)
@@ -260,9 +288,18 @@ def fit(shards: list[Examples], spec: ModelSpec, cfg: TrainConfig, comm: Comm | 
     n = comm.allreduce_sum(np.array([sum(len(t) for t in train), sum(len(v) for v in val)]))
     examples = sum(h["examples_per_second"] * h["seconds"] for h in history)
     return FitResult(
-        weights=best_weights, history=history, best_epoch=best_epoch, metrics=metrics, world=world, local_batch=b,
-        steps_per_epoch=steps, learning_rate=lr, n_train=int(n[0]), n_validation=int(n[1]),
-        train_seconds=train_seconds, examples_per_second=examples / train_seconds if train_seconds else 0.0,
+        weights=best_weights,
+        history=history,
+        best_epoch=best_epoch,
+        metrics=metrics,
+        world=world,
+        local_batch=b,
+        steps_per_epoch=steps,
+        learning_rate=lr,
+        n_train=int(n[0]),
+        n_validation=int(n[1]),
+        train_seconds=train_seconds,
+        examples_per_second=examples / train_seconds if train_seconds else 0.0,
     )
 
 

@@ -80,8 +80,13 @@ def summary_metrics(summary: np.ndarray) -> dict[str, Any]:
         "observed_rate": float(sy / n) if n else float("nan"),
         "expected_calibration_error": ece,
         "calibration": [
-            {"bin": f"[{i / k:.1f}, {(i + 1) / k:.1f})", "n": int(cal_n[i]),
-             "mean_prediction": float(cal_p[i] / cal_n[i]), "observed_rate": float(cal_y[i] / cal_n[i])}
-            for i in range(k) if cal_n[i] > 0
+            {
+                "bin": f"[{i / k:.1f}, {(i + 1) / k:.1f})",
+                "n": int(cal_n[i]),
+                "mean_prediction": float(cal_p[i] / cal_n[i]),
+                "observed_rate": float(cal_y[i] / cal_n[i]),
+            }
+            for i in range(k)
+            if cal_n[i] > 0
         ],
     }

@@ -51,9 +51,11 @@ class TwoTowerUpliftModel(tf_keras.Model):
         d = spec.embedding_dim
         init = _Init(seed)
         self.user_id_embedding = (
-            tf_keras.layers.Embedding(spec.user_id_buckets, spec.id_embedding_dim, embeddings_initializer="zeros",
-                                      name="user_id_embedding")
-            if spec.user_id_buckets > 0 else None
+            tf_keras.layers.Embedding(
+                spec.user_id_buckets, spec.id_embedding_dim, embeddings_initializer="zeros", name="user_id_embedding"
+            )
+            if spec.user_id_buckets > 0
+            else None
         )
         self.user_layers = [
             tf_keras.layers.Dense(h, activation="relu", kernel_initializer=init(), name=f"user_dense_{i}")
@@ -65,8 +67,7 @@ class TwoTowerUpliftModel(tf_keras.Model):
         self.coupon_layers = [
             tf_keras.layers.Dense(h, activation="relu", kernel_initializer=init(), name=f"coupon_dense_{i}")
             for i, h in enumerate(spec.hidden_units)
-        ] + [tf_keras.layers.Dense(2 * d + 2, kernel_initializer=init(),
-                                   name=f"coupon_dense_{len(spec.hidden_units)}")]
+        ] + [tf_keras.layers.Dense(2 * d + 2, kernel_initializer=init(), name=f"coupon_dense_{len(spec.hidden_units)}")]
         self.none_vector = self.add_weight(name="none_vector", shape=(d,), initializer=init())
         self.none_bias = self.add_weight(name="none_bias", shape=(), initializer="zeros")
 
@@ -209,9 +210,7 @@ def export_weights(model: TwoTowerUpliftModel) -> dict[str, np.ndarray]:
         out[f"user_dense_{i}_kernel"], out[f"user_dense_{i}_bias"] = (w.numpy() for w in (layer.kernel, layer.bias))
     out["coupon_id_embedding"] = model.coupon_id_embedding.embeddings.numpy()
     for i, layer in enumerate(model.coupon_layers):
-        out[f"coupon_dense_{i}_kernel"], out[f"coupon_dense_{i}_bias"] = (
-            w.numpy() for w in (layer.kernel, layer.bias)
-        )
+        out[f"coupon_dense_{i}_kernel"], out[f"coupon_dense_{i}_bias"] = (w.numpy() for w in (layer.kernel, layer.bias))
     out["none_vector"] = model.none_vector.numpy()
     out["none_bias"] = np.asarray(model.none_bias.numpy())
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
@@ -230,8 +229,9 @@ def import_weights(model: TwoTowerUpliftModel, weights: Mapping[str, np.ndarray]
     model.none_bias.assign(weights["none_bias"])
 
 
-def build_model(spec: ModelSpec, l2: float = 0.0, seed: int = 0,
-                weights: Mapping[str, np.ndarray] | None = None) -> TwoTowerUpliftModel:
+def build_model(
+    spec: ModelSpec, l2: float = 0.0, seed: int = 0, weights: Mapping[str, np.ndarray] | None = None
+) -> TwoTowerUpliftModel:
     """A built model with seeded initial weights, or with ``weights`` when given."""
     model = TwoTowerUpliftModel(spec, l2=l2, seed=seed)
     model.build_all()
@@ -245,15 +245,17 @@ def export_saved_model(model: TwoTowerUpliftModel, path: str) -> None:
     (transformed features, hash buckets, coupon indices) and returns its outputs."""
     spec = model.spec
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, spec.user_dim], tf.float32, name="user_x"),
-        tf.TensorSpec([None], tf.int64, name="user_bucket"),
-        tf.TensorSpec([None, spec.coupon_dim], tf.float32, name="coupon_x"),
-        tf.TensorSpec([None], tf.int64, name="coupon_index"),
-    ])
-    def serve(user_x: tf.Tensor, user_bucket: tf.Tensor, coupon_x: tf.Tensor,
-              coupon_index: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model({"user_x": user_x, "user_bucket": user_bucket, "coupon_x": coupon_x,
-                      "coupon_index": coupon_index})
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, spec.user_dim], tf.float32, name="user_x"),
+            tf.TensorSpec([None], tf.int64, name="user_bucket"),
+            tf.TensorSpec([None, spec.coupon_dim], tf.float32, name="coupon_x"),
+            tf.TensorSpec([None], tf.int64, name="coupon_index"),
+        ]
+    )
+    def serve(
+        user_x: tf.Tensor, user_bucket: tf.Tensor, coupon_x: tf.Tensor, coupon_index: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        return model({"user_x": user_x, "user_bucket": user_bucket, "coupon_x": coupon_x, "coupon_index": coupon_index})
 
     tf.saved_model.save(model, path, signatures={"serving_default": serve})

@@ -132,8 +132,12 @@ class NumpyScorer:
         logit = np.where(treated > 0, np.einsum("nd,nd->n", u, c[:, :d]) + b0 + c[:, 2 * d], logit_none)
         logit_use = np.einsum("nd,nd->n", u, c[:, d : 2 * d]) + c[:, 2 * d + 1]
         p, p_none = sigmoid(logit), sigmoid(logit_none)
-        return {"p_purchase": p, "p_purchase_none": p_none, "p_redeem": p * sigmoid(logit_use) * treated,
-                "uplift": p - p_none}
+        return {
+            "p_purchase": p,
+            "p_purchase_none": p_none,
+            "p_redeem": p * sigmoid(logit_use) * treated,
+            "uplift": p - p_none,
+        }
 
 
 def _mlp(h: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

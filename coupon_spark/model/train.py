@@ -151,8 +151,7 @@ def rank_main(task: RankTask) -> dict[str, Any]:
         if not gpus:
             log.warning("rank %d: train.use_gpu is set but no GPU is visible; training on the CPU", comm.rank)
         elif isinstance(comm, HorovodComm) and not comm.hvd.nccl_built():
-            log.warning("rank %d: Horovod was built without NCCL: GPU gradients go through Gloo on the host",
-                        comm.rank)
+            log.warning("rank %d: Horovod was built without NCCL: GPU gradients go through Gloo on the host", comm.rank)
         log.info("rank %d: GPU %s (CUDA_VISIBLE_DEVICES=%s)", comm.rank, gpus, gpu)
     if len(task.groups) % comm.size:
         raise ValueError(f"{len(task.groups)} file groups cannot be shared by {comm.size} ranks")
@@ -166,8 +165,13 @@ def rank_main(task: RankTask) -> dict[str, Any]:
         if task.train.sample_rows:
             pdf = pdf.head(task.train.sample_rows)
         shards.append(make_examples(pdf, transform, spec, task.train.validation_share, task.train.seed))
-    log.info("rank %d/%d: %d rows from %d file(s)", comm.rank, comm.size, sum(len(s) for s in shards),
-             sum(len(g) for g in task.groups[comm.rank * per : (comm.rank + 1) * per]))
+    log.info(
+        "rank %d/%d: %d rows from %d file(s)",
+        comm.rank,
+        comm.size,
+        sum(len(s) for s in shards),
+        sum(len(g) for g in task.groups[comm.rank * per : (comm.rank + 1) * per]),
+    )
 
     def checkpoint(weights: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         if task.version_uri:
@@ -222,8 +226,13 @@ def run_ranks(task: RankTask, num_proc: int, start_timeout: int = 600) -> list[d
     import horovod.spark
 
     return horovod.spark.run(  # type: ignore[no-any-return]
-        rank_main, args=(task,), num_proc=num_proc, start_timeout=start_timeout, use_gloo=True,
-        env=RANK_ENV | task.env, verbose=1,
+        rank_main,
+        args=(task,),
+        num_proc=num_proc,
+        start_timeout=start_timeout,
+        use_gloo=True,
+        env=RANK_ENV | task.env,
+        verbose=1,
     )
 
 
@@ -243,8 +252,13 @@ def load_transform(lake: Lake, run_date: dt.date) -> tuple[FeatureTransform, dic
         )
     pdf = stats.where(F.col("as_of_date") == F.lit(last)).toPandas()
     transform = FeatureTransform.from_stats(pdf)
-    info = {"location": lake.location(STATS_TABLE), "version": version, "as_of_date": str(last),
-            "source_table": str(pdf["source_table"].iloc[0]), "source_version": transform.source_version}
+    info = {
+        "location": lake.location(STATS_TABLE),
+        "version": version,
+        "as_of_date": str(last),
+        "source_table": str(pdf["source_table"].iloc[0]),
+        "source_version": transform.source_version,
+    }
     return transform, info
 
 
@@ -288,47 +302,107 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
     examples = lake.read(TRAINING_TABLE, version=version).where(F.col("issue_date") < F.lit(run_date))
     if since:
         examples = examples.where(F.col("issue_date") >= F.lit(since))
-    coupon_ids = sorted(r[0] for r in examples.select("coupon_id").where(F.col("coupon_id").isNotNull())
-                        .distinct().collect())
-    spec = ModelSpec(user_dim=transform.user_dim, coupon_dim=transform.coupon_dim, embedding_dim=tc.embedding_dim,
-                     hidden_units=list(tc.hidden_units), id_embedding_dim=tc.id_embedding_dim,
-                     user_id_buckets=tc.user_id_buckets, coupon_ids=coupon_ids)
+    coupon_ids = sorted(
+        r[0] for r in examples.select("coupon_id").where(F.col("coupon_id").isNotNull()).distinct().collect()
+    )
+    spec = ModelSpec(
+        user_dim=transform.user_dim,
+        coupon_dim=transform.coupon_dim,
+        embedding_dim=tc.embedding_dim,
+        hidden_units=list(tc.hidden_units),
+        id_embedding_dim=tc.id_embedding_dim,
+        user_id_buckets=tc.user_id_buckets,
+        coupon_ids=coupon_ids,
+    )
     use_horovod = tc.num_proc >= 1 and horovod_available()
     if tc.num_proc >= 1 and not use_horovod:
         log.warning("horovod is not installed: training in this process as a single rank")
     ranks = tc.num_proc if use_horovod else 1
-    training_table = {"location": location, "version": version, "since": since, "until": run_date,
-                      "files": len(files), "rows": sum(f.num_records for f in files)}
-    fp = fingerprint({"train": dataclasses.asdict(tc), "table": training_table, "stats": stats_info,
-                      "ranks": ranks, "run_date": run_date})
+    training_table = {
+        "location": location,
+        "version": version,
+        "since": since,
+        "until": run_date,
+        "files": len(files),
+        "rows": sum(f.num_records for f in files),
+    }
+    fp = fingerprint(
+        {
+            "train": dataclasses.asdict(tc),
+            "table": training_table,
+            "stats": stats_info,
+            "ranks": ranks,
+            "run_date": run_date,
+        }
+    )
     registry = Registry.from_config(cfg)
     name = tc.model_name
     existing = None if force else registry.find(name, fp)
     if existing is not None:
-        log.info("model %s version %d was trained on the same inputs (fingerprint %s): nothing to do",
-                 name, existing, fp)
-        return TrainOutcome(name, existing, registry.version_uri(name, existing),
-                            registry.read_json(name, existing, "metrics.json")["validation"], skipped=True)
+        log.info(
+            "model %s version %d was trained on the same inputs (fingerprint %s): nothing to do", name, existing, fp
+        )
+        return TrainOutcome(
+            name,
+            existing,
+            registry.version_uri(name, existing),
+            registry.read_json(name, existing, "metrics.json")["validation"],
+            skipped=True,
+        )
 
     model_version = registry.new_version(name)
     uri = registry.version_uri(name, model_version)
     task = RankTask(split_files(files, ranks), use_horovod, spec.to_json(), transform.to_json(), tc, uri)
-    log.info("training %s v%d on %s v%d (%d files, %d rows) with %d %s", name, model_version, location, version,
-             len(files), training_table["rows"], ranks, "Horovod rank(s)" if use_horovod else "local process")
+    log.info(
+        "training %s v%d on %s v%d (%d files, %d rows) with %d %s",
+        name,
+        model_version,
+        location,
+        version,
+        len(files),
+        training_table["rows"],
+        ranks,
+        "Horovod rank(s)" if use_horovod else "local process",
+    )
     started = time.time()
     result = run_ranks(task, ranks, tc.start_timeout_s)[0]
-    publish(registry, name, model_version, spec, transform, read_npz(f"{uri}/weights.npz"), result, {
-        "name": name, "version": model_version, "run_id": uuid.uuid4().hex, "run_date": run_date,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(), "fingerprint": fp,
-        "training_table": training_table, "feature_stats": stats_info, "ranks": ranks, "horovod": use_horovod,
-        "seconds": round(time.time() - started, 1),
-    }, tc)
+    publish(
+        registry,
+        name,
+        model_version,
+        spec,
+        transform,
+        read_npz(f"{uri}/weights.npz"),
+        result,
+        {
+            "name": name,
+            "version": model_version,
+            "run_id": uuid.uuid4().hex,
+            "run_date": run_date,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "fingerprint": fp,
+            "training_table": training_table,
+            "feature_stats": stats_info,
+            "ranks": ranks,
+            "horovod": use_horovod,
+            "seconds": round(time.time() - started, 1),
+        },
+        tc,
+    )
     return TrainOutcome(name, model_version, uri, result["metrics"])
 
 
-def publish(registry: Registry, name: str, version: int, spec: ModelSpec, transform: FeatureTransform,
-            weights: dict[str, np.ndarray], result: dict[str, Any], manifest: dict[str, Any],
-            tc: TrainConfig) -> None:
+def publish(
+    registry: Registry,
+    name: str,
+    version: int,
+    spec: ModelSpec,
+    transform: FeatureTransform,
+    weights: dict[str, np.ndarray],
+    result: dict[str, Any],
+    manifest: dict[str, Any],
+    tc: TrainConfig,
+) -> None:
     """Write the SavedModel, spec, transformation, metrics and config next to the weights, check the numpy
     forward pass against TensorFlow, write the manifest last and move ``latest``."""
     from coupon_spark.model.network import build_model, dummy_batch, export_saved_model
@@ -347,18 +421,30 @@ def publish(registry: Registry, name: str, version: int, spec: ModelSpec, transf
     probe["coupon_index"] = rng.integers(0, spec.n_coupon_ids, 8)
     tf_out = model(probe)
     np_out = NumpyScorer(spec, transform, weights).predict_rows(probe)
-    diff = max(float(np.max(np.abs(tf_out[k].numpy() - np_out[k]))) for k in ("p_purchase", "p_purchase_none",
-                                                                                 "p_redeem"))
+    diff = max(
+        float(np.max(np.abs(tf_out[k].numpy() - np_out[k]))) for k in ("p_purchase", "p_purchase_none", "p_redeem")
+    )
     registry.write_json(name, version, "spec.json", json.loads(spec.to_json()))
     registry.write_json(name, version, "transform.json", json.loads(transform.to_json()))
     registry.write_json(name, version, "train_config.json", dataclasses.asdict(tc))
-    registry.write_json(name, version, "metrics.json", {
-        "validation": result["metrics"], "history": result["history"], "best_epoch": result["best_epoch"],
-        "world": result["world"], "local_batch": result["local_batch"], "learning_rate": result["learning_rate"],
-        "steps_per_epoch": result["steps_per_epoch"], "n_train": result["n_train"],
-        "n_validation": result["n_validation"], "train_seconds": result["train_seconds"],
-        "examples_per_second": result["examples_per_second"],
-    })
+    registry.write_json(
+        name,
+        version,
+        "metrics.json",
+        {
+            "validation": result["metrics"],
+            "history": result["history"],
+            "best_epoch": result["best_epoch"],
+            "world": result["world"],
+            "local_batch": result["local_batch"],
+            "learning_rate": result["learning_rate"],
+            "steps_per_epoch": result["steps_per_epoch"],
+            "n_train": result["n_train"],
+            "n_validation": result["n_validation"],
+            "train_seconds": result["train_seconds"],
+            "examples_per_second": result["examples_per_second"],
+        },
+    )
     registry.write_json(name, version, "manifest.json", manifest | {"numpy_vs_tensorflow_max_abs_diff": diff})
     registry.set_latest(name, version)
 
@@ -368,9 +454,10 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
     out = train(spark, cfg, run_date, force=bool(getattr(args, "force", False)))
     p = out.metrics.get("purchase", {})
     r = out.metrics.get("redeem", {})
-    print(f"model {out.name} version {out.version}{' (already trained: unchanged)' if out.skipped else ''}: "
-          f"{out.uri}")
-    print(f"  validation purchase AUC {p.get('auc', float('nan')):.4f}, log loss {p.get('log_loss', float('nan')):.4f}"
-          f", mean prediction {p.get('mean_prediction', float('nan')):.4f} vs observed "
-          f"{p.get('observed_rate', float('nan')):.4f}; redeem AUC {r.get('auc', float('nan')):.4f}")
+    print(f"model {out.name} version {out.version}{' (already trained: unchanged)' if out.skipped else ''}: {out.uri}")
+    print(
+        f"  validation purchase AUC {p.get('auc', float('nan')):.4f}, log loss {p.get('log_loss', float('nan')):.4f}"
+        f", mean prediction {p.get('mean_prediction', float('nan')):.4f} vs observed "
+        f"{p.get('observed_rate', float('nan')):.4f}; redeem AUC {r.get('auc', float('nan')):.4f}"
+    )
     return 0

@@ -99,8 +99,12 @@ class FeatureTransform:
             if transform in NUMERIC_TRANSFORMS:
                 center = r.get("center")
                 scale = r.get("scale")
-                spec = FeatureSpec(name, transform, float(center if center is not None else 0.0),
-                                   float(scale if scale is not None else 1.0))
+                spec = FeatureSpec(
+                    name,
+                    transform,
+                    float(center if center is not None else 0.0),
+                    float(scale if scale is not None else 1.0),
+                )
             elif transform == "onehot":
                 vocab = r.get("vocabulary")
                 if vocab is None:
@@ -119,8 +123,9 @@ class FeatureTransform:
             raise FeatureStatsError("feature_stats: no user feature (uf_*/uc_*); was the features stage run?")
         dates = {str(r.get("as_of_date", "")) for r in rows}
         versions = [int(r["source_version"]) for r in rows if r.get("source_version") is not None]
-        return cls(user, coupon, as_of_date=max(dates) if dates else "",
-                   source_version=max(versions) if versions else None)
+        return cls(
+            user, coupon, as_of_date=max(dates) if dates else "", source_version=max(versions) if versions else None
+        )
 
     @property
     def user_columns(self) -> list[str]:
