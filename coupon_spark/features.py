@@ -525,27 +525,13 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     replace(cf, "coupon_features", "as_of_date")
 
     # the transformation: computed from the snapshot of the run date, as committed
-    uf_now = lake.read("user_features", where={"as_of_date": run_date})
-    cf_now = lake.read("coupon_features", where={"as_of_date": run_date})
-    stats = feature_stats(
-        uf_now,
-        [c for c in uf_now.columns if c.startswith("uf_")],
-        [c for c in uf_now.columns if c.startswith("uc_")],
-        run_date,
-        "user_features",
-        versions["user_features"],
-        fcfg,
-    ).unionByName(
-        feature_stats(
-            cf_now,
-            [c for c in cf_now.columns if c.startswith("cf_")],
-            [c for c in cf_now.columns if c.startswith("cc_")],
-            run_date,
-            "coupon_features",
-            versions["coupon_features"],
-            fcfg,
-        )
-    )
+    parts = []
+    for table, (numeric, categorical) in (("user_features", ("uf_", "uc_")), ("coupon_features", ("cf_", "cc_"))):
+        snap = lake.read(table, where={"as_of_date": run_date})
+        num = [c for c in snap.columns if c.startswith(numeric)]
+        cat = [c for c in snap.columns if c.startswith(categorical)]
+        parts.append(feature_stats(snap, num, cat, run_date, table, versions[table], fcfg))
+    stats = parts[0].unionByName(parts[1])
     replace(stats, "feature_stats", "as_of_date")
 
     if wanted:

@@ -275,11 +275,8 @@ def load_scorer(cfg: Config):  # type: ignore[no-untyped-def]
 
 def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> tuple[DataFrame, str, int]:
     """The candidates of ``run_date`` (a lazy DataFrame), the model version and the number of live coupons."""
-    if (
-        not lake.exists("user_features")
-        or not lake.partitions("user_features")
-        or run_date not in {p["as_of_date"] for p in lake.partitions("user_features")}
-    ):
+    snapshots = {p["as_of_date"] for p in lake.partitions("user_features")} if lake.exists("user_features") else set()
+    if run_date not in snapshots:
         raise NoUserFeaturesError(
             f"no user_features snapshot as of {run_date} in {lake.location('user_features')}: "
             f"run `coupon-spark features --run-date {run_date}` first"
