@@ -220,8 +220,11 @@ class FeaturesConfig:
 
     Attributes:
         windows_days: Look-back windows of the recency/frequency/monetary features.
-        outcome_window_days: An issuance's outcomes (purchase, redemption, revenue) are counted over this many
-            days after it; only issuances whose window has closed become training examples.
+        outcome_window_days: An issuance's outcomes (purchase, redemption, revenue) are counted from its
+            ``issued_at`` to the end of this many calendar days (UTC), the issue day being the first: 1 = the
+            rest of the issue day. Match it to how long a coupon is valid (the shop's expire with their issue
+            day): a longer window adds purchases the coupon could not change, diluting the uplift it measures.
+            Only issuances whose window has closed become training examples.
         training_lookback_days: Issue dates older than this (before the run date) are not rebuilt.
         recency_cap_days: ``uf_recency_days`` of a user who never bought.
         vocabulary_max_size: Most frequent values kept per categorical feature (the rest: out of vocabulary).
@@ -229,7 +232,7 @@ class FeaturesConfig:
     """
 
     windows_days: list[int] = field(default_factory=lambda: [7, 30, 90])
-    outcome_window_days: int = 7
+    outcome_window_days: int = 1
     training_lookback_days: int = 60
     recency_cap_days: int = 365
     vocabulary_max_size: int = 100
@@ -290,7 +293,7 @@ class PipelineConfig:
 
     Attributes:
         history_days: Days of shop history (randomised logging policy) made before the first run date when
-            the lake does not have them; at least ``features.outcome_window_days + 1`` to have examples.
+            the lake does not have them; at least ``features.outcome_window_days`` to have examples.
         train_every_days: Retrain every this many days of the loop (0: only when no model exists yet).
     """
 

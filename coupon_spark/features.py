@@ -347,14 +347,16 @@ def training_examples(
         user_feats: ``user_features`` holding the snapshots of ``issue_dates``.
         coupon_feats: ``coupon_features`` holding the snapshots of ``issue_dates``.
         issue_dates: Dates whose outcome windows have closed.
-        window_days: Outcome window after ``issued_at``.
+        window_days: Outcome window: from ``issued_at`` to the end of day ``issue_date + window_days - 1`` (UTC).
     """
     iss = (
         issuances.withColumn("issue_date", F.to_date("issued_at"))
         .where(F.col("issue_date").isin(issue_dates))
         .select("issuance_id", "user_id", "coupon_id", "issued_at", "issue_date", "policy", "propensity")
     )
-    window = F.expr(f"INTERVAL {int(window_days)} DAYS")
+    # the window closes at 00:00 UTC of the day after its last day: a coupon of the shop expires at the end of
+    # its issue day, so with window_days=1 the outcome is exactly what the coupon could change
+    ends = F.to_timestamp(F.date_add(F.col("i.issue_date"), int(window_days)))
     o = orders.select(
         F.col("user_id").alias("o_user"),
         "ordered_at",
@@ -366,7 +368,7 @@ def training_examples(
             o,
             (F.col("i.user_id") == F.col("o_user"))
             & (F.col("ordered_at") >= F.col("i.issued_at"))
-            & (F.col("ordered_at") < F.col("i.issued_at") + window),
+            & (F.col("ordered_at") < ends),
             how="inner",
         )
         .groupBy("issuance_id")
@@ -376,7 +378,7 @@ def training_examples(
     redeemed = (
         iss.alias("i")
         .join(redemptions.select("issuance_id", "redeemed_at"), on="issuance_id", how="inner")
-        .where(F.col("redeemed_at") < F.col("issued_at") + window)
+        .where(F.col("redeemed_at") < ends)
         .join(cost, on="coupon_id", how="left")
         .groupBy("issuance_id")
         .agg(F.lit(1).alias("redeemed"), F.max(F.coalesce(F.col("unit_cost"), F.lit(0.0))).alias("coupon_cost_eur"))
@@ -499,9 +501,9 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
         versions[table], counts[table] = res.version, res.num_rows
 
     win = fcfg.outcome_window_days
-    # issue dates whose windows closed: issued on D, outcomes known up to R 00:00, so D + window + 1 <= R
+    # issue dates whose windows closed: issued on D, counted until (D + window) 00:00, known up to R 00:00
     closed_from = run_date - dt.timedelta(days=fcfg.training_lookback_days)
-    closed_to = run_date - dt.timedelta(days=win + 1)
+    closed_to = run_date - dt.timedelta(days=win)
     iss = lake.read("issuances")
     wanted = sorted(
         r[0]

@@ -290,7 +290,7 @@ TRAINING_EXAMPLES_KEYS = StructType(
 ("no coupon": ``coupon_id`` null) included, partitioned by ``issue_date``. Then the user's ``uf_*``/``uc_*``
 columns exactly as in ``user_features`` as of ``issue_date`` (nothing after the issue can leak in), and the
 treatment's ``cf_*``/``cc_*`` columns as in ``coupon_features`` as of ``issue_date`` (0.0 / "none" for the
-control arm). Outcomes over ``[issued_at, issued_at + outcome_window_days)``: ``purchased`` (any order, 0/1),
+control arm). Outcomes over ``[issued_at, issue_date + outcome_window_days)`` (00:00 UTC): ``purchased`` (any order, 0/1),
 ``redeemed`` (this issuance's coupon redeemed, 0/1), ``revenue_eur`` (order amounts less discounts),
 ``coupon_cost_eur`` (what the redemption cost the shop). ``propensity`` is the logging policy's probability of
 this action for this user, in (0, 1]."""

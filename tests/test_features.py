@@ -87,7 +87,10 @@ REDEMPTION_ROWS = [
 
 @pytest.fixture()
 def cfg(tmp_path) -> Config:
-    return Config.from_file(ROOT / "conf" / "local.yaml", overrides=[f"lake.root={tmp_path / 'lake'}"])
+    return Config.from_file(
+        ROOT / "conf" / "local.yaml",
+        overrides=[f"lake.root={tmp_path / 'lake'}", "features.outcome_window_days=7"],  # windows over days
+    )
 
 
 @pytest.fixture()
@@ -189,7 +192,7 @@ def test_several_snapshots_in_one_pass_equal_one_at_a_time(shop, cfg, spark):
 
 
 def test_training_examples_control_rows_outcomes_and_no_leakage(shop, cfg, spark):
-    # a control issuance and a treated one on Oct 28; u2's window sees its Nov 1 purchase? No: Oct 28 + 7 days
+    # a control issuance on Oct 28 (u2's window, Oct 28 10:00 .. Nov 4 00:00, sees its Nov 1 purchase) and Oct 20
     extra = spark.createDataFrame(
         [
             ("i2", "u2", None, ts(d("2026-10-28"), 10), "random", 0.5, d("2026-10-28")),
@@ -198,13 +201,13 @@ def test_training_examples_control_rows_outcomes_and_no_leakage(shop, cfg, spark
         ISSUANCES,
     )
     shop.write(extra, "issuances")
-    run_date = d("2026-11-05")  # issue dates closed: <= Nov 5 - 8 = Oct 28
+    run_date = d("2026-11-05")  # issue dates closed: D + 7 days <= Nov 5, so D <= Oct 29
     summary = features.build_features(spark, shop, cfg, run_date)
     assert summary.issue_dates == [d("2026-10-20"), d("2026-10-28")]
     ex = {r["issuance_id"]: r.asDict() for r in shop.read("training_examples").collect()}
     assert set(ex) == {"i1", "i2", "i3"}
     i1, i2, i3 = ex["i1"], ex["i2"], ex["i3"]
-    # treated: o3 (Oct 30, 30 - 5 discount) within [Oct 28 09:00, Nov 4 09:00); redeemed; cost of c1 is 5
+    # treated: o3 (Oct 30, 30 - 5 discount) within [Oct 28 09:00, Nov 4 00:00); redeemed; cost of c1 is 5
     assert (i1["purchased"], i1["redeemed"], i1["revenue_eur"], i1["coupon_cost_eur"]) == (1, 1, 25.0, 5.0)
     assert (i1["cc_category"], i1["cf_face_value"], i1["cf_min_spend"]) == ("grocery", 5.0, 20.0)
     assert i1["cf_discount_ratio"] == pytest.approx(0.25)
@@ -213,12 +216,40 @@ def test_training_examples_control_rows_outcomes_and_no_leakage(shop, cfg, spark
     # control arm: no coupon, propensity kept, coupon features of the "none" arm
     assert i2["coupon_id"] is None and i2["propensity"] == 0.5
     assert (i2["cc_kind"], i2["cc_category"], i2["cf_face_value"]) == ("none", "none", 0.0)
-    # o5 (u2, Nov 1 01:00, 50 EUR) is inside [Oct 28 10:00, Nov 4 10:00): the control user bought anyway
+    # o5 (u2, Nov 1 01:00, 50 EUR) is inside [Oct 28 10:00, Nov 4 00:00): the control user bought anyway
     assert (i2["purchased"], i2["redeemed"], i2["revenue_eur"], i2["coupon_cost_eur"]) == (1, 0, 50.0, 0.0)
-    assert i3["purchased"] == 0  # Oct 20 + 7 days: nothing
+    assert i3["purchased"] == 0  # Oct 20 .. Oct 27 00:00: nothing
     # point in time: i1's user features are the snapshot of Oct 28 -- o3 (Oct 30) is not in them
     assert i1["uf_orders_90d"] == 2.0 and i1["uf_spend_90d"] == 110.0 and i1["uf_recency_days"] == 3.0
     assert set(TRAINING_EXAMPLES_KEYS.fieldNames()) <= set(i1)
+
+
+def test_one_day_window_is_the_rest_of_the_issue_day(shop, cfg, spark):
+    """With ``outcome_window_days=1`` (a coupon valid on its issue day) only the issue day after ``issued_at``
+    counts, and the issue day becomes a training example the next morning."""
+    from dataclasses import replace
+
+    one = replace(cfg, features=replace(cfg.features, outcome_window_days=1))
+    shop.write(
+        spark.createDataFrame(
+            [
+                ("o9", "u1", ts(d("2026-10-28"), 18), "books", eur(70), eur(0), None, 1, "EUR", None, d("2026-10-28")),
+                ("o10", "u2", ts(d("2026-10-30"), 1), "books", eur(20), eur(0), None, 1, "EUR", None, d("2026-10-30")),
+            ],
+            ORDERS,
+        ),
+        "orders",
+    )
+    control = [("i2", "u2", None, ts(d("2026-10-29"), 10), "random", 0.5, d("2026-10-29"))]
+    shop.write(spark.createDataFrame(control, ISSUANCES), "issuances")
+    summary = features.build_features(spark, shop, one, d("2026-10-30"))
+    assert summary.issue_dates == [d("2026-10-28"), d("2026-10-29")]  # Oct 29 closed at Oct 30 00:00
+    ex = {r["issuance_id"]: r.asDict() for r in shop.read("training_examples").collect()}
+    # i1 (Oct 28 09:00): o9 at 18:00 counts; o3 and its redemption (Oct 30) are after the window
+    assert (ex["i1"]["purchased"], ex["i1"]["revenue_eur"], ex["i1"]["redeemed"]) == (1, 70.0, 0)
+    assert ex["i1"]["outcome_window_days"] == 1
+    # i2 (Oct 29 10:00): o10 on Oct 30 01:00 is the next day
+    assert (ex["i2"]["purchased"], ex["i2"]["revenue_eur"]) == (0, 0.0)
 
 
 def test_purchase_after_issuance_changes_outcome_not_features(shop, cfg, spark):
