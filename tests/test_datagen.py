@@ -15,6 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.config import Config, LakeConfig, ShopConfig, SparkConfig
+from coupon_spark.datagen import landing
 from coupon_spark.datagen.response import (
     NO_COUPON,
     CouponParams,
@@ -140,6 +141,22 @@ def test_generator_is_deterministic_whatever_the_partitioning(shop_runs: tuple[C
     for name in LANDING_FILES.values():
         fa = Path(a.lake.landing) / DAY.isoformat() / name
         fb = Path(b.lake.landing) / DAY.isoformat() / name
+        assert fa.read_bytes() == fb.read_bytes(), name
+
+
+def test_spark_sorted_write_gives_the_same_bytes(
+    spark: SparkSession, shop_runs: tuple[Config, Config], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small landing files are sorted and written by the driver; large ones through Spark's sort: same bytes."""
+    monkeypatch.setattr(landing, "DRIVER_WRITE_MAX_LINES", 0)
+    a = shop_runs[0]
+    cfg = dataclasses.replace(
+        a, lake=dataclasses.replace(a.lake, root=str(tmp_path / "lake"), landing=str(tmp_path / "landing"))
+    )
+    generate(spark, cfg, DAY, days=1)
+    for name in LANDING_FILES.values():
+        fa = Path(a.lake.landing) / DAY.isoformat() / name
+        fb = Path(cfg.lake.landing) / DAY.isoformat() / name
         assert fa.read_bytes() == fb.read_bytes(), name
 
 

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -216,6 +217,55 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" not in uri or uri.startswith("file://"):
         return pafs.LocalFileSystem(), uri.removeprefix("file://")
     return pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://"))
+
+
+DRIVER_WRITE_MAX_LINES = 3_000_000
+"""Up to this many lines, a single-file source is collected (Arrow) and sorted and written by the driver:
+one Spark job instead of a range-partitioning sample, a shuffle, part files and their concatenation. The
+driver streams every byte of a single file anyway; above this it writes through Spark's sort."""
+
+
+def write_landing(lines: DataFrame, folder: str, source: str, single_file: bool) -> dict[str, int]:
+    """Write ``lines`` (:func:`dirty_lines`) as the source's landing file; returns the lines per defect kind.
+
+    The bytes are the same either way: lines sorted by ``_sort``, ``_key``, ``_pos`` (Spark's order: binary
+    strings, nulls first), each followed by a newline, a CSV header first.
+    """
+    by_defect = {r["defect"]: int(r["count"]) for r in lines.groupBy("defect").count().collect()}
+    total = sum(by_defect.values())
+    if not single_file or total > DRIVER_WRITE_MAX_LINES:
+        write_landing_file(lines, folder, source, single_file)
+        return by_defect
+    table = lines.select("_sort", "_key", "_pos", F.col("line").cast("binary").alias("line")).toArrow()
+    order = pc.sort_indices(
+        table,
+        sort_keys=[
+            ("_sort", "ascending", "at_start"),
+            ("_key", "ascending", "at_start"),
+            ("_pos", "ascending", "at_start"),
+        ],
+    )
+    body = table.column("line").take(order)
+    if body.null_count:
+        raise ValueError(f"{source}: a rendered landing line is null")
+    name = LANDING_FILES[source]
+    header = ",".join(LANDING_FIELDS[source]) + "\n" if name.endswith(".csv") else ""
+    fs, folder_path = _fs(folder)
+    fs.create_dir(folder_path, recursive=True)
+    target_path = f"{folder_path.rstrip('/')}/{name}"
+    staging = f"{folder_path.rstrip('/')}/_tmp_{source}_{uuid.uuid4().hex[:8]}.out"
+    with fs.open_output_stream(staging) as out:
+        out.write(header.encode("utf-8"))
+        for chunk in body.chunks:
+            if len(chunk):
+                out.write(b"\n".join(chunk.to_pylist()) + b"\n")
+    info = fs.get_file_info(target_path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(target_path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(target_path)
+    fs.move(staging, target_path)
+    return by_defect
 
 
 def write_landing_file(lines: DataFrame, folder: str, source: str, single_file: bool) -> str:

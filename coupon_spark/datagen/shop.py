@@ -31,7 +31,7 @@ from coupon_spark.datagen.landing import (
     messy_category,
     regions,
     utc_millis,
-    write_landing_file,
+    write_landing,
 )
 from coupon_spark.datagen.simulate import DayOutcome, active_users, random_policy, simulate_day
 from coupon_spark.datagen.world import COUPON_TRUTH, coupons_pandas, uniform, users_frame
@@ -376,9 +376,7 @@ def generate_day(
             lines = dirty_lines(df, rendering, shop.seed, shop.dirty_rate, shop.defects, day)
             lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
             try:
-                write_landing_file(lines, folder, rendering.source, shop.single_file)
-                by_defect = lines.groupBy("defect").count().collect()
-                counts[rendering.source] = {r["defect"]: int(r["count"]) for r in by_defect}
+                counts[rendering.source] = write_landing(lines, folder, rendering.source, shop.single_file)
             finally:
                 lines.unpersist()
     finally:
