@@ -409,6 +409,9 @@ class TrainConfig:
         use_gpu: Pin each rank to the GPU Spark assigned its task (``conf/gpu-cluster.yaml``).
         seed: Seed of the initial weights, the validation hash and the batch order.
         start_timeout_s: How long ``horovod.spark.run`` waits for the Spark tasks to start.
+        decision_confidence: The decision gate (:mod:`coupon_spark.model.gate`): the model issues coupons only
+            above the threshold whose gain over issuing nothing, estimated on held-out randomised decisions,
+            has a lower bound above 0 at this (one-sided) level; 0 disables the gate.
     """
 
     num_proc: int = 2
@@ -432,6 +435,7 @@ class TrainConfig:
     use_gpu: bool = False
     seed: int = 0
     start_timeout_s: int = 600
+    decision_confidence: float = 0.95
 
     def __post_init__(self) -> None:
         checks = [
@@ -449,6 +453,7 @@ class TrainConfig:
             ("propensity_clip", 0.0 < self.propensity_clip <= 1.0, "in (0, 1]"),
             ("history_days", self.history_days >= 0, ">= 0"),
             ("sample_rows", self.sample_rows >= 0, ">= 0"),
+            ("decision_confidence", 0.0 <= self.decision_confidence < 1.0, "in [0, 1)"),
             ("model_name", bool(self.model_name) and "/" not in self.model_name, "a non-empty name without '/'"),
         ]
         for key, ok, want in checks:

@@ -290,8 +290,8 @@ TRAINING_EXAMPLES_KEYS = StructType(
 ("no coupon": ``coupon_id`` null) included, partitioned by ``issue_date``. Then the user's ``uf_*``/``uc_*``
 columns exactly as in ``user_features`` as of ``issue_date`` (nothing after the issue can leak in), and the
 treatment's ``cf_*``/``cc_*`` columns as in ``coupon_features`` as of ``issue_date`` (0.0 / "none" for the
-control arm). Outcomes over ``[issued_at, issue_date + outcome_window_days)`` (00:00 UTC): ``purchased`` (any order, 0/1),
-``redeemed`` (this issuance's coupon redeemed, 0/1), ``revenue_eur`` (order amounts less discounts),
+control arm). Outcomes over ``[issued_at, issue_date + outcome_window_days)`` (00:00 UTC): ``purchased`` (any
+order, 0/1), ``redeemed`` (this issuance's coupon redeemed, 0/1), ``revenue_eur`` (order amounts less discounts),
 ``coupon_cost_eur`` (what the redemption cost the shop). ``propensity`` is the logging policy's probability of
 this action for this user, in (0, 1]."""
 
@@ -339,7 +339,8 @@ CANDIDATES_SCHEMA = StructType(
 ``p_purchase`` = p(purchase | this coupon), ``p_purchase_none`` = p(purchase | no coupon), ``uplift`` =
 ``p_purchase - p_purchase_none``; ``coupon_cost``: money the shop pays if the coupon is redeemed;
 ``expected_cost = p_redeem * coupon_cost``; ``expected_profit``: expected incremental profit against no
-coupon, net of ``expected_cost`` (the value the allocator maximises; may be negative); ``rank``: 1 = best
+coupon, net of ``expected_cost`` (the value the allocator maximises; may be negative; 0 where positive but
+not above the model's decision threshold, see ``coupon_spark.model.gate``); ``rank``: 1 = best
 for the user. The allocator skips (and counts) rows with a null id, a non-finite profit or a negative or
 non-finite cost."""
 

@@ -11,7 +11,10 @@ Expected incremental profit of coupon c for user u, against giving nothing (the 
     expected_profit = uplift * margin_rate * basket_u - p_redeem * coupon_cost_c
 
 with ``basket_u`` the user's average basket over the longest window (``score.default_basket_eur`` without
-history) and ``margin_rate`` the shop's gross margin (``score.margin_rate``).
+history) and ``margin_rate`` the shop's gross margin (``score.margin_rate``). Positive values at or below the
+model's decision threshold (:mod:`coupon_spark.model.gate`: what held-out randomised logs could not show to
+pay) are written as 0, so the allocator issues none of them on the model's behalf; the candidates stay, for
+the exploration arm and for analysts (``uplift``, ``p_redeem`` and ``expected_cost`` keep the raw estimates).
 """
 
 from __future__ import annotations
@@ -156,6 +159,9 @@ def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: Score
     value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
     profit = uplift * value[:, None]
     profit -= p_redeem * coupons.cost.astype(np.float32)[None, :]
+    gate = getattr(scorer, "decision_threshold", 0.0)
+    if gate > 0:  # the model's decision gate: positive estimates it could not show to pay are worth nothing
+        profit[(profit > 0) & (profit <= gate)] = 0.0
     ranked = mask_ineligible(profit.copy(), users, coupons, cfg)
     top = np.argpartition(-ranked, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
     order = np.argsort(-np.take_along_axis(ranked, top, axis=1), axis=1, kind="stable")
@@ -282,6 +288,14 @@ def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.
             f"run `coupon-spark features --run-date {run_date}` first"
         )
     scorer, version = load_scorer(cfg)
+    if scorer.decision_threshold > 0:
+        log.info(
+            "model %s: decision gate %s",
+            version,
+            f"open above {scorer.decision_threshold:.3f} EUR"
+            if np.isfinite(scorer.decision_threshold)
+            else "closed (held-out logs showed no gain): no coupon is worth issuing on the model's behalf",
+        )
     cf = lake.read("coupon_features", where={"as_of_date": run_date})
     live = live_coupons(
         cf,

@@ -30,7 +30,7 @@ def loop(spark, tmp_path_factory):
             "shop.users=800",
             "shop.partitions=2",
             "pipeline.history_days=4",
-            "features.outcome_window_days=2",  # issues of RUN_DATE-4 and -3 have closed windows
+            "features.outcome_window_days=2",  # issues of RUN_DATE-4 .. -2 have closed windows
             "train.epochs=2",
             "train.batch_size=128",
             "allocation.budget.amount=40.0",  # binding: the allocator must choose
@@ -49,6 +49,23 @@ def test_the_loop_runs_and_writes_every_table(loop):
               "allocation_runs", "evaluation_metrics"):  # fmt: skip
         assert lake.exists(t), t
     assert (Path(cfg.lake.root) / "models" / cfg.train.model_name / "latest").exists()
+
+
+def test_the_model_was_gated_on_held_out_randomised_decisions(loop):
+    """The decision gate ran on the shop's held-out random-policy rows, and the score job applied it: no
+    candidate has a positive expected profit at or below the threshold."""
+    import math
+
+    from coupon_spark.model.registry import Registry
+
+    _, cfg, lake = loop
+    registry, name = Registry.from_config(cfg), cfg.train.model_name
+    decision = registry.read_json(name, registry.latest(name), "decision.json")
+    assert decision["rows"] > 50 and decision["confidence"] == cfg.train.decision_confidence
+    assert len(decision["curve"]) >= 1
+    threshold = math.inf if decision["threshold"] is None else decision["threshold"]
+    profit = [r[0] for r in lake.read("candidates", where={"run_date": RUN_DATE}).select("expected_profit").collect()]
+    assert profit and not any(0 < p <= threshold for p in profit)
 
 
 def test_allocations_keep_the_budget_and_the_holdout(loop):

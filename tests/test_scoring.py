@@ -215,3 +215,25 @@ def test_recent_coupons_count_only_coupons_before_the_run_date(spark):
     )
     got = {r.user_id: r.recent_coupons for r in scoring.with_recent_coupons(users, iss, run, 7).collect()}
     assert got == {"a": 1, "b": 1}
+
+
+def test_the_decision_gate_zeroes_the_estimates_it_could_not_show_to_pay(model_and_scorer):
+    """Positive profits at or below the model's threshold become 0 (never issued by the model arm), the rest and
+    the raw estimates stay; a closed gate (inf) leaves no positive profit at all."""
+    _, scorer = model_and_scorer
+    users = make_users()
+    live = scoring.prepare_coupons(COUPONS, scorer, CFG)
+    raw = scoring.score_chunk(users, scorer, live, CFG).set_index(["user_id", "coupon_id"])
+    positive = raw.expected_profit[raw.expected_profit > 0]
+    threshold = float(positive.median())
+    gated_scorer = NumpyScorer(scorer.spec, scorer.transform, scorer.weights, decision_threshold=threshold)
+    gated = scoring.score_chunk(users, gated_scorer, live, CFG).set_index(["user_id", "coupon_id"])
+    both = raw.join(gated, rsuffix="_g", how="inner")
+    want = np.where((both.expected_profit > 0) & (both.expected_profit <= threshold), 0.0, both.expected_profit)
+    np.testing.assert_allclose(both.expected_profit_g, want, atol=1e-6)
+    np.testing.assert_allclose(both.uplift_g, both.uplift, atol=1e-7)
+    np.testing.assert_allclose(both.expected_cost_g, both.expected_cost, atol=1e-7)
+    assert ((both.expected_profit > threshold).sum() >= 2) and ((both.expected_profit_g == 0).sum() >= 2)
+    closed = NumpyScorer(scorer.spec, scorer.transform, scorer.weights, decision_threshold=float("inf"))
+    shut = scoring.score_chunk(users, closed, live, CFG)
+    assert len(shut) > 0 and (shut.expected_profit <= 0).all()

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -88,6 +89,7 @@ def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys)
     d = registry.local_dir(name)
     assert sorted(p.name for p in d.iterdir()) == [
         "checkpoints",
+        "decision.json",
         "manifest.json",
         "metrics.json",
         "saved_model",
@@ -113,6 +115,11 @@ def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys)
     )
     scorer = NumpyScorer.load(d)
     assert scorer.spec.coupon_ids == ["c05", "c10", "c20"]
+    # this world's logging policy ("random") is not one of evaluate.ope_policies: nothing to test the model on,
+    # so its decision gate is closed and the scorer knows it
+    decision = registry.read_json(name, 1, "decision.json")
+    assert decision["rows"] == 0 and decision["open"] is False and math.isinf(scorer.decision_threshold)
+    assert metrics["decision"] == decision
     # same inputs: nothing new; forced: version 2 becomes latest
     assert train(spark, cfg, RUN_DATE).skipped and registry.versions(name) == [1]
     assert train(spark, cfg, RUN_DATE, force=True).version == 2 and registry.latest(name) == 2

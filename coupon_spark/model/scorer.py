@@ -12,12 +12,14 @@ coupons are embedded separately, then every user is scored against every coupon 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from coupon_spark.model.gate import DECISION_FILE, NO_GATE, Gate
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
 
@@ -45,11 +47,20 @@ class NumpyScorer:
         transform: The feature transformation (``transform.json``).
         weights: Named float32 arrays (``weights.npz``), as :func:`coupon_spark.model.network.export_weights`
             names them.
+        decision_threshold: EUR; the score job treats an expected incremental profit at or below it as not
+            worth a coupon (``decision.json``, :mod:`coupon_spark.model.gate`; ``inf``: the gate is closed).
     """
 
-    def __init__(self, spec: ModelSpec, transform: FeatureTransform, weights: Mapping[str, np.ndarray]):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        transform: FeatureTransform,
+        weights: Mapping[str, np.ndarray],
+        decision_threshold: float = 0.0,
+    ):
         self.spec = spec
         self.transform = transform
+        self.decision_threshold = float(decision_threshold)
         self.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
         n = len(spec.hidden_units) + 1
         self._user = [(self.weights[f"user_dense_{i}_kernel"], self.weights[f"user_dense_{i}_bias"]) for i in range(n)]
@@ -63,10 +74,12 @@ class NumpyScorer:
         d = Path(model_dir)
         with np.load(d / WEIGHTS_FILE) as npz:
             weights = {k: npz[k] for k in npz.files}
+        gate = Gate.from_json(json.loads((d / DECISION_FILE).read_text())) if (d / DECISION_FILE).exists() else NO_GATE
         return cls(
             ModelSpec.from_json((d / SPEC_FILE).read_text()),
             FeatureTransform.from_json((d / TRANSFORM_FILE).read_text()),
             weights,
+            gate.threshold,
         )
 
     @property

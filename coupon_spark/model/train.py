@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -42,7 +43,9 @@ from coupon_spark.model.data import (
     read_files,
     snapshot_files,
     split_files,
+    validation_mask,
 )
+from coupon_spark.model.gate import DECISION_FILE, NO_GATE, Gate
 from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
@@ -101,6 +104,7 @@ class TrainOutcome:
     uri: str
     metrics: dict[str, Any]
     skipped: bool = False
+    gate: Gate | None = None
 
 
 # ---- the rank -----------------------------------------------------------------------------------------------
@@ -342,12 +346,14 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         log.info(
             "model %s version %d was trained on the same inputs (fingerprint %s): nothing to do", name, existing, fp
         )
+        done = registry.read_json(name, existing, "metrics.json")
         return TrainOutcome(
             name,
             existing,
             registry.version_uri(name, existing),
-            registry.read_json(name, existing, "metrics.json")["validation"],
+            done["validation"],
             skipped=True,
+            gate=Gate.from_json(done["decision"]) if done.get("decision") else None,
         )
 
     model_version = registry.new_version(name)
@@ -366,14 +372,17 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
     )
     started = time.time()
     result = run_ranks(task, ranks, tc.start_timeout_s)[0]
+    weights = read_npz(f"{uri}/weights.npz")
+    gate = decision_gate(lake, cfg, files, spec, transform, weights) if tc.decision_confidence > 0 else NO_GATE
+    log.info("decision gate of %s v%d: %s", name, model_version, gate.describe())
     publish(
         registry,
         name,
         model_version,
         spec,
         transform,
-        read_npz(f"{uri}/weights.npz"),
-        result,
+        weights,
+        result | {"decision": gate.to_json()},
         {
             "name": name,
             "version": model_version,
@@ -389,7 +398,48 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         },
         tc,
     )
-    return TrainOutcome(name, model_version, uri, result["metrics"])
+    return TrainOutcome(name, model_version, uri, result["metrics"], gate=gate)
+
+
+def decision_gate(
+    lake: Lake,
+    cfg: Config,
+    files: list[DataFile],
+    spec: ModelSpec,
+    transform: FeatureTransform,
+    weights: dict[str, np.ndarray],
+) -> Gate:
+    """The model's decision gate (:mod:`coupon_spark.model.gate`), from the validation rows of the training
+    files that a randomised logging policy (``evaluate.ope_policies``) chose, and the coupons live on their
+    issue dates (``coupon_features``)."""
+    from coupon_spark.model.gate import best_option_gains, choose_threshold, live_on
+    from coupon_spark.model.scorer import NumpyScorer
+
+    tc = cfg.train
+    outcomes = ["issue_date", "policy", "propensity", "revenue_eur", "coupon_cost_eur"]
+    cols = [*ID_COLUMNS, *outcomes, *transform.user_columns]
+    rows = read_files(files, cols)
+    keep = (
+        validation_mask(rows["issuance_id"], tc.validation_share, tc.seed)
+        & rows["policy"].isin(list(cfg.evaluate.ope_policies)).to_numpy()
+        & (rows["propensity"] > 0).to_numpy()
+    )
+    rows = rows[keep].reset_index(drop=True)
+    if rows.empty:
+        return choose_threshold(np.zeros(0), np.zeros(0), tc.decision_confidence)
+    rows["issue_date"] = pd.to_datetime(rows["issue_date"]).dt.date
+    dates = sorted(set(rows["issue_date"]))
+    cf = lake.read("coupon_features", where={"as_of_date": dates}).toPandas()
+    cf["as_of_date"] = pd.to_datetime(cf["as_of_date"]).dt.date
+    by_date = {d: g.reset_index(drop=True) for d, g in cf[live_on(cf)].groupby("as_of_date")}
+    score_cfg = dataclasses.replace(cfg.score, frequency_cap=10**9)  # the logged decisions were made anyway
+    best, gain = best_option_gains(NumpyScorer(spec, transform, weights), rows, by_date, score_cfg, margin_rate(cfg))
+    return choose_threshold(best, gain, tc.decision_confidence)
+
+
+def margin_rate(cfg: Config) -> float:
+    """The margin on revenue the model's decisions use (``score.margin_rate``)."""
+    return float(cfg.score.margin_rate)
 
 
 def publish(
@@ -427,6 +477,7 @@ def publish(
     registry.write_json(name, version, "spec.json", json.loads(spec.to_json()))
     registry.write_json(name, version, "transform.json", json.loads(transform.to_json()))
     registry.write_json(name, version, "train_config.json", dataclasses.asdict(tc))
+    registry.write_json(name, version, DECISION_FILE, result.get("decision") or NO_GATE.to_json())
     registry.write_json(
         name,
         version,
@@ -443,6 +494,7 @@ def publish(
             "n_validation": result["n_validation"],
             "train_seconds": result["train_seconds"],
             "examples_per_second": result["examples_per_second"],
+            "decision": result.get("decision"),
         },
     )
     registry.write_json(name, version, "manifest.json", manifest | {"numpy_vs_tensorflow_max_abs_diff": diff})
@@ -460,4 +512,6 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
         f", mean prediction {p.get('mean_prediction', float('nan')):.4f} vs observed "
         f"{p.get('observed_rate', float('nan')):.4f}; redeem AUC {r.get('auc', float('nan')):.4f}"
     )
+    if out.gate is not None:
+        print(f"  decision gate: {out.gate.describe()}")
     return 0
