@@ -467,12 +467,40 @@ def ope_estimates(pdf: pd.DataFrame, confidence: float, seed: int) -> dict[str, 
     return out
 
 
-def logs_section(ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame) -> None:
+def held_out(pdf: pd.DataFrame, cfg: Config, model_version: str | None) -> tuple[pd.DataFrame, str]:
+    """The logged decisions the run's model did not fit: of the issue dates it trained on, only its validation
+    split (the same hash of ``issuance_id``); later dates all. Evaluating a policy on the rows its model was
+    fitted to is optimistic (it favours the coupons that happened to pay for those users), so those rows go.
+
+    Returns:
+        The rows kept and a note saying which (all rows, with a warning, when the model's training range or
+        settings are not in the registry).
+    """
+    from coupon_spark.model.data import validation_mask
+    from coupon_spark.model.registry import ModelNotFoundError, Registry
+
+    registry, name = Registry.from_config(cfg), cfg.train.model_name
+    try:
+        tail = (model_version or "").rsplit("/", 1)[-1]
+        version = int(tail) if tail.isdigit() else registry.latest(name)
+        until = registry.manifest(name, version)["training_table"]["until"]
+        tc = registry.read_json(name, version, "train_config.json")
+        share, seed = float(tc["validation_share"]), int(tc["seed"])
+    except (ModelNotFoundError, FileNotFoundError, OSError, ValueError, KeyError, TypeError) as exc:
+        return pdf, f"all logged rows (the model's training rows are unknown: {exc}); optimistic if it trained on them"
+    trained = pd.to_datetime(pdf["issue_date"]).dt.date < dt.date.fromisoformat(str(until)[:10])
+    keep = ~trained.to_numpy() | validation_mask(pdf["issuance_id"], share, seed)
+    note = f"rows {name} v{version} did not fit: its {share:.0%} validation split before {until}, all after"
+    return pdf[keep].reset_index(drop=True), note
+
+
+def logs_section(ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame, model_version: str | None) -> None:
     logged = logged_decisions(lake, cfg, ev.run_date)
     if logged is None:
         ev.say("policy (logs): no training_examples table: off-policy estimates not available")
         return
-    pdf = ope_frame(logged, allocations)
+    pdf, rows_note = held_out(ope_frame(logged, allocations), cfg, model_version)
+    ev.say(f"policy (logs): {len(pdf)} logged randomised decisions: {rows_note}")
     if pdf.empty:
         ev.say(
             f"policy (logs): no closed randomised issuance ({', '.join(cfg.evaluate.ope_policies)}) in the "
@@ -720,13 +748,14 @@ def evaluate(spark: SparkSession, cfg: Config, run_date: dt.date, lake: Lake | N
     allocations = lake.read("allocations", where={"run_date": run_date}).cache()
     try:
         version = allocations.where(F.col("model_version").isNotNull()).select("model_version").first()
-        model_section(ev, lake, cfg, None if version is None else version[0])
+        model_version = None if version is None else version[0]
+        model_section(ev, lake, cfg, model_version)
         if lake.exists("candidates"):
             candidates = lake.read("candidates", where={"run_date": run_date})
             truth_section(ev, spark, lake, cfg, allocations, candidates)
         else:
             ev.say("policy (synthetic shop): no candidates table")
-        logs_section(ev, lake, cfg, allocations)
+        logs_section(ev, lake, cfg, allocations, model_version)
         holdout_section(ev, lake, cfg)
         budget_section(ev, lake, cfg)
         fairness_section(ev, spark, lake, allocations)
