@@ -577,46 +577,32 @@ def with_reason(checks: list[Check]) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-def duplicate_losers(classified: DataFrame, source: Source) -> DataFrame:
+def with_duplicates_marked(source: Source) -> Callable[[DataFrame], DataFrame]:
     """Among good records of one natural key keep the latest (``version`` desc, then file and line desc); the
-    others become ``duplicate`` (same text as the kept one) or ``superseded``.
-
-    Returns ``source_file``, ``position``, ``reason``, ``detail`` of those others only. The window runs over the
-    records whose key is repeated (found by an aggregation of the keys alone), not over every record.
-    """
-    key = f"t_{source.key}"
-    good = classified.filter(F.col("reason").isNull())
-    repeated = good.groupBy(key).count().filter(F.col("count") > 1).select(key)
-    order = [F.col("source_file").desc(), F.col("position").desc()]
-    if source.version:
-        order.insert(0, F.col(f"t_{source.version}").desc_nulls_last())
-    w = Window.partitionBy(key).orderBy(*order)
-    same = F.col("value") == F.first("value").over(w)
-    return (
-        good.join(repeated, on=key, how="left_semi")
-        .select(
-            "source_file",
-            "position",
-            F.when(same, F.lit("duplicate")).otherwise(F.lit("superseded")).alias("reason"),
-            F.format_string(f"{source.key} %s appears again; the latest copy is kept", F.col(key)).alias("detail"),
-            F.row_number().over(w).alias("_rn"),
-        )
-        .filter(F.col("_rn") > 1)
-        .drop("_rn")
-    )
-
-
-def with_duplicates_marked(losers: DataFrame) -> Callable[[DataFrame], DataFrame]:
-    """Give the :func:`duplicate_losers` their reason and detail (a join on file and line)."""
+    others become ``duplicate`` (same text as the kept one) or ``superseded``."""
 
     def transform(df: DataFrame) -> DataFrame:
-        dup = losers.select(
-            "source_file", "position", F.col("reason").alias("_dup_reason"), F.col("detail").alias("_dup_detail")
-        )
-        return df.join(dup, on=["source_file", "position"], how="left").select(
+        good = F.col("reason").isNull()
+        order = [F.col("source_file").desc(), F.col("position").desc()]
+        if source.version:
+            order.insert(0, F.col(f"t_{source.version}").desc_nulls_last())
+        w = Window.partitionBy(good.alias("_good"), F.col(f"t_{source.key}")).orderBy(*order)
+        kept_text = F.first("value").over(w)
+        rn = F.row_number().over(w)
+        dup = good & (rn > 1)
+        same = F.col("value") == kept_text
+        return df.select(
             *[c for c in df.columns if c not in ("reason", "detail")],
-            F.coalesce("_dup_reason", "reason").alias("reason"),
-            F.coalesce("_dup_detail", "detail").alias("detail"),
+            F.when(dup & same, F.lit("duplicate"))
+            .when(dup, F.lit("superseded"))
+            .otherwise(F.col("reason"))
+            .alias("reason"),
+            F.when(
+                dup,
+                F.format_string(f"{source.key} %s appears again; the latest copy is kept", F.col(f"t_{source.key}")),
+            )
+            .otherwise(F.col("detail"))
+            .alias("detail"),
         )
 
     return transform
@@ -662,9 +648,10 @@ def select_quarantined(source: Source, day: dt.date) -> Callable[[DataFrame], Da
 def classify(
     lines: DataFrame, source: Source, cfg: CleanseConfig, day: dt.date, refs: dict[str, DataFrame]
 ) -> DataFrame:
-    """Every line of one source with its ``reason`` before de-duplication (null: good), and only the columns
-    the outputs need: ``source_file``, ``position``, ``value``, ``detail`` and the typed fields the silver
-    table takes (``t_<field>``, money as ``t_<field>_eur``)."""
+    """Every line of one source with its ``reason`` (null: accepted), keeping only the columns the outputs
+    need (``source_file``, ``position``, ``value``, ``detail`` and the typed fields the silver table takes:
+    ``t_<field>``, money as ``t_<field>_eur``), so that the de-duplication sorts and the cache holds narrow
+    rows."""
     typed = [f"t_{r.name}_eur" if r.kind == "money" else f"t_{r.name}" for r in source.rules]
     return (
         lines.transform(with_parsed_fields(source))
@@ -672,6 +659,7 @@ def classify(
         .transform(with_reference_flags(source, refs))
         .transform(with_reason(record_checks(source, cfg, day)))
         .select("source_file", "position", "value", "reason", "detail", *typed)
+        .transform(with_duplicates_marked(source))
     )
 
 
@@ -742,12 +730,8 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
         for name in SOURCE_ORDER:
             source = SOURCES[name]
             read = reads[name]
-            checked = classify(read.lines, source, cfg.cleanse, day, refs).persist(StorageLevel.MEMORY_AND_DISK)
-            cached.append(checked)
-            losers = duplicate_losers(checked, source).persist(StorageLevel.MEMORY_AND_DISK)
-            cached.append(losers)
-            losers.count()  # fills both caches; the losers' known size lets the join below broadcast them
-            classified = checked.transform(with_duplicates_marked(losers))
+            classified = classify(read.lines, source, cfg.cleanse, day, refs).persist(StorageLevel.MEMORY_AND_DISK)
+            cached.append(classified)
             counts = {r["reason"]: int(r["count"]) for r in classified.groupBy("reason").count().collect()}
             accepted = counts.pop(None, 0)
             result = SourceResult(
