@@ -172,6 +172,7 @@ def print_policy_summary(lake: Lake, cfg: Config, days: list[dt.date]) -> None:
             ((F.col("section") == "policy_truth") & F.col("metric").isin("ratio_to_oracle", "true_incremental_profit"))
             | ((F.col("section") == "budget") & (F.col("metric") == "use"))
             | ((F.col("section") == "model") & (F.col("metric") == "registry_validation.auc"))
+            | ((F.col("section") == "model") & (F.col("metric") == "decision_gate.open"))
         )
         .select("run_date", "section", "metric", "dimension_value", "value")
         .collect()
@@ -196,8 +197,13 @@ def print_policy_summary(lake: Lake, cfg: Config, days: list[dt.date]) -> None:
         auc = [
             r["value"] for r in got if r["metric"] == "registry_validation.auc" and r["dimension_value"] == "purchase"
         ]
+        gate = [r["value"] for r in got if r["metric"] == "decision_gate.open"]
         print(f"  {day}: " + ", ".join(parts))
-        print(f"  {'':10}  budget use: {', '.join(use) or '-'}" + (f"; model AUC {auc[0]:.3f}" if auc else ""))
+        print(
+            f"  {'':10}  budget use: {', '.join(use) or '-'}"
+            + (f"; model AUC {auc[0]:.3f}" if auc else "")
+            + (f"; decision gate {'open' if gate[0] else 'closed'}" if gate else "")
+        )
     from coupon_spark.evaluation.job import report_dir
 
     print(f"report: {report_dir(cfg, days[-1])}/index.html")

@@ -66,6 +66,14 @@ def test_the_model_was_gated_on_held_out_randomised_decisions(loop):
     threshold = math.inf if decision["threshold"] is None else decision["threshold"]
     profit = [r[0] for r in lake.read("candidates", where={"run_date": RUN_DATE}).select("expected_profit").collect()]
     assert profit and not any(0 < p <= threshold for p in profit)
+    # the evaluation reports the gate the run's model was published with
+    gate_open = (
+        lake.read("evaluation_metrics", where={"run_date": RUN_DATE})
+        .where((F.col("section") == "model") & (F.col("metric") == "decision_gate.open"))
+        .select("value")
+        .collect()
+    )
+    assert [r.value for r in gate_open] == [float(decision["open"])]
 
 
 def test_allocations_keep_the_budget_and_the_holdout(loop):

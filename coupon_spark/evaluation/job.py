@@ -191,6 +191,14 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
         _add_binary(ev, m, target, "registry_validation", note)
         calibration[f"{target} (validation)"] = m.get("calibration", [])
     ev.plots["model_version"] = note
+    if metrics.get("decision"):  # the decision gate (coupon_spark.model.gate) the version was published with
+        from coupon_spark.model.gate import Gate
+
+        gate = Gate.from_json(metrics["decision"])
+        ev.add("model", "decision_gate.open", float(gate.is_open), n=gate.rows, note=f"{note}: {gate.describe()}")
+        ev.add("model", "decision_gate.threshold", gate.threshold, n=gate.rows, note="EUR; null: closed")
+        ev.add("model", "decision_gate.gain_lower_bound", gate.lower, n=gate.rows, note="EUR per decision")
+        ev.say(f"model {note}: decision gate {gate.describe()}")
     trained = manifest.get("run_date")
     if cfg.evaluate.out_of_time_max_rows and trained and lake.exists("training_examples"):
         since = dt.date.fromisoformat(str(trained)[:10])
