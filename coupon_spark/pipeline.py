@@ -198,6 +198,8 @@ def print_policy_summary(lake: Lake, cfg: Config, days: list[dt.date]) -> None:
             r["value"] for r in got if r["metric"] == "registry_validation.auc" and r["dimension_value"] == "purchase"
         ]
         gate = [r["value"] for r in got if r["metric"] == "decision_gate.open"]
+        if "exploration" in profit:
+            parts.append(f"exploration arm {profit['exploration'] or 0:,.0f}")
         print(f"  {day}: " + ", ".join(parts))
         print(
             f"  {'':10}  budget use: {', '.join(use) or '-'}"

@@ -110,3 +110,32 @@ def test_the_evaluation_compares_with_the_oracle(loop):
     assert {"model", "random", "redeem"} <= set(rows)
     report = Path(cfg.lake.root) / cfg.evaluate.report_dir / RUN_DATE.isoformat() / "index.html"
     assert report.exists() and report.stat().st_size > 1000
+
+
+def test_the_exploration_arm_is_valued_on_the_truth(loop):
+    """The evaluation's true value of the exploration arm equals the hidden response model summed over the
+    exploration coupons of the day (computed here straight from the truth tables)."""
+    import numpy as np
+
+    from coupon_spark.allocation import POLICY_EXPLORATION
+    from coupon_spark.datagen.response import CouponParams, UserTraits, response_pairs
+    from coupon_spark.datagen.shop import truth_table
+    from coupon_spark.datagen.world import season_logit
+
+    _, cfg, lake = loop
+    alloc = lake.read("allocations", where={"run_date": RUN_DATE})
+    ex = alloc.where((F.col("policy") == POLICY_EXPLORATION) & F.col("coupon_id").isNotNull()).toPandas()
+    traits = lake.read(truth_table(cfg, "user_traits")).toPandas().set_index("user_id").loc[ex["user_id"]]
+    coupons = CouponParams.from_pandas(lake.read(truth_table(cfg, "coupons")).toPandas())
+    users = UserTraits.from_pandas(traits.reset_index())
+    season = season_logit(RUN_DATE)
+    treated = response_pairs(users, coupons, coupons.index_of(ex["coupon_id"]), season)
+    untreated = response_pairs(users, coupons, np.full(len(ex), -1), season)
+    want = float((treated.expected_profit - untreated.expected_profit).sum())
+    got = (
+        lake.read("evaluation_metrics", where={"run_date": RUN_DATE})
+        .where((F.col("metric") == "true_incremental_profit") & (F.col("dimension_value") == "exploration"))
+        .collect()
+    )
+    assert len(got) == 1 and got[0].n == len(ex) > 0
+    assert got[0].value == pytest.approx(want, rel=1e-6, abs=1e-6)
