@@ -8,7 +8,7 @@ CONF ?= conf/local.yaml
 # the synthetic shop's calendar: its campaigns run around shop.start_date (2026-11-02)
 RUN_DATE ?= 2026-11-12
 DAYS ?= 3
-DEMO_USERS ?= 20000
+DEMO_USERS ?= 100000
 DEMO_LAKE ?= ./lakehouse
 
 # Spark workers must use the venv's interpreter; TensorFlow 2.18 with tf-keras (Keras 2) for Horovod.
