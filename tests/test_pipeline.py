@@ -108,6 +108,13 @@ def test_the_evaluation_compares_with_the_oracle(loop):
     }
     assert rows["oracle"] == pytest.approx(1.0)
     assert {"model", "random", "redeem"} <= set(rows)
+    # the day was played forward, so its realised uplift against the holdout is measured (whatever the gate)
+    up = (
+        lake.read("evaluation_metrics", where={"run_date": RUN_DATE})
+        .where((F.col("section") == "holdout") & (F.col("metric") == "uplift_per_user"))
+        .collect()
+    )
+    assert len(up) == 1 and up[0].ci_low <= up[0].value <= up[0].ci_high and up[0].n > 0
     report = Path(cfg.lake.root) / cfg.evaluate.report_dir / RUN_DATE.isoformat() / "index.html"
     assert report.exists() and report.stat().st_size > 1000
 

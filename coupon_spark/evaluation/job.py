@@ -541,7 +541,8 @@ def logs_section(ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame
 
 def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: dt.date) -> dt.date | None:
     """The day the allocation of ``alloc_date`` was issued: the date of the silver issuances that carry its
-    coupons (looked for from ``alloc_date`` to two days later, not after ``until``), else None."""
+    model arm's decisions, coupons and "no coupon" alike (so that an allocation whose model issued nothing is
+    found too), looked for from ``alloc_date`` to two days later, not after ``until``; else None."""
     if not lake.exists("issuances"):
         return None
     dates = [
@@ -551,12 +552,11 @@ def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: d
     ]
     if not dates:
         return None
-    issued = allocations.where(F.col("coupon_id").isNotNull() & (F.col("policy") == POLICY_MODEL)).select(
-        "user_id", "coupon_id"
-    )
+    decided = allocations.where(F.col("policy") == POLICY_MODEL).select("user_id", "coupon_id").alias("a")
+    same = (F.col("i.user_id") == F.col("a.user_id")) & F.col("i.coupon_id").eqNullSafe(F.col("a.coupon_id"))
     hits = (
-        lake.read("issuances", where={"ingest_date": dates})
-        .join(issued, on=["user_id", "coupon_id"], how="left_semi")
+        lake.read("issuances", where={"ingest_date": dates}).alias("i")
+        .join(decided, on=same, how="left_semi")
         .groupBy(F.to_date("issued_at").alias("d")).count().orderBy(F.col("count").desc()).first()
     )  # fmt: skip
     return None if hits is None else hits["d"]
