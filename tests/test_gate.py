@@ -78,3 +78,73 @@ def test_gate_json_round_trip_keeps_a_closed_gate_closed():
     assert Gate.from_json(NO_GATE.to_json()).threshold == 0.0
     opened = Gate(1.5, 0.2, 0.1, 0.05, 100, 0.95)
     assert Gate.from_json(opened.to_json()).threshold == pytest.approx(1.5)
+
+
+class _FixedModel:
+    """A stand-in for the model with hand-set predictions (the numpy scorer's interface), so that every
+    number of :func:`best_option_gains` can be worked out by hand."""
+
+    def __init__(self, p: list[list[float]], p_none: list[float], p_redeem: list[list[float]]):
+        self.p, self.p_none, self.p_redeem = np.array(p), np.array(p_none), np.array(p_redeem)
+
+    def user_embed(self, users):  # type: ignore[no-untyped-def]
+        return np.zeros((len(users), 1))
+
+    def coupon_embed(self, coupons):  # type: ignore[no-untyped-def]
+        return np.zeros((len(coupons), 1))
+
+    def predict(self, u, c):  # type: ignore[no-untyped-def]
+        return {
+            "p_purchase": self.p,
+            "p_purchase_none": self.p_none,
+            "p_redeem": self.p_redeem,
+            "uplift": self.p - self.p_none[:, None],
+        }
+
+
+def test_best_option_gains_by_hand_and_exploration_support():
+    import datetime as dt
+
+    import pandas as pd
+
+    from coupon_spark.config import ScoreConfig
+    from coupon_spark.model.gate import best_option_gains
+
+    day = dt.date(2026, 11, 10)
+    coupons = pd.DataFrame(
+        {"coupon_id": ["B", "A"], "campaign_id": ["k", "k"], "cf_cost": [2.0, 1.0], "cf_min_spend": [0.0, 0.0]}
+    )  # sorted to A, B by the scorer's coupon order
+    rows = pd.DataFrame(
+        {
+            "issue_date": [day] * 3,
+            "user_id": ["u0", "u1", "u2"],
+            "coupon_id": ["A", None, "A"],
+            "propensity": [0.25, 0.5, 0.5],
+            "revenue_eur": [50.0, 0.0, 0.0],
+            "coupon_cost_eur": [1.0, 0.0, 0.0],
+            "uf_avg_basket_90d": [100.0, 100.0, 100.0],  # margin 0.3 -> 30 EUR of profit per purchase
+        }
+    )
+    model = _FixedModel(
+        p=[[0.2, 0.1], [0.2, 0.1], [0.1, 0.3]], p_none=[0.1, 0.1, 0.1], p_redeem=[[0.1, 0.05], [0.1, 0.05], [0.05, 0.2]]
+    )
+    cfg = ScoreConfig(margin_rate=0.3)
+    # u0, u1: mu_A = 0.2*30 - 0.1*1 = 5.9, mu_B = 3 - 0.1 = 2.9, mu_none = 3 -> best A, S = 2.9
+    # u2: mu_A = 3 - 0.05 = 2.95, mu_B = 9 - 0.4 = 8.6 -> best B, S = 5.6
+    # u0 logged A (p 0.25), reward 50*0.3 - 1 = 14: 2.9 + (14 - 5.9)/0.25 = 35.3
+    # u1 logged none (p 0.5), reward 0: 2.9 - (0 - 3)/0.5 = 8.9;  u2 logged A (not its best): 8.6 - 3 = 5.6
+    s, g = best_option_gains(model, rows, {day: coupons}, cfg, 0.3)
+    np.testing.assert_allclose(s, [2.9, 2.9, 5.6])
+    np.testing.assert_allclose(g, [35.3, 8.9, 5.6])
+    # u2 was explored among {A} only: the logs cannot say what B would have done, so the row goes
+    s2, g2 = best_option_gains(model, rows, {day: coupons}, cfg, 0.3, options={(day, "u2"): frozenset({"A"})})
+    np.testing.assert_allclose(s2, [2.9, 2.9])
+    np.testing.assert_allclose(g2, [35.3, 8.9])
+    # ... but stays when B was one of its options
+    s3, _ = best_option_gains(model, rows, {day: coupons}, cfg, 0.3, options={(day, "u2"): frozenset({"A", "B"})})
+    assert len(s3) == 3
+
+
+def test_too_few_rows_keep_the_gate_closed():
+    g = choose_threshold(np.array([1.0, 2.0]), np.array([5.0, 5.0]), 0.95)
+    assert not g.is_open and g.rows == 2 and "fewer than" in g.describe()

@@ -29,6 +29,7 @@ def loop(spark, tmp_path_factory):
             f"lake.landing={root / 'landing'}",
             "shop.users=800",
             "shop.partitions=2",
+            "shop.issue_rate=0.6",  # enough held-out randomised decisions for the decision gate (>= 100)
             "pipeline.history_days=4",
             "features.outcome_window_days=2",  # issues of RUN_DATE-4 .. -2 have closed windows
             "train.epochs=2",
@@ -61,7 +62,7 @@ def test_the_model_was_gated_on_held_out_randomised_decisions(loop):
     _, cfg, lake = loop
     registry, name = Registry.from_config(cfg), cfg.train.model_name
     decision = registry.read_json(name, registry.latest(name), "decision.json")
-    assert decision["rows"] > 50 and decision["confidence"] == cfg.train.decision_confidence
+    assert decision["rows"] >= 100 and decision["confidence"] == cfg.train.decision_confidence
     assert len(decision["curve"]) >= 1
     threshold = math.inf if decision["threshold"] is None else decision["threshold"]
     profit = [r[0] for r in lake.read("candidates", where={"run_date": RUN_DATE}).select("expected_profit").collect()]

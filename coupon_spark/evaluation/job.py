@@ -542,7 +542,8 @@ def logs_section(ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame
 def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: dt.date) -> dt.date | None:
     """The day the allocation of ``alloc_date`` was issued: the date of the silver issuances that carry its
     model arm's decisions, coupons and "no coupon" alike (so that an allocation whose model issued nothing is
-    found too), looked for from ``alloc_date`` to two days later, not after ``until``; else None."""
+    found too; logged with a policy ending in ``model``), the earliest from ``alloc_date`` to two days later,
+    not after ``until``; else None."""
     if not lake.exists("issuances"):
         return None
     dates = [
@@ -554,10 +555,14 @@ def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: d
         return None
     decided = allocations.where(F.col("policy") == POLICY_MODEL).select("user_id", "coupon_id").alias("a")
     same = (F.col("i.user_id") == F.col("a.user_id")) & F.col("i.coupon_id").eqNullSafe(F.col("a.coupon_id"))
+    # the model arm's logged decisions ("<prefix>/model"); the earliest day that has them: later days hold the
+    # decisions of later allocations, which match this one's "no coupon" rows too
+    logged = lake.read("issuances", where={"ingest_date": dates}).where(
+        F.col("policy").endswith(f"/{POLICY_MODEL}") | (F.col("policy") == POLICY_MODEL)
+    )
     hits = (
-        lake.read("issuances", where={"ingest_date": dates}).alias("i")
-        .join(decided, on=same, how="left_semi")
-        .groupBy(F.to_date("issued_at").alias("d")).count().orderBy(F.col("count").desc()).first()
+        logged.alias("i").join(decided, on=same, how="left_semi")
+        .groupBy(F.to_date("issued_at").alias("d")).count().orderBy("d").first()
     )  # fmt: skip
     return None if hits is None else hits["d"]
 

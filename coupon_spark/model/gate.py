@@ -14,7 +14,9 @@ the doubly robust estimate (Dudik, Langford and Li, 2011) of its gain over issui
 where ``c_i`` is the model's best coupon for the user, ``a_i`` the logged arm, ``r_i = revenue * margin -
 coupon cost`` the logged reward and ``mu`` the model's own reward prediction (``p(purchase | c) * margin *
 basket - p(redeem | c) * cost``; no cost without a coupon). The estimate is unbiased whatever ``mu`` is,
-because the propensities are known; ``mu`` only lowers its variance.
+because the propensities are known and the logging policy could have chosen ``c_i`` (rows of coupon-spark's
+own exploration arm, which draws among the user's candidates of the day, count only where ``c_i`` was one of
+them); ``mu`` only lowers its variance.
 
 The threshold is the candidate (0, then quantiles of the positive ``S``) with the largest lower confidence
 bound of the mean gain (one-sided, Bonferroni over the candidates), if that bound is positive. Otherwise the
@@ -39,6 +41,8 @@ from coupon_spark.config import ScoreConfig
 DECISION_FILE = "decision.json"
 THRESHOLD_QUANTILES = (0.5, 0.75, 0.9, 0.95)
 """Candidate thresholds besides 0: these quantiles of the positive best scores."""
+MIN_ROWS = 100
+"""Fewer held-out decisions than this and the gate stays closed."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ class Gate:
         )
 
     def describe(self) -> str:
-        if self.rows == 0:
-            return "no held-out randomised decision to test the model on: gate closed"
+        if self.rows < MIN_ROWS:
+            return f"{self.rows} held-out randomised decisions to test the model on (fewer than {MIN_ROWS}): closed"
         if not self.is_open:
             return (
                 f"closed: on {self.rows} held-out randomised decisions no threshold shows a gain over issuing "
@@ -133,6 +137,7 @@ def choose_threshold(
     gain: np.ndarray,
     confidence: float,
     quantiles: Sequence[float] = THRESHOLD_QUANTILES,
+    min_rows: int = MIN_ROWS,
 ) -> Gate:
     """The threshold with the best lower confidence bound of the mean gain, if that bound is positive.
 
@@ -141,11 +146,12 @@ def choose_threshold(
         gain: Per decision, :func:`dr_gain` of that best coupon.
         confidence: One-sided level of the bounds, before the Bonferroni correction over the candidates.
         quantiles: Quantiles of the positive best scores tried as thresholds besides 0.
+        min_rows: Fewer held-out decisions than this: closed.
     """
     s, g = np.asarray(best_score, np.float64), np.asarray(gain, np.float64)
     n = len(s)
-    if n == 0:
-        return Gate(math.inf, math.nan, math.nan, 0.0, 0, confidence)
+    if n < min_rows:  # too few for a normal-approximation bound to mean anything
+        return Gate(math.inf, math.nan, math.nan, 0.0, n, confidence)
     pos = s[s > 0]
     candidates = sorted({0.0, *(float(np.quantile(pos, q)) for q in quantiles)} if len(pos) else {0.0})
     z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / len(candidates))
@@ -167,6 +173,7 @@ def best_option_gains(
     coupons_by_date: Mapping[Any, pd.DataFrame],
     cfg: ScoreConfig,
     margin_rate: float,
+    options: Mapping[tuple[Any, str], frozenset[str]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For held-out logged decisions: the model's best expected incremental profit and :func:`dr_gain`.
 
@@ -177,9 +184,15 @@ def best_option_gains(
         coupons_by_date: Per issue date, the coupons live then (``coupon_features`` rows of that date).
         cfg: Scoring settings (basket default, eligibility); the same rules the score job applies.
         margin_rate: Margin on revenue.
+        options: For rows whose logging policy chose among a subset of the coupons (coupon-spark's own
+            exploration arm draws among the user's candidates of the day), ``(issue_date, user_id) -> coupon
+            ids`` it could draw; rows whose model-best coupon is not among them are left out, since the logs
+            cannot tell what that coupon would have done (the estimate would fall back on the model's own
+            optimism). Rows not in the mapping could draw any live coupon.
 
     Returns:
-        ``(best_score, gain)``, one entry per row whose issue date had a live coupon.
+        ``(best_score, gain)``, one entry per row whose issue date had a live coupon, whose user had an
+        eligible one, and whose logging policy could have chosen the model's best coupon.
     """
     from coupon_spark.scoring import mask_ineligible, prepare_coupons, user_basket
 
@@ -208,6 +221,12 @@ def best_option_gains(
             pd.isna(logged),
         )
         ok = np.isfinite(profit[n, best])  # users with no eligible coupon are not decisions of the model
+        if options:
+            ids = coupons.frame["coupon_id"].to_numpy(object)[best]
+            users = part["user_id"].to_numpy(object)
+            ok &= np.array(
+                [options.get((day, u)) is None or c in options[(day, u)] for u, c in zip(users, ids, strict=True)]
+            )
         scores.append(profit[n, best][ok])
         gains.append(g[ok])
     if not scores:

@@ -433,8 +433,35 @@ def decision_gate(
     cf["as_of_date"] = pd.to_datetime(cf["as_of_date"]).dt.date
     by_date = {d: g.reset_index(drop=True) for d, g in cf[live_on(cf)].groupby("as_of_date")}
     score_cfg = dataclasses.replace(cfg.score, frequency_cap=10**9)  # the logged decisions were made anyway
-    best, gain = best_option_gains(NumpyScorer(spec, transform, weights), rows, by_date, score_cfg, margin_rate(cfg))
+    scorer = NumpyScorer(spec, transform, weights)
+    options = exploration_options(lake, rows)
+    best, gain = best_option_gains(scorer, rows, by_date, score_cfg, margin_rate(cfg), options)
     return choose_threshold(best, gain, tc.decision_confidence)
+
+
+def exploration_options(lake: Lake, rows: pd.DataFrame) -> dict[tuple[dt.date, str], frozenset[str]]:
+    """For rows logged by coupon-spark's exploration arm (policy ``.../exploration``): the coupons it could
+    draw for that user that day, i.e. the user's ``candidates`` of the run date (besides "no coupon")."""
+    from coupon_spark.allocation import POLICY_EXPLORATION
+
+    explored = rows[rows["policy"].astype(str).str.rsplit("/", n=1).str[-1] == POLICY_EXPLORATION]
+    if explored.empty:
+        return {}
+    dates = sorted(set(explored["issue_date"]))
+    have = lake.exists("candidates") and lake.partitions("candidates")
+    cand = (
+        lake.read("candidates", where={"run_date": dates})
+        .join(lake.spark.createDataFrame(explored[["user_id"]].drop_duplicates()), on="user_id", how="left_semi")
+        .select("run_date", "user_id", "coupon_id")
+        .toPandas()
+        if have
+        else pd.DataFrame(columns=["run_date", "user_id", "coupon_id"])
+    )
+    cand["run_date"] = pd.to_datetime(cand["run_date"]).dt.date
+    sets = {k: frozenset(g) for k, g in cand.groupby(["run_date", "user_id"])["coupon_id"]}
+    # an explored user without candidates that day had only "no coupon" to draw from
+    keys = zip(explored["issue_date"], explored["user_id"], strict=True)
+    return {(d, u): sets.get((d, u), frozenset()) for d, u in keys}
 
 
 def margin_rate(cfg: Config) -> float:
