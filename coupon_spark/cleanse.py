@@ -504,14 +504,14 @@ def record_checks(source: Source, cfg: CleanseConfig, day: dt.date) -> list[Chec
         if r.kind == "money":
             eur = F.col(f"t_{r.name}_eur")
             out.append(("bad_amount", t[r.name] < 0, F.format_string(f"{r.name}: %s is negative", v)))
-            too_big = (eur > F.lit(cfg.max_amount_eur)) if r.capped else F.lit(False)
-            out.append(
-                (
-                    "bad_amount",
-                    too_big,
-                    F.format_string(f"{r.name}: %s is above {cfg.max_amount_eur:g} {cfg.base_currency}", v),
+            if r.capped:
+                out.append(
+                    (
+                        "bad_amount",
+                        eur > F.lit(cfg.max_amount_eur),
+                        F.format_string(f"{r.name}: %s is above {cfg.max_amount_eur:g} {cfg.base_currency}", v),
+                    )
                 )
-            )
         if r.kind == "code" and r.values:
             out.append(
                 (

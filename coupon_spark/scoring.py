@@ -159,7 +159,7 @@ def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: Score
     value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
     profit = uplift * value[:, None]
     profit -= p_redeem * coupons.cost.astype(np.float32)[None, :]
-    gate = getattr(scorer, "decision_threshold", 0.0)
+    gate = scorer.decision_threshold
     if gate > 0:  # the model's decision gate: positive estimates it could not show to pay are worth nothing
         profit[(profit > 0) & (profit <= gate)] = 0.0
     ranked = mask_ineligible(profit.copy(), users, coupons, cfg)

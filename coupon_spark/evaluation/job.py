@@ -169,6 +169,12 @@ def _sample_users(df: DataFrame, share: float, seed: int) -> DataFrame:
 # ---- model --------------------------------------------------------------------------------------------------
 
 
+def _registry_version(registry: Any, name: str, label: str | None) -> int:
+    """The version of a ``"<name>/<version>"`` label as the allocations carry it; the latest without one."""
+    tail = (label or "").rsplit("/", 1)[-1]
+    return int(tail) if tail.isdigit() else int(registry.latest(name))
+
+
 def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | None) -> None:
     """Registry validation metrics of the run's model, and out-of-time metrics recomputed with the scorer."""
     from coupon_spark.model.registry import ModelNotFoundError, Registry
@@ -176,8 +182,7 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
     registry = Registry.from_config(cfg)
     name = cfg.train.model_name
     try:
-        tail = (model_version or "").rsplit("/", 1)[-1]  # the allocations carry "<name>/<version>"
-        version = int(tail) if tail.isdigit() else registry.latest(name)
+        version = _registry_version(registry, name, model_version)
         metrics = registry.read_json(name, version, "metrics.json")
         manifest = registry.manifest(name, version)
     except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
@@ -489,8 +494,7 @@ def held_out(pdf: pd.DataFrame, cfg: Config, model_version: str | None) -> tuple
 
     registry, name = Registry.from_config(cfg), cfg.train.model_name
     try:
-        tail = (model_version or "").rsplit("/", 1)[-1]
-        version = int(tail) if tail.isdigit() else registry.latest(name)
+        version = _registry_version(registry, name, model_version)
         until = registry.manifest(name, version)["training_table"]["until"]
         tc = registry.read_json(name, version, "train_config.json")
         share, seed = float(tc["validation_share"]), int(tc["seed"])

@@ -172,7 +172,6 @@ def best_option_gains(
     rows: pd.DataFrame,
     coupons_by_date: Mapping[Any, pd.DataFrame],
     cfg: ScoreConfig,
-    margin_rate: float,
     options: Mapping[tuple[Any, str], frozenset[str]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For held-out logged decisions: the model's best expected incremental profit and :func:`dr_gain`.
@@ -182,8 +181,7 @@ def best_option_gains(
         rows: Logged decisions with the user's ``uf_*``/``uc_*`` features as of the issue date, ``issue_date``,
             ``coupon_id`` (null: the control arm), ``propensity``, ``revenue_eur`` and ``coupon_cost_eur``.
         coupons_by_date: Per issue date, the coupons live then (``coupon_features`` rows of that date).
-        cfg: Scoring settings (basket default, eligibility); the same rules the score job applies.
-        margin_rate: Margin on revenue.
+        cfg: Scoring settings (margin, basket default, eligibility): the score job's own rules.
         options: For rows whose logging policy chose among a subset of the coupons (coupon-spark's own
             exploration arm draws among the user's candidates of the day), ``(issue_date, user_id) -> coupon
             ids`` it could draw; rows whose model-best coupon is not among them are left out, since the logs
@@ -204,14 +202,15 @@ def best_option_gains(
         part = part.reset_index(drop=True)
         coupons = prepare_coupons(frame, scorer, cfg)
         out = scorer.predict(scorer.user_embed(part), coupons.embeddings)
-        value = (margin_rate * user_basket(part, cfg))[:, None]
+        value = (cfg.margin_rate * user_basket(part, cfg))[:, None]
         mu = out["p_purchase"] * value - out["p_redeem"] * coupons.cost[None, :]
         mu_none = out["p_purchase_none"] * value[:, 0]
         profit = mask_ineligible((mu - mu_none[:, None]).astype(np.float64), part, coupons, cfg)
         n = np.arange(len(part))
         best = profit.argmax(axis=1)
         logged = part["coupon_id"].to_numpy(object)
-        reward = part["revenue_eur"].to_numpy(np.float64) * margin_rate - part["coupon_cost_eur"].to_numpy(np.float64)
+        revenue, cost = part["revenue_eur"].to_numpy(np.float64), part["coupon_cost_eur"].to_numpy(np.float64)
+        reward = revenue * cfg.margin_rate - cost
         g = dr_gain(
             mu[n, best],
             mu_none,

@@ -435,7 +435,7 @@ def decision_gate(
     score_cfg = dataclasses.replace(cfg.score, frequency_cap=10**9)  # the logged decisions were made anyway
     scorer = NumpyScorer(spec, transform, weights)
     options = exploration_options(lake, rows)
-    best, gain = best_option_gains(scorer, rows, by_date, score_cfg, margin_rate(cfg), options)
+    best, gain = best_option_gains(scorer, rows, by_date, score_cfg, options)
     return choose_threshold(best, gain, tc.decision_confidence)
 
 
@@ -448,13 +448,12 @@ def exploration_options(lake: Lake, rows: pd.DataFrame) -> dict[tuple[dt.date, s
     if explored.empty:
         return {}
     dates = sorted(set(explored["issue_date"]))
-    have = lake.exists("candidates") and lake.partitions("candidates")
     cand = (
         lake.read("candidates", where={"run_date": dates})
         .join(lake.spark.createDataFrame(explored[["user_id"]].drop_duplicates()), on="user_id", how="left_semi")
         .select("run_date", "user_id", "coupon_id")
         .toPandas()
-        if have
+        if lake.exists("candidates")
         else pd.DataFrame(columns=["run_date", "user_id", "coupon_id"])
     )
     cand["run_date"] = pd.to_datetime(cand["run_date"]).dt.date
@@ -462,11 +461,6 @@ def exploration_options(lake: Lake, rows: pd.DataFrame) -> dict[tuple[dt.date, s
     # an explored user without candidates that day had only "no coupon" to draw from
     keys = zip(explored["issue_date"], explored["user_id"], strict=True)
     return {(d, u): sets.get((d, u), frozenset()) for d, u in keys}
-
-
-def margin_rate(cfg: Config) -> float:
-    """The margin on revenue the model's decisions use (``score.margin_rate``)."""
-    return float(cfg.score.margin_rate)
 
 
 def publish(
