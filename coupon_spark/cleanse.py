@@ -28,12 +28,21 @@ name, codes to one case.
 Every count is reconciled before anything is written: per source, lines read = accepted + quarantined, or the
 job raises :class:`ReconciliationError`. Each table's partition of the ingest date is then replaced (a rerun
 replaces, never duplicates); should a write fail, the partitions already replaced are put back as they were.
+
+A bulk import (a shop's past, loaded once: :mod:`coupon_spark.datagen.backfill`) is a landing folder with a
+``manifest.json`` of ``{"kind": "import", "covers": {"from": F, "to": T}}``; its folder is the one of T. It is
+cleansed by the same rules with two differences: its facts must lie in ``[F, T]`` (``stale_timestamp`` before
+F, ``future_timestamp`` from T + 1 day on, without tolerance) instead of within the lateness limit, and each
+accepted fact lands in the silver partition of its own day, as if it had arrived on time, so that the features'
+point-in-time windows see the past where it happened. Snapshots (users, coupons), the quarantine and the run
+metrics keep the folder's date T. A rerun replaces every partition of ``[F, T]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import time
 import uuid
@@ -89,6 +98,78 @@ class LandingFileMissingError(CleanseError, FileNotFoundError):
 
 class LandingHeaderError(CleanseError, ValueError):
     """A CSV file's header is not the expected one (a file-level problem, not a record's)."""
+
+
+class ImportManifestError(CleanseError, ValueError):
+    """A landing folder's ``manifest.json`` is not a valid import manifest."""
+
+
+@dataclass(frozen=True)
+class ImportPeriod:
+    """The period a bulk import covers (both days included); its landing folder is the one of ``last``."""
+
+    first: dt.date
+    last: dt.date
+
+    @property
+    def days(self) -> list[dt.date]:
+        return [self.first + dt.timedelta(days=i) for i in range((self.last - self.first).days + 1)]
+
+
+MANIFEST = "manifest.json"
+"""A landing folder's optional description; ``{"kind": "import", ...}`` marks a bulk import."""
+
+
+def read_manifest(folder: str) -> dict[str, Any] | None:
+    """The landing folder's ``manifest.json`` as a dict, or None when there is none.
+
+    Raises:
+        ImportManifestError: It is not a JSON object.
+    """
+    import pyarrow.fs as pafs
+
+    from coupon_spark.lake._files import filesystem_for
+
+    fs, path = filesystem_for(f"{folder.rstrip('/')}/{MANIFEST}")
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        text = f.read().decode("utf-8", errors="replace")
+    try:
+        out = json.loads(text)
+    except ValueError as e:
+        raise ImportManifestError(f"{folder}/{MANIFEST}: not JSON ({e}); fix or remove it") from None
+    if not isinstance(out, dict):
+        raise ImportManifestError(f"{folder}/{MANIFEST}: expected a JSON object, found {type(out).__name__}")
+    return out
+
+
+def import_period(manifest: dict[str, Any] | None, folder_day: dt.date, where: str) -> ImportPeriod | None:
+    """The import period of a landing folder's manifest (None: an ordinary ingest date).
+
+    Raises:
+        ImportManifestError: A manifest that is not ``{"kind": "import", "covers": {"from", "to"}}`` with
+            ``to`` equal to the folder's date and ``from <= to``.
+    """
+    if manifest is None:
+        return None
+    try:
+        if manifest.get("kind") != "import":
+            raise ValueError(f"kind is {manifest.get('kind')!r}, expected 'import'")
+        covers = manifest["covers"]
+        period = ImportPeriod(dt.date.fromisoformat(covers["from"]), dt.date.fromisoformat(covers["to"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ImportManifestError(
+            f"{where}: not an import manifest ({e}); expected "
+            '{"kind": "import", "covers": {"from": "YYYY-MM-DD", "to": "YYYY-MM-DD"}}. Fix or remove it.'
+        ) from None
+    if period.last != folder_day or period.first > period.last:
+        raise ImportManifestError(
+            f"{where}: an import covering {period.first}..{period.last} must lie in the folder of its last day "
+            f"({period.last}) and start no later; it is in the folder of {folder_day}. Move the files or fix "
+            "the manifest."
+        )
+    return period
 
 
 class ReconciliationError(CleanseError):
@@ -469,8 +550,9 @@ def with_reference_flags(source: Source, refs: dict[str, DataFrame]) -> Callable
 Check = tuple[str, Column, Column]  # (reason, failed?, detail)
 
 
-def record_checks(source: Source, cfg: CleanseConfig, day: dt.date) -> list[Check]:
-    """Every check of a record of ``source``, over the columns the transformations above add."""
+def record_checks(source: Source, cfg: CleanseConfig, day: dt.date, period: ImportPeriod | None = None) -> list[Check]:
+    """Every check of a record of ``source``, over the columns the transformations above add (``period``:
+    the folder is a bulk import; facts must lie inside it)."""
     text = {r.name: blank_to_null(F.col(f"raw.{r.name}")) for r in source.rules}
     t = {r.name: F.col(f"t_{r.name}") for r in source.rules}
     out: list[Check] = [
@@ -534,11 +616,18 @@ def record_checks(source: Source, cfg: CleanseConfig, day: dt.date) -> list[Chec
     start = dt.datetime(day.year, day.month, day.day)
     latest = start + dt.timedelta(days=1, minutes=cfg.future_tolerance_minutes)
     earliest = start - dt.timedelta(days=cfg.max_lateness_days)
+    stale_why = f"more than {cfg.max_lateness_days} days before {day}"
+    if period is not None:
+        earliest = dt.datetime(period.first.year, period.first.month, period.first.day)
+        stale_why = f"before the import's first day {period.first}"
     for name in (*([source.event_time] if source.event_time else []), *source.future_only):
+        after_end = t[name] > F.lit(latest)
+        if period is not None and name == source.event_time:  # an imported fact must not spill past T
+            after_end = t[name] >= F.lit(start + dt.timedelta(days=1))
         out.append(
             (
                 "future_timestamp",
-                t[name] > F.lit(latest),
+                after_end,
                 F.format_string(f"{name}: %s is after the ingest date {day}", text[name]),
             )
         )
@@ -548,7 +637,7 @@ def record_checks(source: Source, cfg: CleanseConfig, day: dt.date) -> list[Chec
             (
                 "stale_timestamp",
                 t[name] < F.lit(earliest),
-                F.format_string(f"{name}: %s is more than {cfg.max_lateness_days} days before {day}", text[name]),
+                F.format_string(f"{name}: %s is {stale_why}", text[name]),
             )
         )
     codes = {"user": "unknown_user", "coupon": "unknown_coupon", "issuance": "unknown_issuance"}
@@ -608,8 +697,11 @@ def with_duplicates_marked(source: Source) -> Callable[[DataFrame], DataFrame]:
     return transform
 
 
-def select_accepted(source: Source, day: dt.date) -> Callable[[DataFrame], DataFrame]:
-    """The good records as the silver table's rows (:data:`coupon_spark.schemas` schema of the source)."""
+def select_accepted(
+    source: Source, day: dt.date, period: ImportPeriod | None = None
+) -> Callable[[DataFrame], DataFrame]:
+    """The good records as the silver table's rows (:data:`coupon_spark.schemas` schema of the source); in a
+    bulk import (``period``) a fact's ``ingest_date`` is its own day."""
 
     def transform(df: DataFrame) -> DataFrame:
         by_column: dict[str, Column] = {}
@@ -618,6 +710,8 @@ def select_accepted(source: Source, day: dt.date) -> Callable[[DataFrame], DataF
         for name in source.zero_when_null:
             by_column[name] = F.coalesce(by_column[name], F.lit(0))
         by_column[PARTITION] = F.lit(day)
+        if period is not None and source.event_time:
+            by_column[PARTITION] = F.to_date(F.col(f"t_{source.event_time}"))
         return df.filter(F.col("reason").isNull()).select(
             *[by_column[f.name].cast(f.dataType).alias(f.name) for f in source.schema.fields]
         )
@@ -646,7 +740,12 @@ def select_quarantined(source: Source, day: dt.date) -> Callable[[DataFrame], Da
 
 
 def classify(
-    lines: DataFrame, source: Source, cfg: CleanseConfig, day: dt.date, refs: dict[str, DataFrame]
+    lines: DataFrame,
+    source: Source,
+    cfg: CleanseConfig,
+    day: dt.date,
+    refs: dict[str, DataFrame],
+    period: ImportPeriod | None = None,
 ) -> DataFrame:
     """Every line of one source with its ``reason`` (null: accepted), keeping only the columns the outputs
     need (``source_file``, ``position``, ``value``, ``detail`` and the typed fields the silver table takes:
@@ -657,7 +756,7 @@ def classify(
         lines.transform(with_parsed_fields(source))
         .transform(with_typed_fields(source, cfg))
         .transform(with_reference_flags(source, refs))
-        .transform(with_reason(record_checks(source, cfg, day)))
+        .transform(with_reason(record_checks(source, cfg, day, period)))
         .select("source_file", "position", "value", "reason", "detail", *typed)
         .transform(with_duplicates_marked(source))
     )
@@ -700,6 +799,7 @@ class CleanseResult:
     run_id: str
     sources: dict[str, SourceResult]
     versions: dict[str, int] = field(default_factory=dict)
+    period: ImportPeriod | None = None
 
 
 def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> CleanseResult:
@@ -718,6 +818,8 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
             f"landing folder of {day} is incomplete; missing: {', '.join(missing)}. Expected the files "
             f"{', '.join(schemas.LANDING_FILES.values())} under {cfg.lake.landing}/{day}. Nothing was written."
         )
+    folder = f"{cfg.lake.landing.rstrip('/')}/{day.isoformat()}"
+    period = import_period(read_manifest(folder), day, f"{folder}/{MANIFEST}")
     refs: dict[str, DataFrame] = {}
     results: dict[str, SourceResult] = {}
     cached: list[DataFrame] = []
@@ -730,7 +832,9 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
         for name in SOURCE_ORDER:
             source = SOURCES[name]
             read = reads[name]
-            classified = classify(read.lines, source, cfg.cleanse, day, refs).persist(StorageLevel.MEMORY_AND_DISK)
+            classified = classify(read.lines, source, cfg.cleanse, day, refs, period).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
             cached.append(classified)
             counts = {r["reason"]: int(r["count"]) for r in classified.groupBy("reason").count().collect()}
             accepted = counts.pop(None, 0)
@@ -740,7 +844,7 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
                 read.records_read,
                 accepted,
                 counts,
-                classified.transform(select_accepted(source, day)),
+                classified.transform(select_accepted(source, day, period)),
                 classified.transform(select_quarantined(source, day)),
             )
             if not result.reconciled:
@@ -758,7 +862,7 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
                 refs["coupon"] = result.accepted_df.select(key)
             elif name == "issuances":
                 refs["issuance"] = _known_issuances(lake, cfg, day, result.accepted_df)
-        out = CleanseResult(day, run_id, results)
+        out = CleanseResult(day, run_id, results, period=period)
         _write_all(spark, lake, out, started)
         return out
     finally:
@@ -807,37 +911,41 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
     ]
     writes.append(("quarantine", lambda: quarantine))
     writes.append(("run_metrics", lambda: _metrics(spark, result, started)))
+    # an import replaces every day it covers in the tables of facts (they land on their own days)
+    fact_tables = {s.table for s in SOURCES.values() if s.event_time} if result.period else set()
     before: dict[str, int | None] = {}
+    where: dict[str, dict[str, Any]] = {}
     try:
         for table, make in writes:
             before[table] = lake.version(table) if lake.exists(table) else None
+            where[table] = {PARTITION: result.period.days if result.period and table in fact_tables else day}
             res = lake.write(
                 make(),
                 table,
                 mode="overwrite",
                 partition_by=[PARTITION],
-                replace_where={PARTITION: day},
-                description=f"{result.run_id}: ingest date {day}",
+                replace_where=where[table],
+                description=f"{result.run_id}: ingest date {day}" + (" (import)" if result.period else ""),
             )
             result.versions[table] = res.version
     except BaseException:
         log.error("cleanse %s: a write failed; restoring %s", day, ", ".join(before) or "nothing")
         for table, version in before.items():
             if table in result.versions:
-                _restore(lake, table, version, day)
+                _restore(lake, table, version, where[table])
         raise
 
 
-def _restore(lake: Lake, table: str, version: int | None, day: dt.date) -> None:
-    """Put the ingest date's partition of ``table`` back as it was at ``version`` (empty if none)."""
+def _restore(lake: Lake, table: str, version: int | None, where: dict[str, Any]) -> None:
+    """Put the partitions ``where`` selects in ``table`` back as they were at ``version`` (empty if none)."""
     try:
         if version is None:
             old = lake.read(table).limit(0)
         else:
-            old = lake.read(table, version=version, where={PARTITION: day})
-        lake.write(old, table, mode="overwrite", replace_where={PARTITION: day}, description="restore after failure")
+            old = lake.read(table, version=version, where=where)
+        lake.write(old, table, mode="overwrite", replace_where=where, description="restore after failure")
     except Exception:
-        log.exception("cleanse %s: could not restore %s to version %s", day, table, version)
+        log.exception("cleanse: could not restore %s (%s) to version %s", table, where, version)
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:

@@ -118,6 +118,11 @@ class ShopConfig:
         truth_dir: Where the hidden truth goes, relative to ``lake.root`` (or absolute); stages never read it.
         single_file: Concatenate each landing source into one file (else a folder of part files, as on a
             cluster).
+        backfill_days: Days of the shop's past before its first logged day (orders, and the issuances and
+            redemptions of an earlier randomised promotion), landed as one bulk import
+            (:mod:`coupon_spark.datagen.backfill`); 0: the shop starts without a past.
+        backfill_issue_rate: Share of active users the earlier promotion reached each day (one coupon of its
+            catalogue, uniformly, or a deliberate nothing with ``control_share``).
     """
 
     seed: int = 42
@@ -138,6 +143,8 @@ class ShopConfig:
     partitions: int = 8
     truth_dir: str = "_truth"
     single_file: bool = True
+    backfill_days: int = 365
+    backfill_issue_rate: float = 0.1
 
     def __post_init__(self) -> None:
         try:
@@ -147,7 +154,16 @@ class ShopConfig:
         unknown = sorted(set(self.defects) - set(DEFECT_KINDS))
         if unknown:
             raise ConfigError(f"shop.defects: unknown kinds {unknown}; known: {', '.join(DEFECT_KINDS)}")
-        for name in ("new_signup_share", "cart_rate", "issue_rate", "control_share", "dirty_rate"):
+        if self.backfill_days < 0:
+            raise ConfigError(f"shop.backfill_days: expected >= 0, found {self.backfill_days}")
+        for name in (
+            "new_signup_share",
+            "cart_rate",
+            "issue_rate",
+            "control_share",
+            "dirty_rate",
+            "backfill_issue_rate",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"shop.{name}: must be within [0, 1], found {getattr(self, name)!r}")
         if self.users < 1 or self.campaigns < 1 or self.coupons_per_campaign < 1 or self.partitions < 1:
@@ -229,9 +245,22 @@ class FeaturesConfig:
         recency_cap_days: ``uf_recency_days`` of a user who never bought.
         vocabulary_max_size: Most frequent values kept per categorical feature (the rest: out of vocabulary).
         log1p_features: Name fragments of non-negative, heavy-tailed features scaled as log1p then standardised.
+        history_window_days: The long window of the purchase-history and coupon-response features
+            (``uf_hist_*``, ``uf_resp_*``): up to a year of a shop's past.
+        coupon_kinds: Coupon kinds with their own response features (``uf_resp_*_<kind>``).
+        response_prior_issuances: Strength of the prior of the response features, in issuances: a user's
+            purchase lift on coupon days (and redemption rate) is shrunk toward the population's as if the
+            population's value had been seen on this many more issuances.
+        feature_only_policies: Logged policies whose issuances shape the users' response features but are not
+            training examples (a bulk-imported past promotion: a year of daily snapshots would be needed to
+            train on it).
     """
 
     windows_days: list[int] = field(default_factory=lambda: [7, 30, 90])
+    history_window_days: int = 365
+    coupon_kinds: list[str] = field(default_factory=lambda: ["price_off", "free_shipping", "bonus_points"])
+    response_prior_issuances: float = 5.0
+    feature_only_policies: list[str] = field(default_factory=lambda: ["legacy_newsletter"])
     outcome_window_days: int = 1
     training_lookback_days: int = 60
     recency_cap_days: int = 365
@@ -410,8 +439,15 @@ class TrainConfig:
         seed: Seed of the initial weights, the validation hash and the batch order.
         start_timeout_s: How long ``horovod.spark.run`` waits for the Spark tasks to start.
         decision_confidence: The decision gate (:mod:`coupon_spark.model.gate`): the model issues coupons only
-            above the threshold whose gain over issuing nothing, estimated on held-out randomised decisions,
-            has a lower bound above 0 at this (one-sided) level; 0 disables the gate.
+            above a threshold whose gain over issuing nothing, estimated on held-out randomised decisions,
+            has a lower bound above 0; this is the level over every test of the loop (the ``j``-th test of
+            ``model_name`` is run at ``(1 - decision_confidence) / (j (j + 1))``); 0 disables the gate.
+        gate_folds: Cross-fitting folds of the gate: besides the published model, this many fold models are
+            trained in the driver process (same shards, world and hyper-parameters; at most the published
+            model's best epoch count), each without the rows of its fold, and every randomised row is scored
+            by the one that did not see it. 0 or 1: the published model on its validation split.
+        gate_selection_share: Share of the gate's held-out randomised decisions (by a hash of
+            ``issuance_id``) its threshold is chosen on; the gain is confirmed on the others.
     """
 
     num_proc: int = 2
@@ -436,6 +472,8 @@ class TrainConfig:
     seed: int = 0
     start_timeout_s: int = 600
     decision_confidence: float = 0.95
+    gate_folds: int = 5
+    gate_selection_share: float = 0.5
 
     def __post_init__(self) -> None:
         checks = [
@@ -454,6 +492,8 @@ class TrainConfig:
             ("history_days", self.history_days >= 0, ">= 0"),
             ("sample_rows", self.sample_rows >= 0, ">= 0"),
             ("decision_confidence", 0.0 <= self.decision_confidence < 1.0, "in [0, 1)"),
+            ("gate_folds", self.gate_folds >= 0, ">= 0"),
+            ("gate_selection_share", 0.0 < self.gate_selection_share < 1.0, "in (0, 1)"),
             ("model_name", bool(self.model_name) and "/" not in self.model_name, "a non-empty name without '/'"),
         ]
         for key, ok, want in checks:

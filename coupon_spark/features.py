@@ -10,6 +10,23 @@ arrived when late), and a window of w days for D covers known days ``[D - w, D -
 happened, or arrived, on or after D can reach a snapshot of D, and a training example (an issuance on D)
 carries the snapshot of D.
 
+Coupon response. A user's answer to coupons is the one trait that separates a shopper a coupon persuades from
+one it puts off when both buy alike, and it shows only where coupons were issued to them. Over the history
+window (``features.history_window_days``, up to a year of the shop's past) each user gets, per coupon kind k
+(``features.coupon_kinds``) and for all kinds together: ``n_k`` coupons received, ``y_k`` of those issue days
+with a purchase, ``r_k`` redeemed. Against the user's baseline purchase rate on the other days,
+``b = (purchase days - y) / (observed days - n)``, the purchase lift on coupon days is shrunk toward the
+population's lift ``delta_k`` of the same snapshot (a prior worth ``m = features.response_prior_issuances``
+issuances)::
+
+    uf_resp_lift_k        = (y_k - n_k * b + m * delta_k) / (n_k + m)
+    uf_resp_redeem_rate_k = (r_k + m * rho_k) / (n_k + m)          rho_k: the population's redemption rate
+    uf_resp_z_k           = (y_k - n_k * b) / sqrt(n_k * b * (1 - b) + 0.01)    the evidence against no effect
+
+so a user with no coupons gets the population's value and one with many gets their own. These are rates, not
+counts: they do not drift as the history fills. ``uf_hist_*`` are the purchase history over the same window
+(order-day rate, basket mean and spread) for the same reason.
+
 How. Every source is reduced to daily aggregates per (user, known day). For the as-of dates wanted, "probe"
 rows (user, D) are added, and window sums over each user's days (``rangeBetween(-w, -1)``) give every window
 feature for every as-of date in one sort, without replicating facts per date.
@@ -80,6 +97,7 @@ def daily_orders(orders: DataFrame, categories: list[str]) -> DataFrame:
         .agg(
             F.count("*").cast("double").alias("orders"),
             F.sum(F.col("amount_eur").cast("double")).alias("spend"),
+            F.sum(F.pow(F.col("amount_eur").cast("double"), 2)).alias("spend_sq"),
             F.sum(F.when(F.col("discount_eur") > 0, 1.0).otherwise(0.0)).alias("discount_orders"),
             *[
                 F.sum(F.when(cat == c, F.col("amount_eur").cast("double")).otherwise(0.0)).alias(
@@ -110,21 +128,30 @@ def daily_events(events: DataFrame) -> DataFrame:
     )
 
 
-def daily_coupons(issuances: DataFrame, redemptions: DataFrame) -> DataFrame:
-    """Per (user_id, day): coupons issued (the control arm excluded), redeemed, and the discount taken."""
-    issued = (
-        issuances.where(F.col("coupon_id").isNotNull())
-        .withColumn("day", known_day("issued_at"))
-        .groupBy("user_id", "day")
-        .agg(F.count("*").cast("double").alias("issued"))
-    )
-    redeemed = (
-        redemptions.withColumn("day", known_day("redeemed_at"))
-        .groupBy("user_id", "day")
-        .agg(
-            F.count("*").cast("double").alias("redeemed"),
-            F.sum(F.coalesce(F.col("discount_eur").cast("double"), F.lit(0.0))).alias("discount_taken"),
-        )
+def coupon_kinds_of(coupons: DataFrame) -> DataFrame:
+    """(coupon_id, kind): each coupon's kind (lower case) from any catalogue snapshot."""
+    return coupons.groupBy("coupon_id").agg(F.lower(F.max("kind")).alias("kind"))
+
+
+def daily_coupons(
+    issuances: DataFrame, redemptions: DataFrame, kinds: DataFrame | None = None, kind_names: Iterable[str] = ()
+) -> DataFrame:
+    """Per (user_id, day): coupons issued (the control arm excluded), redeemed, and the discount taken; with
+    ``kinds`` (:func:`coupon_kinds_of`) also ``issued_<kind>`` and ``redeemed_<kind>`` for ``kind_names``."""
+    names = list(kind_names)
+    iss = issuances.where(F.col("coupon_id").isNotNull()).withColumn("day", known_day("issued_at"))
+    red = redemptions.withColumn("day", known_day("redeemed_at"))
+    if kinds is not None and names:
+        iss = iss.join(F.broadcast(kinds), on="coupon_id", how="left")
+        red = red.join(F.broadcast(kinds), on="coupon_id", how="left")
+    per_kind = lambda prefix: [  # noqa: E731
+        F.sum(F.when(F.col("kind") == k, 1.0).otherwise(0.0)).alias(f"{prefix}_{_slug(k)}") for k in names
+    ] if kinds is not None else []  # fmt: skip
+    issued = iss.groupBy("user_id", "day").agg(F.count("*").cast("double").alias("issued"), *per_kind("issued"))
+    redeemed = red.groupBy("user_id", "day").agg(
+        F.count("*").cast("double").alias("redeemed"),
+        F.sum(F.coalesce(F.col("discount_eur").cast("double"), F.lit(0.0))).alias("discount_taken"),
+        *per_kind("redeemed"),
     )
     return issued.join(redeemed, on=["user_id", "day"], how="full_outer")
 
@@ -132,6 +159,15 @@ def daily_coupons(issuances: DataFrame, redemptions: DataFrame) -> DataFrame:
 DAILY_METRICS_ORDERS = ["orders", "spend", "discount_orders"]
 DAILY_METRICS_EVENTS = ["views", "carts", "sessions", "viewed_price_sum", "viewed_priced"]
 DAILY_METRICS_COUPONS = ["issued", "redeemed", "discount_taken"]
+
+
+def response_metrics(kind_names: Iterable[str]) -> list[str]:
+    """Daily metrics of the coupon-response features: per kind issued, redeemed, and issued on a purchase day;
+    the same for all coupons together (``issued``, ``redeemed``, ``issued_buy``)."""
+    out = ["issued_buy"]
+    for k in kind_names:
+        out += [f"issued_{_slug(k)}", f"redeemed_{_slug(k)}", f"issued_buy_{_slug(k)}"]
+    return out
 
 
 def combine_daily(frames: Iterable[DataFrame], metrics: list[str]) -> DataFrame:
@@ -172,8 +208,16 @@ def users_as_of(users: DataFrame, as_of_dates: list[dt.date]) -> DataFrame:
     )
 
 
-def with_window_features(daily: DataFrame, probes: DataFrame, metrics: list[str], windows: list[int]) -> DataFrame:
-    """Window sums of every metric over each probe's preceding ``w`` known days, and the last order day.
+def with_window_features(
+    daily: DataFrame,
+    probes: DataFrame,
+    metrics: list[str],
+    windows: list[int],
+    long_metrics: Iterable[str] = (),
+    long_window: int = 0,
+) -> DataFrame:
+    """Window sums of every metric over each probe's preceding ``w`` known days, and the last order day; and of
+    ``long_metrics`` (a subset of ``metrics``) over ``long_window`` days too, in the same pass.
 
     Args:
         daily: (user_id, day, *metrics) daily aggregates.
@@ -201,6 +245,9 @@ def with_window_features(daily: DataFrame, probes: DataFrame, metrics: list[str]
     )
     by_user = Window.partitionBy("user_id").orderBy("dn")
     windowed = [F.sum(m).over(by_user.rangeBetween(-w, -1)).alias(f"{m}_{w}d") for w in windows for m in metrics]
+    longs = [m for m in long_metrics if long_window > 0 and long_window not in windows]
+    windowed += [F.sum(m).over(by_user.rangeBetween(-long_window, -1)).alias(f"{m}_{long_window}d") for m in longs]
+    out_cols = [f"{m}_{w}d" for w in windows for m in metrics] + [f"{m}_{long_window}d" for m in longs]
     last_order = F.max(F.when(F.col("orders") > 0, F.col("dn"))).over(
         by_user.rangeBetween(Window.unboundedPreceding, -1)
     )
@@ -210,7 +257,7 @@ def with_window_features(daily: DataFrame, probes: DataFrame, metrics: list[str]
         .select(
             "user_id",
             "as_of_date",
-            *[F.coalesce(F.col(f"{m}_{w}d"), F.lit(0.0)).alias(f"{m}_{w}d") for w in windows for m in metrics],
+            *[F.coalesce(F.col(c), F.lit(0.0)).alias(c) for c in out_cols],
             (F.col("dn") - F.col("last_order_dn")).alias("days_since_last_order"),
         )
     )
@@ -225,32 +272,53 @@ def user_features(
     as_of_dates: list[dt.date],
     categories: list[str],
     cfg: FeaturesConfig,
+    coupons: DataFrame | None = None,
 ) -> DataFrame:
     """The ``user_features`` snapshots of ``as_of_dates`` (see the module docstring for the time semantics).
 
     The silver inputs may hold any dates: each source is cut to what was known before the latest as-of date,
-    and the windows do the rest.
+    and the windows do the rest. ``coupons`` (the silver catalogue) gives each issued coupon its kind for the
+    per-kind response features; without it those count no coupon.
     """
     windows = sorted(set(cfg.windows_days))
+    hist = int(cfg.history_window_days)
     last = max(as_of_dates)
-    horizon = min(as_of_dates) - dt.timedelta(days=max(windows) + 1)
+    horizon = min(as_of_dates) - dt.timedelta(days=max(*windows, hist) + 1)
 
     def known_before(df: DataFrame, ts: str) -> DataFrame:
         day = known_day(ts)
         return df.where((F.col("ingest_date") < F.lit(last)) & (day < F.lit(last)) & (day >= F.lit(horizon)))
 
+    kinds = [_slug(k) for k in cfg.coupon_kinds]
+    resp = response_metrics(cfg.coupon_kinds)
     cat_metrics = [f"spend_cat_{_slug(c)}" for c in categories]
-    metrics = DAILY_METRICS_ORDERS + cat_metrics + DAILY_METRICS_EVENTS + DAILY_METRICS_COUPONS
-    daily = combine_daily(
+    base_metrics = DAILY_METRICS_ORDERS + cat_metrics + DAILY_METRICS_EVENTS + DAILY_METRICS_COUPONS
+    kind_metrics = [m for m in resp if not m.startswith("issued_buy")]
+    combined = combine_daily(
         [
             daily_orders(known_before(orders, "ordered_at"), categories),
             daily_events(known_before(events, "event_time")),
-            daily_coupons(known_before(issuances, "issued_at"), known_before(redemptions, "redeemed_at")),
+            daily_coupons(
+                known_before(issuances, "issued_at"),
+                known_before(redemptions, "redeemed_at"),
+                coupon_kinds_of(coupons) if coupons is not None else None,
+                cfg.coupon_kinds,
+            ),
         ],
-        metrics,
+        [*base_metrics, "spend_sq", *kind_metrics],
     )
+    # a purchase day, and the coupons that arrived on one (a coupon acts on its issue day)
+    buy_day = F.when(F.col("orders") > 0, 1.0).otherwise(0.0)
+    daily = combined.select(
+        "*",
+        buy_day.alias("buy_day"),
+        (F.col("issued") * buy_day).alias("issued_buy"),
+        *[(F.col(f"issued_{k}") * buy_day).alias(f"issued_buy_{k}") for k in kinds],
+    )
+    long_metrics = ["orders", "spend", "spend_sq", "buy_day", "issued", "redeemed", *resp]
+    metrics = [*base_metrics, "spend_sq", "buy_day", *[m for m in resp if m not in base_metrics]]
     profiles = users_as_of(users, as_of_dates)
-    win = with_window_features(daily, profiles.select("user_id", "as_of_date"), metrics, windows)
+    win = with_window_features(daily, profiles.select("user_id", "as_of_date"), metrics, windows, long_metrics, hist)
     big = max(windows)
     mid = sorted(w for w in windows if w <= 30)[-1] if any(w <= 30 for w in windows) else big
     short = windows[0]
@@ -280,12 +348,62 @@ def user_features(
         safe_ratio(col("discount_orders", big), col("orders", big)).alias(f"uf_discount_order_share_{big}d"),
         safe_ratio(col("orders", short), col("orders", big)).alias(f"uf_recent_order_share_{short}d"),
     ]
+    h = lambda m: F.coalesce(F.col(f"{m}_{hist}d"), F.lit(0.0))  # noqa: E731
+    joined = profiles.join(win, on=["user_id", "as_of_date"], how="left")
+    # days the user was there within the history window, and the purchase rate on days without a coupon
+    observed = F.greatest(
+        F.least(F.datediff(F.col("as_of_date"), F.col("signup_date")), F.lit(hist)).cast("double"), F.lit(1.0)
+    )
+    observed = F.coalesce(observed, F.lit(float(hist)))
+    base_rate = F.least(
+        safe_ratio(
+            F.greatest(h("buy_day") - h("issued_buy"), F.lit(0.0)), F.greatest(observed - h("issued"), F.lit(1.0))
+        ),
+        F.lit(1.0),
+    )
+    groups = [("all", "issued", "redeemed", "issued_buy")] + [
+        (k, f"issued_{k}", f"redeemed_{k}", f"issued_buy_{k}") for k in kinds
+    ]
+    raw = joined.select(
+        "*",
+        base_rate.alias("_base"),
+        observed.alias("_observed"),
+        *[(h(y) - h(n) * base_rate).alias(f"_excess_{g}") for g, n, _, y in groups],
+    )
+    # the population's lift and redemption rate per snapshot: the prior every user is shrunk toward
+    prior = raw.groupBy("as_of_date").agg(
+        *[safe_ratio(F.sum(f"_excess_{g}"), F.sum(h(n))).alias(f"_delta_{g}") for g, n, _, _ in groups],
+        *[safe_ratio(F.sum(h(r)), F.sum(h(n))).alias(f"_rho_{g}") for g, n, r, _ in groups],
+    )
+    m = F.lit(float(cfg.response_prior_issuances))
+    hist_feats = [
+        h("orders").alias(f"uf_hist_orders_{hist}d"),
+        (h("buy_day") / F.col("_observed")).alias("uf_hist_buy_day_rate"),
+        safe_ratio(h("spend"), h("orders")).alias("uf_hist_basket"),
+        F.sqrt(
+            F.greatest(
+                safe_ratio(h("spend_sq"), h("orders")) - F.pow(safe_ratio(h("spend"), h("orders")), 2), F.lit(0.0)
+            )
+        ).alias("uf_hist_basket_sd"),
+        F.col("_base").alias("uf_hist_base_rate"),
+    ]
+    for g, n, r, _ in groups:
+        hist_feats += [
+            h(n).alias(f"uf_resp_issued_{g}"),
+            ((F.col(f"_excess_{g}") + m * F.col(f"_delta_{g}")) / (h(n) + m)).alias(f"uf_resp_lift_{g}"),
+            ((h(r) + m * F.col(f"_rho_{g}")) / (h(n) + m)).alias(f"uf_resp_redeem_rate_{g}"),
+            # the same evidence as a z-score against "no effect": how sure the lift is, not only how large
+            safe_ratio(
+                F.col(f"_excess_{g}"), F.sqrt(h(n) * F.col("_base") * (F.lit(1.0) - F.col("_base")) + F.lit(0.01))
+            ).alias(f"uf_resp_z_{g}"),
+        ]
     return (
-        profiles.join(win, on=["user_id", "as_of_date"], how="left")
+        raw.join(F.broadcast(prior), on="as_of_date", how="left")
         .select(
             "as_of_date",
             "user_id",
             *feats,
+            *hist_feats,
             F.coalesce(F.col("region"), F.lit(UNKNOWN)).alias("uc_region"),
             F.coalesce(F.col("device"), F.lit(UNKNOWN)).alias("uc_device"),
             F.coalesce(F.col("segment"), F.lit(UNKNOWN)).alias("uc_segment"),
@@ -505,9 +623,11 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     closed_from = run_date - dt.timedelta(days=fcfg.training_lookback_days)
     closed_to = run_date - dt.timedelta(days=win)
     iss = lake.read("issuances")
+    # training examples come from the logged policies that are not feature-only (an imported past promotion)
+    trainable = iss.where(~F.coalesce(F.col("policy"), F.lit("")).isin(*fcfg.feature_only_policies))
     wanted = sorted(
         r[0]
-        for r in iss.select(F.to_date("issued_at").alias("d"))
+        for r in trainable.select(F.to_date("issued_at").alias("d"))
         .where(F.col("d").between(closed_from, closed_to))
         .distinct()
         .collect()
@@ -521,7 +641,7 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
 
     users, orders, events = lake.read("users"), lake.read("orders"), lake.read("events")
     redemptions, coupons = lake.read("redemptions"), lake.read("coupons")
-    uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg)
+    uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg, coupons=coupons)
     replace(uf, "user_features", "as_of_date")
     cf = coupon_features(coupons, snapshots)
     replace(cf, "coupon_features", "as_of_date")
@@ -538,7 +658,7 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
 
     if wanted:
         ex = training_examples(
-            iss,
+            trainable,
             orders,
             redemptions,
             coupons,

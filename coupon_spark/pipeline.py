@@ -91,7 +91,19 @@ def ensure_history(
     from coupon_spark.cleanse import cleanse_day
     from coupon_spark.datagen.shop import generate_day
 
+    from coupon_spark.datagen.backfill import backfill_period, write_backfill
+
     days = [run_date - dt.timedelta(days=i) for i in range(cfg.pipeline.history_days, 0, -1)]
+    if cfg.shop.backfill_days > 0 and days:
+        # the shop's past before its first logged day: one bulk import (its users snapshot marks it done)
+        first, last = backfill_period(cfg.shop, days[0])
+        if not lake.exists("users") or last not in {p["ingest_date"] for p in lake.partitions("users")}:
+            label = f"[past {first} .. {last}] {cfg.shop.backfill_days} days"
+            progress.stage(
+                f"{label} generate (orders, the {cfg.shop.backfill_issue_rate:.0%}/day randomised promotion)",
+                partial(write_backfill, spark, cfg, world.users, days[0]),
+            )
+            progress.stage(f"{label} cleanse (bulk import)", partial(cleanse_day, spark, lake, cfg, last))
     have = {p["ingest_date"] for p in lake.partitions("issuances")} if lake.exists("issuances") else set()
     missing = [d for d in days if d not in have]
     for i, day in enumerate(missing, 1):

@@ -38,7 +38,8 @@ from coupon_spark.schemas import CANDIDATES_SCHEMA, COUPON_FEATURE_PREFIXES, USE
 
 log = logging.getLogger(__name__)
 
-BASKET_COLUMN = "uf_avg_basket_90d"
+BASKET_COLUMNS = ("uf_hist_basket", "uf_avg_basket_90d")
+"""The user's basket estimate, first found first: the history window's mean order, else the 90-day one."""
 SEGMENT_COLUMN = "uc_segment"
 RECENT_COLUMN = "recent_coupons"
 
@@ -128,9 +129,12 @@ def mask_ineligible(values: np.ndarray, users: pd.DataFrame, coupons: LiveCoupon
 
 
 def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
-    if BASKET_COLUMN not in users:
+    """Each user's basket (EUR): the first of :data:`BASKET_COLUMNS` the frame has, where positive; else
+    ``cfg.default_basket_eur`` (a user without orders)."""
+    column = next((c for c in BASKET_COLUMNS if c in users), None)
+    if column is None:
         return np.full(len(users), cfg.default_basket_eur)
-    b = users[BASKET_COLUMN].to_numpy(dtype=np.float64, na_value=0.0)
+    b = users[column].to_numpy(dtype=np.float64, na_value=0.0)
     return np.where(b > 0, b, cfg.default_basket_eur)
 
 

@@ -186,6 +186,22 @@ def response_matrix(users: UserTraits, coupons: CouponParams, season: float = 0.
     )
 
 
+def logit_shift_and_use(users: UserTraits, coupons: CouponParams) -> tuple[np.ndarray, np.ndarray]:
+    """Each coupon's shift of each user's purchase logit and its p(uses it | buys); both (n, m).
+
+    Read off :func:`response_matrix` (season 0): ``tau = logit p(c) - logit p(none)`` and
+    ``use = p_redeem(c) / p(c)``. Neither depends on the day, so on a day with shift ``season``
+    ``p(c) = sigmoid(alpha + season + tau)``: what the back-fill needs to draw a year of user-days in Spark
+    without restating the model.
+    """
+    r = response_matrix(users, coupons, 0.0)
+    p = np.clip(r.p_purchase, 1e-300, 1.0 - 1e-16)
+    lg = np.log(p) - np.log1p(-p)
+    tau = lg[:, 1:] - lg[:, :1]
+    use = np.divide(r.p_redeem[:, 1:], r.p_purchase[:, 1:], out=np.zeros_like(tau), where=r.p_purchase[:, 1:] > 0)
+    return tau, use
+
+
 def uplift_type(p_none: np.ndarray, p_coupon: np.ndarray, eps: float = 0.01, buy_threshold: float = 0.2) -> np.ndarray:
     """The uplift type of each (user, treatment) from its two purchase probabilities.
 
