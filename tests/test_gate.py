@@ -1,14 +1,28 @@
-"""The decision gate: the doubly robust gain by hand, its unbiasedness against a simulated truth, and the
-threshold choice on constructed gains."""
+"""The decision gate: the doubly robust gain by hand, its unbiasedness against a simulated truth, the threshold
+chosen on one part and confirmed on the other, its level on null logs (one test, and a loop of tests on
+overlapping logs), the alpha spending, the folds, and decision files old and new."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from coupon_spark.model.gate import NO_GATE, Gate, choose_threshold, dr_gain
+from coupon_spark.model.gate import (
+    NO_GATE,
+    Gate,
+    alpha_of_test,
+    alpha_spent,
+    decide,
+    dr_gain,
+    fold_ids,
+    next_test_index,
+    selection_mask,
+    threshold_curve,
+)
 
 
 def test_dr_gain_by_hand():
@@ -46,38 +60,157 @@ def test_dr_gain_is_unbiased_whatever_the_reward_model():
     assert se < 0.05  # the check has power
 
 
-def test_threshold_opens_where_the_top_scores_pay_and_stays_closed_on_noise():
+def test_a_policy_with_a_real_gain_opens_on_a_threshold_chosen_on_the_selection_part():
     rng = np.random.default_rng(1)
-    n = 20_000
+    n = 40_000
     score = rng.normal(size=n)
     # coupons pay (+2 EUR) only for the top 10% of scores, and cost 1 EUR elsewhere; noisy per-row gains
     top = score > np.quantile(score, 0.9)
     gain = np.where(top, 2.0, -1.0) + rng.normal(scale=2.0, size=n)
-    gate = choose_threshold(score, gain, confidence=0.95)
+    sel = rng.random(n) < 0.5
+    gate = decide(score, gain, sel, confidence=0.95, test_index=1, folds=5)
     assert gate.is_open and gate.lower > 0
-    # candidates: 0 and the 0.5/0.75/0.9/0.95 quantiles of the positive half of the scores, i.e. the top 50%,
-    # 25%, 12.5%, 5%, 2.5%. Expected gains: 0.1*2 - (share-0.1)*1 for shares above 10%, else share*2:
-    # -0.2, 0.05, 0.175, 0.1, 0.05 -> the top 12.5% (the 0.75 quantile of the positive scores)
-    assert gate.threshold == pytest.approx(np.quantile(score[score > 0], 0.75))
-    assert gate.gain == pytest.approx(0.175, abs=0.03) and gate.share_issued == pytest.approx(0.125, abs=0.002)
-    assert gate.rows == n and len(gate.curve) == 5
+    # candidates: 0 and the 0.5/0.75/0.9/0.95 quantiles of the positive half of the SELECTION scores, i.e. the
+    # top 50%, 25%, 12.5%, 5%, 2.5%. Expected gains: 0.1*2 - (share-0.1)*1 for shares above 10%, else share*2:
+    # -0.2, 0.05, 0.175, 0.1, 0.05. Standard errors on 20,000 rows (E[g^2] = 8 on the top, 5 below it), e.g.
+    # share 0.125: sqrt(0.1*8 + 0.025*5 - 0.175^2) / sqrt(20000) = 0.0067, and bounds at z = 1.96:
+    # -0.2 - 1.96*0.0117 = -0.223, 0.05 - 1.96*0.0088 = 0.033, 0.175 - 1.96*0.0067 = 0.162,
+    # 0.1 - 1.96*0.0044 = 0.091, 0.05 - 1.96*0.0031 = 0.044 -> the top 12.5%
+    assert gate.selected_threshold == gate.threshold == np.quantile(score[sel & (score > 0)], 0.75)
+    assert [c["lower"] for c in gate.curve] == pytest.approx([-0.223, 0.033, 0.162, 0.091, 0.044], abs=0.035)
+    # the gain is the confirmation part's: 0.175 within 4 standard errors (its share: within 3), with its own
+    # bound at 1 - 0.025
+    assert gate.gain == pytest.approx(0.175, abs=0.027) and gate.share_issued == pytest.approx(0.125, abs=0.01)
+    assert gate.se == pytest.approx(0.0067, abs=0.0004) and gate.lower == pytest.approx(gate.gain - 1.959964 * gate.se)
+    assert gate.rows_selection == sel.sum() and gate.rows_confirmation == n - sel.sum() and gate.rows == n
+    assert (gate.folds, gate.test_index, gate.alpha, gate.alpha_spent) == (
+        5,
+        1,
+        pytest.approx(0.025),
+        pytest.approx(0.025),
+    )
+    assert "open above" in gate.describe() and "test 1 of the loop" in gate.describe()
     # the same scores with gains that are pure noise around a loss: closed, and says so
-    noise = choose_threshold(score, -0.1 + rng.normal(scale=2.0, size=n), confidence=0.95)
-    assert not noise.is_open and math.isinf(noise.threshold) and noise.lower < 0
-    assert "closed" in noise.describe()
+    noise = decide(score, -0.1 + rng.normal(scale=2.0, size=n), sel, confidence=0.95)
+    assert not noise.is_open and math.isinf(noise.threshold) and noise.lower < 0 and noise.share_issued == 0.0
+    assert math.isfinite(noise.selected_threshold) and noise.describe().startswith("closed: the threshold")
     # nothing to test on: closed
-    assert not choose_threshold(np.zeros(0), np.zeros(0), 0.95).is_open
+    assert not decide(np.zeros(0), np.zeros(0), np.zeros(0, bool), 0.95).is_open
 
 
-def test_gate_json_round_trip_keeps_a_closed_gate_closed():
-    closed = choose_threshold(np.array([1.0, 2.0, 3.0]), np.array([-1.0, -2.0, -3.0]), 0.95)
+def at_most(level: float, reps: int) -> float:
+    """The most openings of ``reps`` simulated gates that are consistent with an error rate of ``level``: the
+    level plus a one-sided 99% binomial margin (the simulation's own noise)."""
+    return reps * level + 2.33 * math.sqrt(reps * level * (1 - level))
+
+
+def null_opens(reps: int, n: int, quantiles: list[float], seed: int) -> tuple[int, int]:
+    """Repeated gates on a null (every threshold's gain is exactly 0 in expectation): how often the gate opens,
+    and how often choosing and reporting on the same rows at a plain 95% bound would have opened."""
+    rng = np.random.default_rng(seed)
+    opened = naive = 0
+    for _ in range(reps):
+        score, gain = rng.normal(size=n), rng.normal(size=n)
+        opened += decide(score, gain, rng.random(n) < 0.5, 0.95, quantiles=quantiles).is_open
+        naive += max(c["lower"] for c in threshold_curve(score, gain, 1.645, quantiles)) > 0
+    return opened, naive
+
+
+def test_a_null_policy_with_many_thresholds_opens_no_more_often_than_the_stated_level():
+    """200 gates on null logs, 20 candidate thresholds each: the first test of the loop spends 0.025 (5 of 200
+    expected; at most 10 within the simulation's noise); choosing on the rows the gain is reported on opens
+    far more often (about 27% here)."""
+    quantiles = [i / 20 for i in range(1, 20)]
+    opened, naive = null_opens(200, 2000, quantiles, seed=3)
+    assert opened <= at_most(0.025, 200)
+    assert naive > at_most(0.05, 200)  # the check can fail: the reuse it guards against breaks the level
+
+
+def test_spending_keeps_the_level_over_a_loop_that_retests_on_overlapping_logs():
+    """200 simulated loops of 10 days: logs grow by 300 rows a day on top of 2,000 (the same outcomes are
+    re-used every day), a new model scores them every day, nothing pays. With alpha spending the share of loops
+    whose gate ever opens stays within the 5% level (at most 0.05 * 10/11 by the union bound); testing every
+    day at the first day's 2.5% does not (about 20%)."""
+    rng = np.random.default_rng(4)
+    reps, days, n0, step = 200, 10, 2000, 300
+    n = n0 + days * step
+    ever = ever_unspent = 0
+    for _ in range(reps):
+        gain, sel = rng.normal(size=n), rng.random(n) < 0.5  # the logs: fixed outcomes, a stable split
+        opened = opened_unspent = False
+        for j in range(1, days + 1):
+            m = n0 + j * step
+            score = rng.normal(size=m)  # the day's model
+            opened |= decide(score, gain[:m], sel[:m], 0.95, test_index=j).is_open
+            opened_unspent |= decide(score, gain[:m], sel[:m], 0.95, test_index=1).is_open
+        ever += opened
+        ever_unspent += opened_unspent
+    assert ever <= at_most(0.05, reps)
+    assert ever_unspent > at_most(0.05, reps)
+
+
+def test_alpha_spending_by_hand():
+    # (1 - 0.95) / (j (j + 1)): 0.025, 0.05/6, 0.05/12; spent 0.05 * j / (j + 1)
+    assert [alpha_of_test(0.95, j) for j in (1, 2, 3)] == pytest.approx([0.025, 0.05 / 6, 0.05 / 12])
+    assert [alpha_spent(0.95, j) for j in (1, 2, 3)] == pytest.approx([0.025, 0.05 * 2 / 3, 0.0375])
+    assert sum(alpha_of_test(0.95, j) for j in range(1, 10_001)) < 0.05
+    tested = Gate(math.inf, 0.1, -0.1, 0.0, 400, 0.95, rows_selection=200, rows_confirmation=200, test_index=1)
+    untested = Gate(math.inf, math.nan, math.nan, 0.0, 150, 0.95, rows_selection=80, rows_confirmation=70, test_index=2)
+    old = Gate(math.inf, math.nan, -0.2, 0.0, 38_000, 0.95)  # before spending: one test
+    old_too_few = Gate(math.inf, math.nan, math.nan, 0.0, 40, 0.95)
+    assert next_test_index([]) == 1
+    assert next_test_index([old, old_too_few]) == 2
+    assert next_test_index([old, tested, untested]) == 3  # the untested gate spent nothing
+    # versions 1 and 2 deleted: the highest index still counts them
+    assert next_test_index([dataclasses.replace(tested, test_index=3)]) == 4
+    assert next_test_index([NO_GATE]) == 1
+
+
+def test_folds_hold_every_row_out_once_and_do_not_follow_the_other_splits():
+    from coupon_spark.model.data import validation_mask
+
+    ids = pd.Series([f"i-{k:06d}" for k in range(10_000)])
+    fold = fold_ids(ids, 5, seed=7)
+    assert set(np.unique(fold)) == {0, 1, 2, 3, 4}
+    held_out = sum((fold == k).astype(int) for k in range(5))  # fold model k trains on fold != k
+    assert (held_out == 1).all()
+    assert all(abs(int((fold == k).sum()) - 2000) < 200 for k in range(5))  # binomial sd 40
+    # the same row gets the same fold whatever the shards, and another seed gives other folds
+    np.testing.assert_array_equal(fold_ids(ids[3000:], 5, seed=7), fold[3000:])
+    assert (fold_ids(ids, 5, seed=8) != fold).mean() > 0.7
+    # independent of the validation split and of the selection part: each fold holds its share of both
+    val, sel = validation_mask(ids, 0.1, 7), selection_mask(ids, 0.5, 7)
+    assert all(abs(val[fold == k].mean() - 0.1) < 0.025 for k in range(5))
+    assert all(abs(sel[fold == k].mean() - 0.5) < 0.04 for k in range(5))
+    assert abs(sel.mean() - 0.5) < 0.02 and abs(selection_mask(ids, 0.3, 7).mean() - 0.3) < 0.02
+    # no cross-fitting: one fold
+    assert (fold_ids(ids, 1, seed=7) == 0).all() and (fold_ids(ids, 0, seed=7) == 0).all()
+
+
+def test_gate_json_round_trip_and_old_decision_files():
+    closed = decide(np.array([1.0, 2.0, 3.0] * 100), np.array([-1.0, -2.0, -3.0] * 100), np.arange(300) % 2 == 0, 0.95)
     obj = closed.to_json()
-    assert obj["threshold"] is None and obj["open"] is False
+    assert obj["threshold"] is None and obj["open"] is False and obj["rows_confirmation"] == 150
     back = Gate.from_json(obj)
-    assert math.isinf(back.threshold) and back.rows == 3
+    assert math.isinf(back.threshold) and back.rows == 300 and back.test_index == 1 and back.tested
+    assert back.to_json() == obj
     assert Gate.from_json(NO_GATE.to_json()).threshold == 0.0
-    opened = Gate(1.5, 0.2, 0.1, 0.05, 100, 0.95)
-    assert Gate.from_json(opened.to_json()).threshold == pytest.approx(1.5)
+    opened = Gate(1.5, 0.2, 0.1, 0.05, 400, 0.95, [], 5, 200, 200, 0.05, 1.5, 2, 0.05 / 6, 0.05 * 2 / 3)
+    assert Gate.from_json(opened.to_json()) == opened
+    # a decision.json written before cross-fitting and spending
+    old = {
+        "threshold": None,
+        "gain": None,
+        "lower": -0.2,
+        "share_issued": 0.0,
+        "rows": 38000,
+        "confidence": 0.95,
+        "curve": [{"threshold": 0.0, "gain": -0.1, "se": 0.07, "lower": -0.2, "share_issued": 0.5}],
+        "open": False,
+    }
+    g = Gate.from_json(old)
+    assert (g.is_open, g.rows, g.folds, g.test_index, g.tested) == (False, 38000, 0, 0, True)
+    assert math.isnan(g.alpha) and "best 95% lower bound -0.200" in g.describe()
 
 
 class _FixedModel:
@@ -145,6 +278,8 @@ def test_best_option_gains_by_hand_and_exploration_support():
     assert len(s3) == 3
 
 
-def test_too_few_rows_keep_the_gate_closed():
-    g = choose_threshold(np.array([1.0, 2.0]), np.array([5.0, 5.0]), 0.95)
-    assert not g.is_open and g.rows == 2 and "fewer than" in g.describe()
+def test_too_few_rows_in_a_part_keep_the_gate_closed():
+    # 150 rows with a large gain, but 75 in each part (fewer than 100): closed without a test
+    g = decide(np.ones(150), np.full(150, 5.0), np.arange(150) % 2 == 0, 0.95, folds=5)
+    assert not g.is_open and g.rows == 150 and not g.tested and "fewer than 100 in a part" in g.describe()
+    assert next_test_index([g]) == 1

@@ -15,11 +15,12 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np
 import pytest
-from test_model_data import RUN_DATE, STATS, make_world, write_world
+from test_model_data import COUPONS, RUN_DATE, STATS, make_world, write_world
 
 from coupon_spark.cli import STAGES
 from coupon_spark.config import Config, LakeConfig, SparkConfig, TrainConfig
 from coupon_spark.model.data import make_examples, snapshot_files, split_files
+from coupon_spark.model.gate import Gate
 from coupon_spark.model.metrics import roc_auc
 from coupon_spark.model.network import build_model, export_weights
 from coupon_spark.model.registry import Registry, read_npz
@@ -123,6 +124,72 @@ def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys)
     # same inputs: nothing new; forced: version 2 becomes latest
     assert train(spark, cfg, RUN_DATE).skipped and registry.versions(name) == [1]
     assert train(spark, cfg, RUN_DATE, force=True).version == 2 and registry.latest(name) == 2
+
+
+def write_coupon_features(spark, lake, days: int) -> None:  # type: ignore[no-untyped-def]
+    """``coupon_features`` of the world's issue dates: its three coupons, live, without a minimum spend, and
+    cheap enough (a twentieth of their value) for the model to find some of them worth issuing."""
+    import pandas as pd
+
+    frame = pd.concat(
+        [COUPONS.assign(as_of_date=RUN_DATE - dt.timedelta(days=1 + k)) for k in range(days)], ignore_index=True
+    ).assign(cf_cost=lambda f: f["cf_value"] / 20, cf_min_spend=0.0, cf_days_left=3.0, cf_days_since_start=1.0)
+    lake.write(spark.createDataFrame(frame), "coupon_features", mode="overwrite", partition_by=["as_of_date"])
+
+
+@pytest.mark.slow
+def test_the_gate_is_cross_fitted_on_every_randomised_row_and_spends_its_error_over_versions(
+    spark, lake, lake_cfg, monkeypatch
+):
+    """With 3 folds the gate rests on every randomised row (not the 20% validation split), scored by fold models
+    that are not the published one and trained for at most its best epoch count; each published version is
+    the next test of the loop, at 0.05 / (j (j + 1))."""
+    from coupon_spark.config import EvaluateConfig
+    from coupon_spark.model import train as train_module
+    from coupon_spark.model.data import validation_mask
+    from coupon_spark.model.gate import selection_mask
+
+    world = make_world(3000, days=3)
+    write_world(spark, lake, world)
+    write_coupon_features(spark, lake, days=3)
+    cfg = dataclasses.replace(
+        config(lake_cfg, num_proc=0, gate_folds=3, epochs=4), evaluate=EvaluateConfig(ope_policies=["random"])
+    )
+    calls = []
+    fold_models = train_module.fold_models
+
+    def spy(task, folds):  # type: ignore[no-untyped-def]
+        calls.append((task, fold_models(task, folds)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(train_module, "fold_models", spy)
+    out = train(spark, cfg, RUN_DATE)
+    registry, name = Registry.from_config(cfg), cfg.train.model_name
+    d = registry.read_json(name, out.version, "decision.json")
+    ids = world.examples["issuance_id"]
+    n_sel = int(selection_mask(ids, 0.5, seed=5).sum())
+    # every row was logged at random and every coupon is live and eligible: all 3000 are out-of-fold decisions
+    assert (d["folds"], d["rows"], d["rows_selection"], d["rows_confirmation"]) == (3, 3000, n_sel, 3000 - n_sel)
+    assert (d["test_index"], d["alpha"], d["alpha_spent"]) == (1, pytest.approx(0.025), pytest.approx(0.025))
+    assert len(d["curve"]) > 1 and d["se"] > 0 and Gate.from_json(d).tested  # some positive scores: a real test
+    ((task, weights),) = calls
+    best_epoch = registry.read_json(name, out.version, "metrics.json")["best_epoch"]
+    assert task.train.epochs == min(4, best_epoch) and len(task.groups) == 1 and task.version_uri == ""
+    published = read_npz(f"{out.uri}/weights.npz")
+    assert len(weights) == 3 and all(max_diff(w, published) > 1e-3 for w in weights)
+    assert registry.manifest(name, out.version)["gate_seconds"] > 0
+    # a forced retrain is the loop's second test; without cross-fitting the gate sees the validation split only
+    again = train(spark, cfg, RUN_DATE, force=True)
+    d2 = registry.read_json(name, again.version, "decision.json")
+    assert (d2["test_index"], d2["alpha"], d2["alpha_spent"]) == (
+        2,
+        pytest.approx(0.05 / 6),
+        pytest.approx(0.05 * 2 / 3),
+    )
+    plain = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gate_folds=0))
+    d3 = registry.read_json(name, train(spark, plain, RUN_DATE).version, "decision.json")
+    assert (d3["folds"], d3["rows"], d3["test_index"]) == (0, int(validation_mask(ids, 0.2, seed=5).sum()), 3)
+    assert len(calls) == 2  # the second run trained fold models too, the third none
 
 
 def test_model_recovers_a_known_response_model():

@@ -3,9 +3,9 @@
 A model can rank users well and still lose money: the allocator picks the largest estimates, and where the
 uplift is small next to its estimation noise those are mostly the noisiest ones. So before a model version
 may issue coupons, its own policy is evaluated off-policy. Policy ``pi_t``: each user gets the eligible coupon
-with the largest expected incremental profit ``S`` if ``S > t``, else nothing. On the held-out rows (the
-training job's validation split) that randomised logging policies chose, with known propensities ``p_i``,
-the doubly robust estimate (Dudik, Langford and Li, 2011) of its gain over issuing nothing is the mean of::
+with the largest expected incremental profit ``S`` if ``S > t``, else nothing. On held-out rows that
+randomised logging policies chose, with known propensities ``p_i``, the doubly robust estimate (Dudik,
+Langford and Li, 2011) of its gain over issuing nothing is the mean of::
 
     G_i(t) = 1[S_i > t] * ( mu(x_i, c_i) - mu(x_i, none)
                             + 1[a_i = c_i]  * (r_i - mu(x_i, c_i))  / p_i
@@ -18,17 +18,63 @@ because the propensities are known and the logging policy could have chosen ``c_
 own exploration arm, which draws among the user's candidates of the day, count only where ``c_i`` was one of
 them); ``mu`` only lowers its variance.
 
-The threshold is the candidate (0, then quantiles of the positive ``S``) with the largest lower confidence
-bound of the mean gain (one-sided, Bonferroni over the candidates), if that bound is positive. Otherwise the
-gate stays closed (``threshold = inf``): the model has not shown that any of its coupons pays, so the scores
-keep ranking coupons but none is worth issuing on the model's behalf; the holdout and the exploration arm go
-on, so the next models get new randomised data.
+**Cross-fitting (power).** With ``train.gate_folds = K >= 2`` the training job trains, besides the published
+model, K fold models with the same architecture, transformation, shards and hyper-parameters, model ``k`` on
+the training rows outside fold ``k`` (folds by a stable hash of ``issuance_id``: :func:`fold_ids`). Every
+randomised row is scored (``S_i``, ``mu``) by the one fold model that did not see it, so the gate rests on
+every randomised row instead of the published model's validation split (about ten times the rows at
+``validation_share: 0.1``). What it then estimates is the value of the training procedure on (K-1)/K of
+the data, applied with a threshold in EUR; the published model, trained on all of it, is taken to be at least
+as good (the usual cross-fitting argument). To save time the fold models train for at most the published
+model's best epoch count (an integer chosen on its validation rows: a negligible reuse). The rows are
+out-of-fold, not out-of-time: a fold model knows a user's other days, later ones included. With ``K`` 0 or 1
+the published model is scored on its own validation split, as before cross-fitting.
+
+**Threshold selection without reuse (the stated level holds for the chosen threshold).** The out-of-fold rows are
+split by another hash of ``issuance_id`` (:func:`selection_mask`, ``train.gate_selection_share``) into a
+*selection* part and a *confirmation* part, both spread over every fold. The candidate thresholds (0, then
+quantiles of the positive ``S`` of the selection part) are compared on the selection part only; the one with the
+best lower bound there (at this test's level, below) is kept. Its gain, standard error and one-sided lower bound
+are then computed on the confirmation part only, at that single threshold, and the gate opens iff that bound is
+positive. The confirmation rows played no part in the choice, so no correction for the number of candidates is
+needed and the reported gain is not the winner of a maximum (which is biased upwards). The gate before
+cross-fitting chose and reported on the same rows (with a Bonferroni bound, valid for the choice but costing
+power, and a gain biased upwards); splitting halves the rows of the final test but drops the correction, and
+cross-fitting more than pays for both. The exactness is that of cross-fitting: a fold model that scored selection
+rows was trained on confirmation rows of other folds, so the choice depends on them through a trained model, a
+dependence of one row among hundreds of thousands that the theory of cross-fitting (stable learners) neglects as
+well.
+
+**Day-to-day reuse (alpha spending over the loop).** The loop retrains and re-tests every day, on logs that
+are mostly those of the day before: were each test run at level ``alpha = 1 - train.decision_confidence``,
+a model that does not pay would get a new chance to slip through every day, and the chance that the gate
+ever opened wrongly would grow towards 1 with the days. So the level is the loop's: the ``j``-th test of a
+model name (counted over its published versions in the registry: :func:`next_test_index`; every forced
+retrain is a test too, a rerun that publishes nothing is not) is run at ``alpha_j = alpha / (j (j + 1))``.
+These sum to ``alpha * j / (j + 1) < alpha`` over any number of tests, so by the union bound, which holds
+however dependent the tests are (and on overlapping logs they are very dependent), the probability that any
+test of the loop opens the gate for a policy that does not pay is below ``alpha``. Tests that had too few
+rows to compute a bound spend nothing. The price is power: at ``alpha = 0.05`` the bound's z is 1.96 on the
+first test, 2.39 on the second, 2.94 on the 5th, 3.32 on the 10th, 3.87 on the 30th, 4.42 on the 100th;
+against the 2.33 of the gate before cross-fitting (Bonferroni over 5 candidates) on a fifth of the
+confirmation rows (its standard error 2.2 times larger), the cross-fitted gate needs a smaller gain to open
+up to about the 700th test (z 5.2), and more so while the randomised logs keep growing
+(``train.history_days: 0``). A new ``train.model_name`` starts a new count.
+``decision.json`` records the folds, the rows of each part, the test's index, its ``alpha_j`` and the total
+spent so far.
+
+What the level does not cover: the bound is a normal approximation, and inverse-propensity terms are heavy
+tailed where propensities are small; and the logs are the past, while the policy acts on the next days.
+
+When the confirmation bound is not positive the gate stays closed (``threshold = inf``): the model has not
+shown that any of its coupons pays, so the scores keep ranking coupons but none is worth issuing on the
+model's behalf; the holdout and the exploration arm go on, so the next models get new randomised data.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -37,12 +83,14 @@ import numpy as np
 import pandas as pd
 
 from coupon_spark.config import ScoreConfig
+from coupon_spark.model.spec import hash_buckets
 
 DECISION_FILE = "decision.json"
 THRESHOLD_QUANTILES = (0.5, 0.75, 0.9, 0.95)
-"""Candidate thresholds besides 0: these quantiles of the positive best scores."""
+"""Candidate thresholds besides 0: these quantiles of the positive best scores (of the selection part)."""
 MIN_ROWS = 100
-"""Fewer held-out decisions than this and the gate stays closed."""
+"""Fewer randomised decisions than this in the selection or the confirmation part and the gate stays closed."""
+_HASH_SHARE = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -52,12 +100,25 @@ class Gate:
     Attributes:
         threshold: EUR; the model issues a coupon only where its expected incremental profit is above it
             (``inf``: closed, 0.0: no gate -- every positive estimate counts).
-        gain: Estimated gain over issuing nothing at that threshold, EUR per decision (NaN when closed).
-        lower: Its lower confidence bound (the best bound over the candidates when closed).
-        share_issued: Share of the held-out decisions the policy would give a coupon at that threshold.
-        rows: Held-out randomised decisions the estimate rests on.
-        confidence: Level of the (Bonferroni-corrected, one-sided) bounds.
-        curve: Every candidate threshold with its gain, standard error, bound and issued share.
+        gain: Estimated gain over issuing nothing at the selected threshold, EUR per decision, on the
+            confirmation part (also when closed; NaN when nothing was tested).
+        lower: Its one-sided lower confidence bound at level ``1 - alpha``; the gate is open iff it is > 0.
+        share_issued: Share of the confirmation decisions the policy gives a coupon at the threshold (0 when
+            closed).
+        rows: Held-out randomised decisions the gate rests on (selection and confirmation).
+        confidence: ``train.decision_confidence``: the level over every test of the loop (see ``alpha``).
+        curve: The candidate thresholds with their gain, standard error, bound (at ``1 - alpha``) and issued
+            share on the selection part.
+        folds: Cross-fitting folds (0: the published model on its validation split).
+        rows_selection: Decisions the threshold was chosen on.
+        rows_confirmation: Decisions the gain and its bound were computed on.
+        se: Standard error of ``gain``.
+        selected_threshold: The threshold chosen on the selection part (also when the confirmation closed the
+            gate).
+        test_index: This test's number ``j`` among the tested gates of the model name (0: a gate from before
+            alpha spending).
+        alpha: This test's one-sided error, ``(1 - confidence) / (j (j + 1))``.
+        alpha_spent: The error spent by tests 1..j together, ``(1 - confidence) * j / (j + 1)``.
     """
 
     threshold: float
@@ -67,10 +128,25 @@ class Gate:
     rows: int
     confidence: float
     curve: list[dict[str, float]] = field(default_factory=list)
+    folds: int = 0
+    rows_selection: int = 0
+    rows_confirmation: int = 0
+    se: float = math.nan
+    selected_threshold: float = math.nan
+    test_index: int = 0
+    alpha: float = math.nan
+    alpha_spent: float = math.nan
 
     @property
     def is_open(self) -> bool:
         return math.isfinite(self.threshold)
+
+    @property
+    def tested(self) -> bool:
+        """Whether a bound was computed, i.e. the test could have opened the gate (and spent its alpha)."""
+        if self.test_index == 0:  # a gate from before alpha spending: one test at its own confidence
+            return self.confidence > 0 and self.rows >= MIN_ROWS
+        return min(self.rows_selection, self.rows_confirmation) >= MIN_ROWS
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe: non-finite numbers become null (a null threshold means closed)."""
@@ -84,6 +160,7 @@ class Gate:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Gate:
+        """From :meth:`to_json`, or a ``decision.json`` written before cross-fitting (the new keys default)."""
         num = lambda k: math.nan if obj.get(k) is None else float(obj[k])  # noqa: E731
         threshold = math.inf if obj.get("threshold") is None else float(obj["threshold"])
         return cls(
@@ -94,9 +171,46 @@ class Gate:
             rows=int(obj.get("rows") or 0),
             confidence=float(obj.get("confidence") or 0.0),
             curve=list(obj.get("curve") or []),
+            folds=int(obj.get("folds") or 0),
+            rows_selection=int(obj.get("rows_selection") or 0),
+            rows_confirmation=int(obj.get("rows_confirmation") or 0),
+            se=num("se"),
+            selected_threshold=num("selected_threshold"),
+            test_index=int(obj.get("test_index") or 0),
+            alpha=num("alpha"),
+            alpha_spent=num("alpha_spent"),
         )
 
     def describe(self) -> str:
+        if self.test_index == 0:
+            return self._describe_before_spending()
+        where = (
+            f"{self.folds}-fold out-of-fold randomised decisions"
+            if self.folds >= 2
+            else "held-out randomised decisions"
+        )
+        if not self.tested:
+            return (
+                f"{self.rows_selection} + {self.rows_confirmation} {where} to choose and confirm a threshold on "
+                f"(fewer than {MIN_ROWS} in a part): closed"
+            )
+        test = (
+            f"{1 - self.alpha:.4%} bound, test {self.test_index} of the loop: {self.alpha_spent:.3g} of its "
+            f"{1 - self.confidence:.3g} error spent"
+        )
+        if not self.is_open:
+            return (
+                f"closed: the threshold {self.selected_threshold:.3f} EUR chosen on {self.rows_selection} {where} "
+                f"shows on {self.rows_confirmation} others a gain of {self.gain:+.3f} EUR/decision, lower bound "
+                f"{self.lower:+.3f} ({test})"
+            )
+        return (
+            f"open above {self.threshold:.3f} EUR: gain {self.gain:+.3f} EUR/decision (lower bound {self.lower:+.3f}; "
+            f"{test}) on {self.rows_confirmation} {where}, the threshold chosen on {self.rows_selection} others; "
+            f"coupons to {self.share_issued:.1%}"
+        )
+
+    def _describe_before_spending(self) -> str:
         if self.rows < MIN_ROWS:
             return f"{self.rows} held-out randomised decisions to test the model on (fewer than {MIN_ROWS}): closed"
         if not self.is_open:
@@ -114,6 +228,115 @@ NO_GATE = Gate(threshold=0.0, gain=math.nan, lower=math.nan, share_issued=math.n
 """Models published before the gate existed, or trained with ``train.decision_confidence: 0``."""
 
 
+# ---- folds, parts and the error budget ----------------------------------------------------------------------
+def fold_ids(issuance_ids: pd.Series | np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The cross-fitting fold (``0 .. folds-1``) of each row, by a hash of (seed, issuance_id): stable however
+    the data is sharded, and independent of the validation split (another hash key). ``folds < 2``: all 0."""
+    ids = pd.Series(issuance_ids, dtype=object).astype(str)
+    if folds < 2:
+        return np.zeros(len(ids), np.int64)
+    return hash_buckets(f"{seed}:fold:" + ids, folds)
+
+
+def selection_mask(issuance_ids: pd.Series | np.ndarray, share: float, seed: int) -> np.ndarray:
+    """True for the rows of the selection part (about ``share`` of them), by a hash of (seed, issuance_id)
+    independent of the folds and of the validation split; the others are the confirmation part."""
+    ids = pd.Series(issuance_ids, dtype=object).astype(str)
+    return hash_buckets(f"{seed}:select:" + ids, _HASH_SHARE) < round(share * _HASH_SHARE)
+
+
+def alpha_of_test(confidence: float, test_index: int) -> float:
+    """The one-sided error of the ``test_index``-th test of the loop: ``(1 - confidence) / (j (j + 1))``."""
+    j = max(int(test_index), 1)
+    return (1.0 - confidence) / (j * (j + 1))
+
+
+def alpha_spent(confidence: float, test_index: int) -> float:
+    """The error spent by tests ``1 .. j`` together: ``(1 - confidence) * j / (j + 1)`` (< ``1 - confidence``)."""
+    j = max(int(test_index), 1)
+    return (1.0 - confidence) * j / (j + 1)
+
+
+def next_test_index(previous: Iterable[Gate]) -> int:
+    """The index of the next test, from the gates of the model name's earlier versions: one more than the
+    tests they made (the larger of their count and their highest index, so that a deleted old version
+    does not give an error back)."""
+    tested = [g for g in previous if g.tested]
+    return 1 + max(len(tested), max((g.test_index for g in tested), default=0))
+
+
+# ---- the decision -------------------------------------------------------------------------------------------
+def threshold_curve(
+    best_score: np.ndarray, gain: np.ndarray, z: float, quantiles: Sequence[float] = THRESHOLD_QUANTILES
+) -> list[dict[str, float]]:
+    """Each candidate threshold (0, then ``quantiles`` of the positive ``best_score``) with the mean of
+    ``1[best_score > t] * gain``, its standard error, the bound ``mean - z * se`` and the share issued."""
+    s, g = np.asarray(best_score, np.float64), np.asarray(gain, np.float64)
+    n = len(s)
+    pos = s[s > 0]
+    candidates = sorted({0.0, *(float(np.quantile(pos, q)) for q in quantiles)} if len(pos) else {0.0})
+    curve = []
+    for t in candidates:
+        gi = np.where(s > t, g, 0.0)
+        mean, se = float(gi.mean()), float(gi.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+        curve.append(
+            {"threshold": t, "gain": mean, "se": se, "lower": mean - z * se, "share_issued": float(np.mean(s > t))}
+        )
+    return curve
+
+
+def decide(
+    best_score: np.ndarray,
+    gain: np.ndarray,
+    in_selection: np.ndarray,
+    confidence: float,
+    test_index: int = 1,
+    folds: int = 0,
+    quantiles: Sequence[float] = THRESHOLD_QUANTILES,
+    min_rows: int = MIN_ROWS,
+) -> Gate:
+    """Choose the threshold on the selection part, test it on the confirmation part (module docstring).
+
+    Args:
+        best_score: Per held-out decision, the model's largest expected incremental profit (EUR).
+        gain: Per decision, :func:`dr_gain` of that best coupon.
+        in_selection: Per decision, whether it belongs to the selection part (else the confirmation part).
+        confidence: ``train.decision_confidence``: the level over every test of the loop.
+        test_index: This test's number among the model name's tests (:func:`next_test_index`).
+        folds: Cross-fitting folds the scores came from (recorded).
+        quantiles: Quantiles of the positive best scores of the selection part tried as thresholds besides 0.
+        min_rows: Fewer decisions than this in either part: closed.
+    """
+    s, g = np.asarray(best_score, np.float64), np.asarray(gain, np.float64)
+    sel = np.asarray(in_selection, bool)
+    alpha = alpha_of_test(confidence, test_index)
+    z = NormalDist().inv_cdf(1.0 - alpha)
+    n_sel, n_conf = int(sel.sum()), int((~sel).sum())
+    record: dict[str, Any] = {
+        "rows": len(s),
+        "confidence": confidence,
+        "folds": folds,
+        "rows_selection": n_sel,
+        "rows_confirmation": n_conf,
+        "test_index": test_index,
+        "alpha": alpha,
+        "alpha_spent": alpha_spent(confidence, test_index),
+    }
+    if min(n_sel, n_conf) < min_rows:  # too few for a normal-approximation bound to mean anything
+        return Gate(math.inf, math.nan, math.nan, 0.0, **record)
+    curve = threshold_curve(s[sel], g[sel], z, quantiles)
+    t = max(curve, key=lambda c: c["lower"])["threshold"]
+    sc, gc = s[~sel], g[~sel]
+    gi = np.where(sc > t, gc, 0.0)
+    mean, se = float(gi.mean()), float(gi.std(ddof=1) / math.sqrt(n_conf))
+    lower = mean - z * se
+    record |= {"curve": curve, "se": se, "selected_threshold": t}
+    if not lower > 0:
+        return Gate(math.inf, mean, lower, 0.0, **record)
+    return Gate(t, mean, lower, float(np.mean(sc > t)), **record)
+
+
+# ---- the per-decision estimate -----------------------------------------------------------------------------
 def dr_gain(
     mu_best: np.ndarray,
     mu_none: np.ndarray,
@@ -130,41 +353,6 @@ def dr_gain(
         + np.where(logged_best, (reward - mu_best) / p, 0.0)
         - np.where(logged_none, (reward - mu_none) / p, 0.0)
     )
-
-
-def choose_threshold(
-    best_score: np.ndarray,
-    gain: np.ndarray,
-    confidence: float,
-    quantiles: Sequence[float] = THRESHOLD_QUANTILES,
-    min_rows: int = MIN_ROWS,
-) -> Gate:
-    """The threshold with the best lower confidence bound of the mean gain, if that bound is positive.
-
-    Args:
-        best_score: Per held-out decision, the model's largest expected incremental profit (EUR).
-        gain: Per decision, :func:`dr_gain` of that best coupon.
-        confidence: One-sided level of the bounds, before the Bonferroni correction over the candidates.
-        quantiles: Quantiles of the positive best scores tried as thresholds besides 0.
-        min_rows: Fewer held-out decisions than this: closed.
-    """
-    s, g = np.asarray(best_score, np.float64), np.asarray(gain, np.float64)
-    n = len(s)
-    if n < min_rows:  # too few for a normal-approximation bound to mean anything
-        return Gate(math.inf, math.nan, math.nan, 0.0, n, confidence)
-    pos = s[s > 0]
-    candidates = sorted({0.0, *(float(np.quantile(pos, q)) for q in quantiles)} if len(pos) else {0.0})
-    z = NormalDist().inv_cdf(1.0 - (1.0 - confidence) / len(candidates))
-    curve = []
-    for t in candidates:
-        gi = np.where(s > t, g, 0.0)
-        mean, se = float(gi.mean()), float(gi.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
-        lower, share = mean - z * se, float(np.mean(s > t))
-        curve.append({"threshold": t, "gain": mean, "se": se, "lower": lower, "share_issued": share})
-    best = max(curve, key=lambda c: c["lower"])
-    if not best["lower"] > 0:
-        return Gate(math.inf, math.nan, best["lower"], 0.0, n, confidence, curve)
-    return Gate(best["threshold"], best["gain"], best["lower"], best["share_issued"], n, confidence, curve)
 
 
 def best_option_gains(

@@ -10,6 +10,11 @@ transformation, the metrics, the config and the manifest, and moves ``latest``.
 
 With ``train.num_proc: 0``, or where horovod is not installed, the same :func:`rank_main` runs in the driver
 process as a single rank.
+
+The decision gate (:mod:`coupon_spark.model.gate`) then needs out-of-fold scores of the randomised rows: with
+``train.gate_folds`` K >= 2 the driver trains K fold models in its own process with the same
+:func:`coupon_spark.model.loop.fit` (:func:`fold_models`), each on the published run's shards without one fold,
+for at most the published model's best epoch count. Horovod stays the path of the published model.
 """
 
 from __future__ import annotations
@@ -39,13 +44,14 @@ from coupon_spark.model.data import (
     ID_COLUMNS,
     TARGET_COLUMNS,
     DataFile,
+    Examples,
     make_examples,
     read_files,
     snapshot_files,
     split_files,
     validation_mask,
 )
-from coupon_spark.model.gate import DECISION_FILE, NO_GATE, Gate
+from coupon_spark.model.gate import DECISION_FILE, MIN_ROWS, NO_GATE, Gate, next_test_index
 from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
@@ -162,13 +168,9 @@ def rank_main(task: RankTask) -> dict[str, Any]:
     per = len(task.groups) // comm.size
     spec = ModelSpec.from_json(task.spec_json)
     transform = FeatureTransform.from_json(task.transform_json)
-    columns = task.columns
-    shards = []
-    for files in task.groups[comm.rank * per : (comm.rank + 1) * per]:
-        pdf = read_files(files, columns)
-        if task.train.sample_rows:
-            pdf = pdf.head(task.train.sample_rows)
-        shards.append(make_examples(pdf, transform, spec, task.train.validation_share, task.train.seed))
+    shards = [
+        read_shard(files, task, spec, transform)[0] for files in task.groups[comm.rank * per : (comm.rank + 1) * per]
+    ]
     log.info(
         "rank %d/%d: %d rows from %d file(s)",
         comm.rank,
@@ -202,6 +204,44 @@ def rank_main(task: RankTask) -> dict[str, Any]:
         "examples_per_second": result.examples_per_second,
         "weights": None if task.version_uri else result.weights,
     }
+
+
+def read_shard(
+    files: list[DataFile], task: RankTask, spec: ModelSpec, transform: FeatureTransform
+) -> tuple[Examples, np.ndarray]:
+    """One shard's examples (at most ``train.sample_rows`` rows) and their ``issuance_id``."""
+    pdf = read_files(files, task.columns)
+    if task.train.sample_rows:
+        pdf = pdf.head(task.train.sample_rows)
+    ex = make_examples(pdf, transform, spec, task.train.validation_share, task.train.seed)
+    return ex, pdf["issuance_id"].to_numpy(object)
+
+
+def fold_models(task: RankTask, folds: int) -> list[dict[str, np.ndarray]]:
+    """The gate's cross-fitting models, trained in this process: model ``k`` on the shards of ``task`` without
+    the rows of fold ``k`` (:func:`coupon_spark.model.gate.fold_ids`). Every group of ``task`` is one shard,
+    as :func:`coupon_spark.model.loop.fit` emulates the published run's ranks in one process: the same world,
+    global batch and learning rate, without a Horovod job per fold.
+
+    Returns:
+        The weights of each fold model, in fold order.
+    """
+    from coupon_spark.model.gate import fold_ids
+    from coupon_spark.model.loop import fit
+
+    spec = ModelSpec.from_json(task.spec_json)
+    transform = FeatureTransform.from_json(task.transform_json)
+    shards, shard_folds = [], []
+    for files in task.groups:
+        ex, ids = read_shard(files, task, spec, transform)
+        shards.append(ex)
+        shard_folds.append(fold_ids(ids, folds, task.train.seed))
+    out = []
+    for k in range(folds):
+        part = [s.take(np.flatnonzero(f != k)) for s, f in zip(shards, shard_folds, strict=True)]
+        log.info("gate fold model %d/%d: %d rows (fold %d held out)", k + 1, folds, sum(len(p) for p in part), k)
+        out.append(fit(part, spec, task.train).weights)
+    return out
 
 
 def _rank_logging(rank: int) -> None:
@@ -373,8 +413,16 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
     started = time.time()
     result = run_ranks(task, ranks, tc.start_timeout_s)[0]
     weights = read_npz(f"{uri}/weights.npz")
-    gate = decision_gate(lake, cfg, files, spec, transform, weights) if tc.decision_confidence > 0 else NO_GATE
-    log.info("decision gate of %s v%d: %s", name, model_version, gate.describe())
+    gate_started = time.time()
+    gate = NO_GATE
+    if tc.decision_confidence > 0:
+        earlier = earlier_gates(registry, name, before=model_version)
+        fold_task = dataclasses.replace(
+            task, version_uri="", train=dataclasses.replace(tc, epochs=max(1, min(tc.epochs, result["best_epoch"])))
+        )
+        gate = decision_gate(lake, cfg, files, spec, transform, weights, next_test_index(earlier), fold_task)
+    gate_seconds = round(time.time() - gate_started, 1)
+    log.info("decision gate of %s v%d (%.1f s): %s", name, model_version, gate_seconds, gate.describe())
     publish(
         registry,
         name,
@@ -395,6 +443,7 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
             "ranks": ranks,
             "horovod": use_horovod,
             "seconds": round(time.time() - started, 1),
+            "gate_seconds": gate_seconds,
         },
         tc,
     )
@@ -408,35 +457,70 @@ def decision_gate(
     spec: ModelSpec,
     transform: FeatureTransform,
     weights: dict[str, np.ndarray],
+    test_index: int = 1,
+    fold_task: RankTask | None = None,
 ) -> Gate:
-    """The model's decision gate (:mod:`coupon_spark.model.gate`), from the validation rows of the training
-    files that a randomised logging policy (``evaluate.ope_policies``) chose, and the coupons live on their
-    issue dates (``coupon_features``)."""
-    from coupon_spark.model.gate import best_option_gains, choose_threshold, live_on
+    """The model's decision gate (:mod:`coupon_spark.model.gate`) from the rows of the training files that a
+    randomised logging policy (``evaluate.ope_policies``) chose, and the coupons live on their issue dates
+    (``coupon_features``).
+
+    With ``train.gate_folds`` K >= 2 (and a ``fold_task``: the published run's shards and configuration),
+    K fold models are trained in this process (:func:`fold_models`) and every randomised row is scored by the
+    one that did not see it; else the published ``weights`` score the rows of the validation split. The rows
+    are split into the selection and the confirmation parts and :func:`coupon_spark.model.gate.decide` chooses
+    and tests the threshold, as the model name's ``test_index``-th test.
+    """
+    from coupon_spark.model.gate import best_option_gains, decide, fold_ids, live_on, selection_mask
     from coupon_spark.model.scorer import NumpyScorer
 
     tc = cfg.train
+    folds = tc.gate_folds if tc.gate_folds >= 2 and fold_task is not None else 0
     outcomes = ["issue_date", "policy", "propensity", "revenue_eur", "coupon_cost_eur"]
     cols = [*ID_COLUMNS, *outcomes, *transform.user_columns]
     rows = read_files(files, cols)
-    keep = (
-        validation_mask(rows["issuance_id"], tc.validation_share, tc.seed)
-        & rows["policy"].isin(list(cfg.evaluate.ope_policies)).to_numpy()
-        & (rows["propensity"] > 0).to_numpy()
-    )
+    keep = rows["policy"].isin(list(cfg.evaluate.ope_policies)).to_numpy() & (rows["propensity"] > 0).to_numpy()
+    if not folds:
+        keep &= validation_mask(rows["issuance_id"], tc.validation_share, tc.seed)
     rows = rows[keep].reset_index(drop=True)
-    if rows.empty:
-        return choose_threshold(np.zeros(0), np.zeros(0), tc.decision_confidence)
+    in_selection = selection_mask(rows["issuance_id"], tc.gate_selection_share, tc.seed)
+    nothing = np.zeros(len(rows))
+    if min(in_selection.sum(), (~in_selection).sum()) < MIN_ROWS:  # closed whatever the model: train nothing
+        return decide(nothing, nothing, in_selection, tc.decision_confidence, test_index, folds)
     rows["issue_date"] = pd.to_datetime(rows["issue_date"]).dt.date
     dates = sorted(set(rows["issue_date"]))
     cf = lake.read("coupon_features", where={"as_of_date": dates}).toPandas()
     cf["as_of_date"] = pd.to_datetime(cf["as_of_date"]).dt.date
     by_date = {d: g.reset_index(drop=True) for d, g in cf[live_on(cf)].groupby("as_of_date")}
     score_cfg = dataclasses.replace(cfg.score, frequency_cap=10**9)  # the logged decisions were made anyway
-    scorer = NumpyScorer(spec, transform, weights)
     options = exploration_options(lake, rows)
-    best, gain = best_option_gains(scorer, rows, by_date, score_cfg, options)
-    return choose_threshold(best, gain, tc.decision_confidence)
+    models = fold_models(fold_task, folds) if folds and fold_task is not None else [weights]
+    fold = fold_ids(rows["issuance_id"], folds, tc.seed)
+    scores, gains, parts = [], [], []
+    for k, w in enumerate(models):
+        scorer = NumpyScorer(spec, transform, w)
+        for part in (True, False):
+            mine = rows[(fold == k) & (in_selection == part)].reset_index(drop=True)
+            s, g = best_option_gains(scorer, mine, by_date, score_cfg, options)
+            scores.append(s)
+            gains.append(g)
+            parts.append(np.full(len(s), part))
+    return decide(
+        np.concatenate(scores), np.concatenate(gains), np.concatenate(parts), tc.decision_confidence, test_index, folds
+    )
+
+
+def earlier_gates(registry: Registry, name: str, before: int) -> list[Gate]:
+    """The gates of the model name's complete versions before ``before`` (those without a decision file, from
+    before the gate, are left out): what :func:`coupon_spark.model.gate.next_test_index` counts."""
+    out = []
+    for v in registry.versions(name):
+        if v >= before:
+            continue
+        try:
+            out.append(Gate.from_json(registry.read_json(name, v, DECISION_FILE)))
+        except (FileNotFoundError, OSError):
+            continue
+    return out
 
 
 def exploration_options(lake: Lake, rows: pd.DataFrame) -> dict[tuple[dt.date, str], frozenset[str]]:
