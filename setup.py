@@ -39,6 +39,7 @@ setup(
             "chispa>=0.10",
             "hypothesis>=6",
             "scipy>=1.13",
+            "lightgbm>=4.6",  # the uplift learners that bench/model_quality.py measures the model against
             "polars>=1.0",
             "duckdb>=1.1",
             "duckdb-extension-delta",  # the DuckDB delta extension, bundled: no download at run time

@@ -2,6 +2,8 @@
 uplift against the holdout, budget use, fairness; the metrics table and the report.
 
 - :mod:`~coupon_spark.evaluation.estimators`: IPS, self-normalised IPS, doubly robust, bootstrap (numpy).
+- :mod:`~coupon_spark.evaluation.uplift_metrics`: Qini and uplift curves, Qini coefficient, AUUC from randomised
+  logs (numpy).
 - :mod:`~coupon_spark.evaluation.policy`: true value of allocations on the synthetic shop; oracle, baselines.
 - :mod:`~coupon_spark.evaluation.job`: the sections on Spark, the metrics table, the stage.
 """
@@ -35,6 +37,7 @@ from coupon_spark.evaluation.policy import (
     redeem_targeting,
     with_true_values,
 )
+from coupon_spark.evaluation.uplift_metrics import UpliftCurves, auuc, qini_coefficient, uplift_curves
 
 __all__ = [
     "METRICS_TABLE",
@@ -42,6 +45,8 @@ __all__ = [
     "Evaluation",
     "Metric",
     "NoAllocationError",
+    "UpliftCurves",
+    "auuc",
     "bootstrap_mean_difference",
     "cross_fitted_cell_means",
     "doubly_robust",
@@ -50,12 +55,14 @@ __all__ = [
     "ips",
     "metrics_frame",
     "oracle_allocation",
+    "qini_coefficient",
     "random_targeting",
     "redeem_targeting",
     "report_dir",
     "run",
     "snips",
     "summary_lines",
+    "uplift_curves",
     "with_true_values",
     "write",
 ]
