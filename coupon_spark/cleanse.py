@@ -919,8 +919,11 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
         for table, make in writes:
             before[table] = lake.version(table) if lake.exists(table) else None
             where[table] = {PARTITION: result.period.days if result.period and table in fact_tables else day}
+            df = make()
+            if result.period and table in fact_tables:
+                df = df.repartition(PARTITION)  # one file per imported day, not one per day and task
             res = lake.write(
-                make(),
+                df,
                 table,
                 mode="overwrite",
                 partition_by=[PARTITION],

@@ -425,6 +425,8 @@ class TrainConfig:
         id_embedding_dim: Dimension of the user-id and coupon-id embeddings.
         user_id_buckets: Hash buckets of the user-id embedding; 0 leaves the user id out.
         l2: L2 penalty on all weights.
+        id_l2: Extra L2 penalty on the user-id and coupon-id embeddings: shrinks what the model learns per id
+            toward what the feature towers predict (a user's own few logged outcomes are mostly noise).
         validation_share: Share of examples (by a hash of ``issuance_id``) held out for early stopping and
             the metrics.
         early_stopping_patience: Stop after this many epochs without a better validation loss.
@@ -458,8 +460,9 @@ class TrainConfig:
     embedding_dim: int = 16
     hidden_units: list[int] = field(default_factory=lambda: [64])
     id_embedding_dim: int = 8
-    user_id_buckets: int = 16384
+    user_id_buckets: int = 0
     l2: float = 1e-6
+    id_l2: float = 1e-4
     validation_share: float = 0.1
     early_stopping_patience: int = 3
     min_delta: float = 1e-4

@@ -89,9 +89,8 @@ def ensure_history(
 ) -> list[dt.date]:  # type: ignore[no-untyped-def]
     """Generate and cleanse the shop's history days before ``run_date`` that the lake does not have yet."""
     from coupon_spark.cleanse import cleanse_day
-    from coupon_spark.datagen.shop import generate_day
-
     from coupon_spark.datagen.backfill import backfill_period, write_backfill
+    from coupon_spark.datagen.shop import generate_day
 
     days = [run_date - dt.timedelta(days=i) for i in range(cfg.pipeline.history_days, 0, -1)]
     if cfg.shop.backfill_days > 0 and days:

@@ -15,7 +15,13 @@ from pyspark.sql import functions as F
 
 from coupon_spark.cleanse import ImportManifestError, cleanse_day, import_period
 from coupon_spark.config import Config
-from coupon_spark.datagen.backfill import POLICY_NAME, backfill_frames, backfill_period, historic_coupons, write_backfill
+from coupon_spark.datagen.backfill import (
+    POLICY_NAME,
+    backfill_frames,
+    backfill_period,
+    historic_coupons,
+    write_backfill,
+)
 from coupon_spark.datagen.response import CouponParams, UserTraits, logit_shift_and_use, response_pairs
 from coupon_spark.datagen.world import users_frame
 from coupon_spark.lake import Lake

@@ -203,3 +203,35 @@ def test_saved_model_serves_the_same_predictions(tmp_path):
     batch["user_x"] = np.arange(9, dtype=np.float32).reshape(3, 3) / 9
     out = serve(**{k: tf.constant(v) for k, v in batch.items()})
     np.testing.assert_allclose(out["p_purchase"].numpy(), model(batch)["p_purchase"].numpy(), atol=1e-6)
+
+
+def test_id_l2_penalises_only_the_id_embeddings():
+    """id_l2 adds id_l2 * (sum of squared id-embedding entries) to the loss, and nothing for other weights:
+    with every id embedding entry set to 0.5 (5 user buckets x 2 + 4 coupon ids x 2 = 18 entries) the
+    penalty is 0.1 * 18 * 0.25 = 0.45."""
+    spec = ModelSpec(
+        user_dim=2, coupon_dim=1, embedding_dim=3, hidden_units=[4], id_embedding_dim=2, user_id_buckets=5,
+        coupon_ids=["c1"],
+    )  # fmt: skip
+    plain, shrunk = build_model(spec, seed=2), build_model(spec, seed=2, id_l2=0.1)
+    weights = export_weights(plain)
+    for name in weights:
+        if "id_embedding" in name:
+            weights[name] = np.full_like(weights[name], 0.5)
+    import_weights(plain, weights)
+    import_weights(shrunk, weights)
+    n_entries = sum(v.size for k, v in weights.items() if "id_embedding" in k)
+    assert n_entries == 5 * 2 + spec.n_coupon_ids * 2
+    ex = Examples(
+        user_x=np.ones((2, 2), np.float32),
+        user_bucket=np.array([0, 1]),
+        coupon_x=np.ones((2, 1), np.float32),
+        coupon_index=np.array([NONE_INDEX, 2]),
+        purchased=np.array([1.0, 0.0], np.float32),
+        redeemed=np.zeros(2, np.float32),
+        propensity=np.array([0.5, 0.5]),
+        is_validation=np.zeros(2, bool),
+    )
+    batch = batch_tensors([ex], [np.ones(2)])
+    diff = float(shrunk.compute_loss(batch, normalizer=2.0)) - float(plain.compute_loss(batch, normalizer=2.0))
+    assert diff == pytest.approx(0.1 * n_entries * 0.25, rel=1e-5)

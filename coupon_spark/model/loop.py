@@ -196,7 +196,7 @@ def fit(
     lr = cfg.learning_rate * world
 
     tf_keras.utils.set_random_seed(cfg.seed)
-    model = build_model(spec, l2=cfg.l2, seed=cfg.seed)
+    model = build_model(spec, l2=cfg.l2, seed=cfg.seed, id_l2=cfg.id_l2)
     opt = make_optimizer(cfg, lr)
     opt.build(model.trainable_variables)
     comm.broadcast_variables(list(model.variables) + list(opt.variables))

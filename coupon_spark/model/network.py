@@ -41,13 +41,15 @@ class TwoTowerUpliftModel(tf_keras.Model):
     Args:
         spec: Input widths, layer sizes and id vocabularies.
         l2: L2 penalty on every weight (added by :meth:`compute_loss`).
+        id_l2: Additional L2 penalty on the id embeddings (per-id parameters shrunk toward the towers).
         seed: Seed of the initial weights (the same seed gives the same weights in every process).
     """
 
-    def __init__(self, spec: ModelSpec, l2: float = 0.0, seed: int = 0, **kwargs: object):
+    def __init__(self, spec: ModelSpec, l2: float = 0.0, seed: int = 0, id_l2: float = 0.0, **kwargs: object):
         super().__init__(**kwargs)
         self.spec = spec
         self.l2 = float(l2)
+        self.id_l2 = float(id_l2)
         d = spec.embedding_dim
         init = _Init(seed)
         self.user_id_embedding = (
@@ -166,6 +168,9 @@ class TwoTowerUpliftModel(tf_keras.Model):
         if self.l2 > 0.0:
             penalty = tf.add_n([tf.reduce_sum(tf.square(v)) for v in self.trainable_variables])
             loss = loss + self.l2 * l2_share * penalty
+        if self.id_l2 > 0.0:
+            ids = [e.embeddings for e in (self.user_id_embedding, self.coupon_id_embedding) if e is not None]
+            loss = loss + self.id_l2 * l2_share * tf.add_n([tf.reduce_sum(tf.square(v)) for v in ids])
         return loss
 
     def build_all(self) -> None:
@@ -230,10 +235,14 @@ def import_weights(model: TwoTowerUpliftModel, weights: Mapping[str, np.ndarray]
 
 
 def build_model(
-    spec: ModelSpec, l2: float = 0.0, seed: int = 0, weights: Mapping[str, np.ndarray] | None = None
+    spec: ModelSpec,
+    l2: float = 0.0,
+    seed: int = 0,
+    weights: Mapping[str, np.ndarray] | None = None,
+    id_l2: float = 0.0,
 ) -> TwoTowerUpliftModel:
     """A built model with seeded initial weights, or with ``weights`` when given."""
-    model = TwoTowerUpliftModel(spec, l2=l2, seed=seed)
+    model = TwoTowerUpliftModel(spec, l2=l2, seed=seed, id_l2=id_l2)
     model.build_all()
     if weights is not None:
         import_weights(model, weights)
