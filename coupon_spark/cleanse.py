@@ -371,7 +371,7 @@ def read_lines(spark: SparkSession, path: str, has_header: bool, expected_header
     is consecutive within a partition), plus the line counts of the file's earlier splits.
 
     Raises:
-        LandingHeaderError: A CSV file whose first line is not ``expected_header``.
+        LandingHeaderError: A CSV file whose first line is not ``expected_header``, or an empty CSV file.
     """
     raw = spark.read.text(path).select(
         F.col("_metadata.file_path").alias("source_file"),
@@ -404,6 +404,11 @@ def read_lines(spark: SparkSession, path: str, has_header: bool, expected_header
     )
     if has_header:
         want = ",".join(expected_header)
+        if not headers:
+            raise LandingHeaderError(
+                f"{path}: the CSV file is empty (no header line {want!r}): an export that failed half-way? "
+                "Re-export it (a day without records still has the header). Nothing was written."
+            )
         for file, head in headers:
             got = (head or "").lstrip("\ufeff").strip()
             if got != want:

@@ -649,7 +649,9 @@ def _mark(origin: dict[str, str], dotted: str, value: Any, file: str) -> None:
 
 def _assign(data: dict[str, Any], origin: dict[str, str], keys: list[str], value: Any, file: str) -> None:
     node = data
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
+        if k not in node:  # a mapping this assignment creates is its own: errors about it name ``file``
+            origin.setdefault(".".join(keys[: i + 1]), file)
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{file}: {'.'.join(keys)}: {k} is not a mapping")

@@ -226,6 +226,14 @@ def test_wrong_csv_header_fails_clearly(spark: SparkSession, lake: Lake, fixture
     assert not any(lake.exists(t) for t in TABLES)
 
 
+def test_empty_csv_file_fails_clearly(spark: SparkSession, lake: Lake, fixture_cfg: Config) -> None:
+    """A 0-byte coupons.csv (no header) used to pass and send every issuance to quarantine as unknown_coupon."""
+    (Path(fixture_cfg.lake.landing) / DAY.isoformat() / "coupons.csv").write_bytes(b"")
+    with pytest.raises(LandingHeaderError, match=r"coupons\.csv: the CSV file is empty"):
+        cleanse_day(spark, lake, fixture_cfg, DAY)
+    assert not any(lake.exists(t) for t in TABLES)
+
+
 def test_line_numbers_are_exact_across_splits(spark: SparkSession, tmp_path: Path) -> None:
     path = tmp_path / "big.txt"
     path.write_text("".join(f"{i}\n" for i in range(1, 20001)), encoding="utf-8")

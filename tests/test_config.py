@@ -106,3 +106,11 @@ def test_float_written_without_a_dot_is_a_number(tmp_path):
     bad = write(tmp_path, "bad.yaml", "extends: " + str(CONF / "base.yaml") + "\ntrain: {l2: tiny}\n")
     with pytest.raises(ConfigError, match=r"train\.l2: expected a number, found 'tiny'"):
         Config.from_file(bad)
+
+
+def test_an_unknown_key_from_set_blames_set_not_the_file():
+    """``--set foo.bar=1`` creates the unknown section ``foo``: the error names --set, not conf/local.yaml."""
+    with pytest.raises(ConfigError, match=r"^--set: unknown key 'foo'; the top level accepts"):
+        Config.from_file(CONF / "local.yaml", overrides=["foo.bar=1"])
+    with pytest.raises(ConfigError, match=r"^--set: unknown key 'lake.rooot'"):
+        Config.from_file(CONF / "local.yaml", overrides=["lake.rooot=1"])
