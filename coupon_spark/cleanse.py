@@ -192,6 +192,7 @@ class Rule:
     values: tuple[str, ...] = ()  # allowed values of a code (after lower-casing), or for a category extra ones
     upper: bool = False  # codes kept in upper case (regions, currencies)
     capped: bool = True  # money: above cleanse.max_amount_eur is absurd (not for budgets)
+    bounds: tuple[float | None, float | None] = (None, None)  # int/double: the plausible range (inclusive)
 
     @property
     def column(self) -> str:
@@ -300,7 +301,7 @@ SOURCES: dict[str, Source] = {
                 Rule("discount", "money"),
                 Rule("currency", "currency", required=True, out="source_currency"),
                 Rule("coupon_id"),
-                Rule("n_items", "int"),
+                Rule("n_items", "int", bounds=(1, 1000)),
                 Rule("updated_at", "timestamp"),
             ),
             key="order_id",
@@ -607,6 +608,13 @@ def record_checks(source: Source, cfg: CleanseConfig, day: dt.date, period: Impo
                     F.format_string(f"{r.name}: %s is not one of {', '.join(r.values)}", v),
                 )
             )
+        lo, hi = r.bounds
+        if lo is not None or hi is not None:
+            x = t[r.name]
+            outside = (x < F.lit(lo) if lo is not None else F.lit(False)) | (
+                x > F.lit(hi) if hi is not None else F.lit(False)
+            )
+            out.append(("bad_value", outside, F.format_string(f"{r.name}: %s is outside [{lo}, {hi}]", v)))
         if r.name == "propensity":
             p = t[r.name]
             out.append(("bad_value", ~((p > 0) & (p <= 1)), F.format_string("propensity: %s is not in (0, 1]", v)))

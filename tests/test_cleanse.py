@@ -226,6 +226,24 @@ def test_wrong_csv_header_fails_clearly(spark: SparkSession, lake: Lake, fixture
     assert not any(lake.exists(t) for t in TABLES)
 
 
+def test_an_absurd_version_never_wins_over_a_clean_one(spark: SparkSession, lake: Lake, fixture_cfg: Config) -> None:
+    """Issue 14: O1 again with n_items=-99999999 and the same updated_at was accepted and the clean line
+    quarantined as superseded. Now n_items has a plausible range: the absurd line is bad_value, the clean one
+    stays."""
+    path = Path(fixture_cfg.lake.landing) / DAY.isoformat() / "orders.csv"
+    clean = path.read_text(encoding="utf-8").splitlines()[1]
+    assert clean.startswith("O1,") and ",2,2026-11-28T12:05:00Z" in clean
+    absurd = clean.replace(",2,2026-11-28T12:05:00Z", ",-99999999,2026-11-28T12:05:00Z")
+    with path.open("a", encoding="utf-8") as f:
+        f.write(absurd + "\n")
+    res = cleanse_day(spark, lake, fixture_cfg, DAY)
+    o1 = lake.read("orders").where("order_id = 'O1'").collect()
+    assert [r["n_items"] for r in o1] == [2]
+    q = {(r["position"], r["reason"]) for r in lake.read("quarantine").where("source = 'orders'").collect()}
+    assert (LINES["orders"] + 2, "bad_value") in q and (2, "superseded") not in q
+    assert res.sources["orders"].quarantined_by_reason["bad_value"] == 1
+
+
 def test_empty_csv_file_fails_clearly(spark: SparkSession, lake: Lake, fixture_cfg: Config) -> None:
     """A 0-byte coupons.csv (no header) used to pass and send every issuance to quarantine as unknown_coupon."""
     (Path(fixture_cfg.lake.landing) / DAY.isoformat() / "coupons.csv").write_bytes(b"")
