@@ -608,6 +608,17 @@ def record_checks(source: Source, cfg: CleanseConfig, day: dt.date, period: Impo
                     F.format_string(f"{r.name}: %s is not one of {', '.join(r.values)}", v),
                 )
             )
+        if r.kind in ("string", "code", "category", "currency"):
+            out.append(
+                (
+                    "bad_value",
+                    F.length(v) > F.lit(cfg.max_field_chars),
+                    F.format_string(
+                        f"{r.name}: %d characters, more than cleanse.max_field_chars ({cfg.max_field_chars})",
+                        F.length(v),
+                    ),
+                )
+            )
         lo, hi = r.bounds
         if lo is not None or hi is not None:
             x = t[r.name]

@@ -186,6 +186,7 @@ class CleanseConfig:
         categories: Canonical product categories.
         category_aliases: Spellings mapped to a canonical category (after lower-casing and trimming).
         max_amount_eur: An amount above this is absurd (``bad_amount``).
+        max_field_chars: A text field longer than this is absurd (``bad_value``): ids, codes, names.
         future_tolerance_minutes: Timestamps later than the end of the ingest date plus this are
             ``future_timestamp``.
         max_lateness_days: Fact timestamps more than this many days before the ingest date are
@@ -217,6 +218,7 @@ class CleanseConfig:
         }
     )
     max_amount_eur: float = 10_000.0
+    max_field_chars: int = 256
     future_tolerance_minutes: int = 60
     max_lateness_days: int = 7
     naive_timezone: str = "UTC"

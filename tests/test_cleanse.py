@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from coupon_spark import schemas
 from coupon_spark.cleanse import (
@@ -242,6 +243,20 @@ def test_an_absurd_version_never_wins_over_a_clean_one(spark: SparkSession, lake
     q = {(r["position"], r["reason"]) for r in lake.read("quarantine").where("source = 'orders'").collect()}
     assert (LINES["orders"] + 2, "bad_value") in q and (2, "superseded") not in q
     assert res.sources["orders"].quarantined_by_reason["bad_value"] == 1
+
+
+def test_a_huge_text_field_is_refused(spark: SparkSession, lake: Lake, fixture_cfg: Config) -> None:
+    """Issue 14: a 1 MB text field in an otherwise valid record was accepted; text fields are bounded."""
+    path = Path(fixture_cfg.lake.landing) / DAY.isoformat() / "orders.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    fields = lines[1].split(",")
+    fields[0] = "O" + "x" * 1_000_000
+    path.write_text("\n".join([*lines, ",".join(fields)]) + "\n", encoding="utf-8")
+    res = cleanse_day(spark, lake, fixture_cfg, DAY)
+    q = lake.read("quarantine").where(f"source = 'orders' AND position = {LINES['orders'] + 2}").collect()
+    assert [r["reason"] for r in q] == ["bad_value"] and "1000001 characters" in q[0]["detail"]
+    assert res.sources["orders"].accepted == lake.read("orders").count()
+    assert lake.read("orders").where(F.length("order_id") > 256).count() == 0
 
 
 def test_empty_csv_file_fails_clearly(spark: SparkSession, lake: Lake, fixture_cfg: Config) -> None:
