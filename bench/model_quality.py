@@ -500,6 +500,13 @@ def main() -> None:
     out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
     value = (cfg.score.margin_rate * user_basket(users, cfg.score))[:, None]
     pred = out["uplift"] * value - out["p_redeem"] * coupons.cost[None, :]
+    spread = scorer.profit_spread(users, coupons.frame, value, coupons.cost) if cfg.score.uncertainty_z > 0 else None
+    if spread is not None:  # what the score job decides on: the estimate less z sd of the model's ensemble
+        print(
+            f"decisions on the lower bound: estimate - {cfg.score.uncertainty_z:g} sd of "
+            f"{len(scorer.members)} fold models"
+        )
+        pred = pred - cfg.score.uncertainty_z * spread
     eligible = np.isfinite(mask_ineligible(np.zeros_like(pred, dtype=np.float64), users, coupons, cfg.score))
     truth = response_matrix(
         UserTraits.from_pandas(traits.loc[users["user_id"]].reset_index()),

@@ -305,6 +305,10 @@ class ScoreConfig:
         frequency_cap_days: Look-back of the frequency cap (issuances before the run date).
         targeting: Campaign id -> the user segments it may target (absent: every segment).
         batch_rows: Users scored at once inside a task (bounds the memory of the score matrices).
+        uncertainty_z: Decisions on a lower bound: each expected incremental profit is lowered by this many
+            standard deviations of the estimates of the model's ensemble (the decision gate's fold models,
+            published with the version); 0: the point estimate. Taking the best of many noisy estimates picks
+            the noise; the lower bound counts an estimate only as far as the models agree on it.
     """
 
     top_k: int = 10
@@ -316,6 +320,7 @@ class ScoreConfig:
     frequency_cap_days: int = 7
     targeting: dict[str, list[str]] = field(default_factory=dict)
     batch_rows: int = 4096
+    uncertainty_z: float = 3.0
 
 
 @dataclass(frozen=True)

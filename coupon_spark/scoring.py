@@ -163,6 +163,10 @@ def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: Score
     value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
     profit = uplift * value[:, None]
     profit -= p_redeem * coupons.cost.astype(np.float32)[None, :]
+    if cfg.uncertainty_z > 0:  # decisions on a lower bound: the ensemble's disagreement counts against
+        spread = scorer.profit_spread(users, coupons.frame, value[:, None], coupons.cost.astype(np.float32))
+        if spread is not None:
+            profit -= np.float32(cfg.uncertainty_z) * spread
     gate = scorer.decision_threshold
     if gate > 0:  # the model's decision gate: positive estimates it could not show to pay are worth nothing
         profit[(profit > 0) & (profit <= gate)] = 0.0

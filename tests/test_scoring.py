@@ -237,3 +237,51 @@ def test_the_decision_gate_zeroes_the_estimates_it_could_not_show_to_pay(model_a
     closed = NumpyScorer(scorer.spec, scorer.transform, scorer.weights, decision_threshold=float("inf"))
     shut = scoring.score_chunk(users, closed, live, CFG)
     assert len(shut) > 0 and (shut.expected_profit <= 0).all()
+
+
+def test_decisions_on_the_ensemble_lower_bound(model_and_scorer, tmp_path):
+    """With fold models as members, the score is the estimate less z standard deviations of the members'
+    estimates, each member computed here one pair at a time from TensorFlow's own predictions; the members
+    travel with the version (fold_weights.npz) and NumpyScorer.load finds them."""
+    model, scorer = model_and_scorer
+    spec, transform = scorer.spec, scorer.transform
+    members = [export_weights(build_model(spec, seed=s)) for s in (11, 12, 13)]
+    members = [{k: (v * 1.5 if "dense" in k else v) for k, v in w.items()} for w in members]
+    users = make_users().head(12)
+    cfg = dataclasses.replace(CFG, uncertainty_z=2.0, frequency_cap=10**6, targeting={})
+    # by hand: each member's profit per pair from TF, their sample sd, then profit - 2 sd
+    per_member = [tf_predictions(build_model(spec, weights=w), scorer, users) for w in members]
+    own = tf_predictions(model, scorer, users)
+    want = {}
+    for u in users.itertuples():
+        basket = u.uf_avg_basket_90d if u.uf_avg_basket_90d > 0 else cfg.default_basket_eur
+        for c in COUPONS.itertuples():
+            if c.cf_min_spend > cfg.min_spend_factor * basket:
+                continue
+
+            def profit(p: dict[str, float], cost: float = c.cf_cost, b: float = basket) -> float:
+                return (p["p_purchase"] - p["p_purchase_none"]) * cfg.margin_rate * b - p["p_redeem"] * cost
+
+            sd = float(np.std([profit(pm[(u.user_id, c.coupon_id)]) for pm in per_member], ddof=1))
+            want[(u.user_id, c.coupon_id)] = profit(own[(u.user_id, c.coupon_id)]) - 2.0 * sd
+    ens = NumpyScorer(spec, transform, scorer.weights, members=[NumpyScorer(spec, transform, w) for w in members])
+    coupons = scoring.prepare_coupons(COUPONS, ens, cfg)
+    got = scoring.score_chunk(users, ens, coupons, dataclasses.replace(cfg, top_k=len(COUPONS)))
+    assert len(got) == len(want)
+    for r in got.itertuples():
+        assert r.expected_profit == pytest.approx(want[(r.user_id, r.coupon_id)], abs=2e-4)
+    # a version folder with fold_weights.npz loads as the same ensemble
+    np.savez(tmp_path / "weights.npz", **scorer.weights)
+    np.savez(tmp_path / "fold_weights.npz", **{f"{k}/{n}": a for k, w in enumerate(members) for n, a in w.items()})
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    (tmp_path / "transform.json").write_text(transform.to_json())
+    loaded = NumpyScorer.load(tmp_path)
+    assert len(loaded.members) == 3
+    again = scoring.score_chunk(
+        users, loaded, scoring.prepare_coupons(COUPONS, loaded, cfg), dataclasses.replace(cfg, top_k=6)
+    )
+    np.testing.assert_allclose(again["expected_profit"], got["expected_profit"], atol=1e-6)
+    # z = 0: the point estimate
+    plain = scoring.score_chunk(users, ens, coupons, dataclasses.replace(cfg, uncertainty_z=0.0, top_k=6))
+    for r in plain.itertuples():
+        assert r.expected_profit >= want[(r.user_id, r.coupon_id)] - 2e-4

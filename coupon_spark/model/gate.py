@@ -393,7 +393,13 @@ def best_option_gains(
         value = (cfg.margin_rate * user_basket(part, cfg))[:, None]
         mu = out["p_purchase"] * value - out["p_redeem"] * coupons.cost[None, :]
         mu_none = out["p_purchase_none"] * value[:, 0]
-        profit = mask_ineligible((mu - mu_none[:, None]).astype(np.float64), part, coupons, cfg)
+        profit = (mu - mu_none[:, None]).astype(np.float64)
+        spread_of = getattr(scorer, "profit_spread", None)  # a scorer without an ensemble has no spread
+        if cfg.uncertainty_z > 0 and spread_of is not None:  # the score job's lower bound (the fold models)
+            spread = spread_of(part, coupons.frame, value, coupons.cost)
+            if spread is not None:
+                profit -= cfg.uncertainty_z * spread
+        profit = mask_ineligible(profit, part, coupons, cfg)
         n = np.arange(len(part))
         best = profit.argmax(axis=1)
         logged = part["coupon_id"].to_numpy(object)

@@ -168,4 +168,9 @@ class Registry:
         tmp = Path(tempfile.mkdtemp(prefix=f"{name}-{v}-"))
         for f in ("weights.npz", "spec.json", "transform.json", MANIFEST, "metrics.json"):
             (tmp / f).write_bytes(read_bytes(f"{uri}/{f}"))
+        for f in ("decision.json", "fold_weights.npz"):  # the gate and its ensemble, where the version has them
+            try:
+                (tmp / f).write_bytes(read_bytes(f"{uri}/{f}"))
+            except (FileNotFoundError, OSError):
+                pass
         return tmp

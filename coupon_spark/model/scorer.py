@@ -13,7 +13,7 @@ coupons are embedded separately, then every user is scored against every coupon 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,9 @@ from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
 
 WEIGHTS_FILE = "weights.npz"
+FOLD_WEIGHTS_FILE = "fold_weights.npz"
+"""The decision gate's K fold models (keys ``<k>/<weight name>``): the ensemble whose disagreement measures how
+uncertain each estimate is."""
 SPEC_FILE = "spec.json"
 TRANSFORM_FILE = "transform.json"
 
@@ -49,6 +52,8 @@ class NumpyScorer:
             names them.
         decision_threshold: EUR; the score job treats an expected incremental profit at or below it as not
             worth a coupon (``decision.json``, :mod:`coupon_spark.model.gate`; ``inf``: the gate is closed).
+        members: Models of the same spec trained on other subsets of the rows (the gate's fold models): the
+            spread of their estimates is the uncertainty :meth:`profit_spread` reports.
     """
 
     def __init__(
@@ -57,8 +62,10 @@ class NumpyScorer:
         transform: FeatureTransform,
         weights: Mapping[str, np.ndarray],
         decision_threshold: float = 0.0,
+        members: Sequence[NumpyScorer] = (),
     ):
         self.spec = spec
+        self.members = list(members)
         self.transform = transform
         self.decision_threshold = float(decision_threshold)
         self.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
@@ -75,12 +82,37 @@ class NumpyScorer:
         with np.load(d / WEIGHTS_FILE) as npz:
             weights = {k: npz[k] for k in npz.files}
         gate = Gate.from_json(json.loads((d / DECISION_FILE).read_text())) if (d / DECISION_FILE).exists() else NO_GATE
-        return cls(
-            ModelSpec.from_json((d / SPEC_FILE).read_text()),
-            FeatureTransform.from_json((d / TRANSFORM_FILE).read_text()),
-            weights,
-            gate.threshold,
-        )
+        spec = ModelSpec.from_json((d / SPEC_FILE).read_text())
+        transform = FeatureTransform.from_json((d / TRANSFORM_FILE).read_text())
+        members: list[NumpyScorer] = []
+        if (d / FOLD_WEIGHTS_FILE).exists():
+            with np.load(d / FOLD_WEIGHTS_FILE) as npz:
+                folds = sorted({k.split("/", 1)[0] for k in npz.files}, key=int)
+                for f in folds:
+                    w = {k.split("/", 1)[1]: npz[k] for k in npz.files if k.split("/", 1)[0] == f}
+                    members.append(cls(spec, transform, w))
+        return cls(spec, transform, weights, gate.threshold, members)
+
+    def profit_spread(
+        self, users: pd.DataFrame, coupon_frame: pd.DataFrame, value: np.ndarray, cost: np.ndarray
+    ) -> np.ndarray | None:
+        """Standard deviation over :attr:`members` of the expected incremental profit
+        ``uplift * value - p_redeem * cost`` of every user x coupon (``[n, m]``, float32); None with fewer
+        than two members.
+
+        Args:
+            users: Raw user features.
+            coupon_frame: The live coupons' raw features, in the order of ``cost``.
+            value: ``[n, 1]`` EUR of a purchase to the shop (margin x basket).
+            cost: ``[m]`` coupon costs.
+        """
+        if len(self.members) < 2:
+            return None
+        profits = []
+        for m in self.members:
+            out = m.predict(m.user_embed(users), m.coupon_embed(coupon_frame))
+            profits.append(out["uplift"] * value - out["p_redeem"] * cost[None, :])
+        return np.std(np.stack(profits), axis=0, ddof=1).astype(np.float32)
 
     @property
     def embedding_dim(self) -> int:

@@ -53,6 +53,7 @@ from coupon_spark.model.data import (
 )
 from coupon_spark.model.gate import DECISION_FILE, MIN_ROWS, NO_GATE, Gate, next_test_index
 from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
+from coupon_spark.model.scorer import FOLD_WEIGHTS_FILE
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
 
@@ -415,14 +416,17 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
     weights = read_npz(f"{uri}/weights.npz")
     gate_started = time.time()
     gate = NO_GATE
+    ensemble: list[dict[str, np.ndarray]] = []
     if tc.decision_confidence > 0:
         earlier = earlier_gates(registry, name, before=model_version)
         fold_task = dataclasses.replace(
             task, version_uri="", train=dataclasses.replace(tc, epochs=max(1, min(tc.epochs, result["best_epoch"])))
         )
-        gate = decision_gate(lake, cfg, files, spec, transform, weights, next_test_index(earlier), fold_task)
+        gate = decision_gate(lake, cfg, files, spec, transform, weights, next_test_index(earlier), fold_task, ensemble)
     gate_seconds = round(time.time() - gate_started, 1)
     log.info("decision gate of %s v%d (%.1f s): %s", name, model_version, gate_seconds, gate.describe())
+    if ensemble:  # before the manifest: a version is complete only with everything its scorer reads
+        write_npz(f"{uri}/{FOLD_WEIGHTS_FILE}", {f"{k}/{n}": a for k, w in enumerate(ensemble) for n, a in w.items()})
     publish(
         registry,
         name,
@@ -459,6 +463,7 @@ def decision_gate(
     weights: dict[str, np.ndarray],
     test_index: int = 1,
     fold_task: RankTask | None = None,
+    fold_models_out: list[dict[str, np.ndarray]] | None = None,
 ) -> Gate:
     """The model's decision gate (:mod:`coupon_spark.model.gate`) from the rows of the training files that a
     randomised logging policy (``evaluate.ope_policies``) chose, and the coupons live on their issue dates
@@ -468,12 +473,14 @@ def decision_gate(
     K fold models are trained in this process (:func:`fold_models`) and every randomised row is scored by the
     one that did not see it; else the published ``weights`` score the rows of the validation split. The rows
     are split into the selection and the confirmation parts and :func:`coupon_spark.model.gate.decide` chooses
-    and tests the threshold, as the model name's ``test_index``-th test.
+    and tests the threshold, as the model name's ``test_index``-th test. The fold models' weights are appended
+    to ``fold_models_out`` (published with the version: the ensemble of ``score.uncertainty_z``).
     """
     from coupon_spark.model.gate import best_option_gains, decide, fold_ids, live_on, selection_mask
     from coupon_spark.model.scorer import NumpyScorer
 
     tc = cfg.train
+    fold_models_out = [] if fold_models_out is None else fold_models_out
     folds = tc.gate_folds if tc.gate_folds >= 2 and fold_task is not None else 0
     outcomes = ["issue_date", "policy", "propensity", "revenue_eur", "coupon_cost_eur"]
     cols = [*ID_COLUMNS, *outcomes, *transform.user_columns]
@@ -496,8 +503,13 @@ def decision_gate(
     models = fold_models(fold_task, folds) if folds and fold_task is not None else [weights]
     fold = fold_ids(rows["issuance_id"], folds, tc.seed)
     scores, gains, parts = [], [], []
+    # each row is scored by the fold model that did not see it, lowered (score.uncertainty_z) by the spread of
+    # all fold models, as the score job lowers the published model's estimates by the same ensemble's spread
+    ensemble = [NumpyScorer(spec, transform, w) for w in models] if len(models) > 1 else []
+    if len(models) > 1:
+        fold_models_out.extend(models)
     for k, w in enumerate(models):
-        scorer = NumpyScorer(spec, transform, w)
+        scorer = NumpyScorer(spec, transform, w, members=ensemble)
         for part in (True, False):
             mine = rows[(fold == k) & (in_selection == part)].reset_index(drop=True)
             s, g = best_option_gains(scorer, mine, by_date, score_cfg, options)
