@@ -3,7 +3,9 @@
 A model can rank users well and still lose money: the allocator picks the largest estimates, and where the
 uplift is small next to its estimation noise those are mostly the noisiest ones. So before a model version
 may issue coupons, its own policy is evaluated off-policy. Policy ``pi_t``: each user gets the eligible coupon
-with the largest expected incremental profit ``S`` if ``S > t``, else nothing. On held-out rows that
+with the largest expected incremental profit ``S`` if ``S > t``, else nothing (``S`` as the score job ranks it:
+with ``score.uncertainty_z`` > 0, the estimate less that many standard deviations of the fold models'
+estimates, see :meth:`coupon_spark.model.scorer.NumpyScorer.profit_spread`). On held-out rows that
 randomised logging policies chose, with known propensities ``p_i``, the doubly robust estimate (Dudik,
 Langford and Li, 2011) of its gain over issuing nothing is the mean of::
 
