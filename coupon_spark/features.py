@@ -228,19 +228,20 @@ def with_window_features(
     Returns:
         (user_id, as_of_date, ``<metric>_<w>d`` for every metric and window, ``last_order_day``).
     """
+    carried = [*metrics, *[m for m in long_metrics if m not in metrics]]
     rows = daily.select(
         "user_id",
         day_number(F.col("day")).alias("dn"),
         F.lit(False).alias("probe"),
         F.lit(None).cast("date").alias("as_of_date"),
-        *metrics,
+        *carried,
     ).unionByName(
         probes.select(
             "user_id",
             day_number(F.col("as_of_date")).alias("dn"),
             F.lit(True).alias("probe"),
             "as_of_date",
-            *[F.lit(0.0).alias(m) for m in metrics],
+            *[F.lit(0.0).alias(m) for m in carried],
         )
     )
     by_user = Window.partitionBy("user_id").orderBy("dn")
@@ -316,9 +317,11 @@ def user_features(
         *[(F.col(f"issued_{k}") * buy_day).alias(f"issued_buy_{k}") for k in kinds],
     )
     long_metrics = ["orders", "spend", "spend_sq", "buy_day", "issued", "redeemed", *resp]
-    metrics = [*base_metrics, "spend_sq", "buy_day", *[m for m in resp if m not in base_metrics]]
+    # the short windows only for the metrics that have short-window features; the response metrics: the long one
     profiles = users_as_of(users, as_of_dates)
-    win = with_window_features(daily, profiles.select("user_id", "as_of_date"), metrics, windows, long_metrics, hist)
+    win = with_window_features(
+        daily, profiles.select("user_id", "as_of_date"), base_metrics, windows, long_metrics, hist
+    )
     big = max(windows)
     mid = sorted(w for w in windows if w <= 30)[-1] if any(w <= 30 for w in windows) else big
     short = windows[0]

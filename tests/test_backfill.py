@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -153,5 +152,3 @@ def test_bulk_import_lands_each_fact_on_its_day_and_reruns_replace(spark: SparkS
     # a rerun replaces every covered day: nothing doubles
     cleanse_day(spark, lake, cfg, last)
     assert lake.read("orders").count() == counts["orders"] and lake.read("issuances").count() == n_iss
-    # an ordinary day after the import keeps its own partition
-    assert dataclasses.replace(cfg.shop, backfill_days=0).backfill_days == 0

@@ -58,11 +58,19 @@ from coupon_spark.datagen.shop import render_coupons, render_issuances, render_o
 from coupon_spark.datagen.simulate import (
     ISSUANCE_COLUMNS,
     ORDER_COLUMNS,
-    REDEMPTION_COLUMNS,
     _product,
     _select,
+    redemptions_of,
 )
-from coupon_spark.datagen.world import CATEGORIES, COUPON_KINDS, COUPON_TRUTH, WEEKLY_FACTOR, day_index, uniform
+from coupon_spark.datagen.world import (
+    CATEGORIES,
+    COUPON_KINDS,
+    COUPON_TRUTH,
+    WEEKLY_FACTOR,
+    coupon_terms,
+    day_index,
+    uniform,
+)
 from coupon_spark.schemas import LANDING_FILES
 
 POLICY_NAME = "legacy_newsletter"
@@ -94,12 +102,7 @@ def historic_coupons(first: dt.date, last: dt.date) -> pd.DataFrame:
     rows = []
     for k, kind in enumerate(COUPON_KINDS):
         for t in range(3):
-            if kind == "price_off":
-                face, min_spend, cost = 5.0 * (t + 1), 25.0 * (t + 1), 5.0 * (t + 1)
-            elif kind == "free_shipping":
-                face, min_spend, cost = 4.95, 15.0 * t, 3.5
-            else:
-                face, min_spend, cost = 2.0 * (t + 1), 10.0 * (t + 1), 1.2 * (t + 1)
+            face, min_spend, cost = coupon_terms(kind, t)
             rows.append(
                 {
                     "coupon_id": f"CPH{k + 1:02d}{t + 1:02d}",
@@ -268,19 +271,7 @@ def backfill_frames(
         ),
         ORDER_COLUMNS,
     )
-    redemptions = _select(
-        orders.where(F.col("coupon_id").isNotNull()).select(
-            F.concat(F.lit("R"), F.substring("order_id", 2, 100)).alias("redemption_id"),
-            "issuance_id",
-            "user_id",
-            "coupon_id",
-            "order_id",
-            F.col("ordered_at").alias("redeemed_at"),
-            "discount_eur",
-        ),
-        REDEMPTION_COLUMNS,
-    )
-    return issuances, orders, redemptions, coupons, facts
+    return issuances, orders, redemptions_of(orders), coupons, facts
 
 
 def write_backfill(

@@ -282,7 +282,14 @@ def simulate_day(
         ),
         ORDER_COLUMNS,
     )
-    redemptions = _select(
+    redemptions = redemptions_of(orders)
+    events = _views_and_carts(active, day, shop).unionByName(_purchase_events(orders, shop))
+    return DayOutcome(day=day, events=_select(events, EVENT_COLUMNS), orders=orders, redemptions=redemptions)
+
+
+def redemptions_of(orders: DataFrame) -> DataFrame:
+    """The redemption records of the orders that redeemed a coupon (:data:`REDEMPTION_COLUMNS`)."""
+    return _select(
         orders.filter(F.col("coupon_id").isNotNull()).select(
             F.concat(F.lit("R"), F.substring("order_id", 2, 100)).alias("redemption_id"),
             "issuance_id",
@@ -294,8 +301,6 @@ def simulate_day(
         ),
         REDEMPTION_COLUMNS,
     )
-    events = _views_and_carts(active, day, shop).unionByName(_purchase_events(orders, shop))
-    return DayOutcome(day=day, events=_select(events, EVENT_COLUMNS), orders=orders, redemptions=redemptions)
 
 
 def _product(category: Column, u: Column) -> Column:

@@ -272,6 +272,15 @@ COUPON_TRUTH = StructType(
 site-wide coupon."""
 
 
+def coupon_terms(kind: str, t: int) -> tuple[float, float, float]:
+    """``(face value, minimum spend, cost)`` in EUR of the ``t``-th coupon (0-based) of a campaign of ``kind``."""
+    if kind == "price_off":
+        return 5.0 * (t + 1), 25.0 * (t + 1), 5.0 * (t + 1)
+    if kind == "free_shipping":
+        return 4.95, 15.0 * t, 3.5
+    return 2.0 * (t + 1), 10.0 * (t + 1), 1.2 * (t + 1)
+
+
 def coupons_pandas(shop: ShopConfig) -> pd.DataFrame:
     """The coupon catalogue (:data:`COUPON_TRUTH` columns): small, so built on the driver, from the seed.
 
@@ -293,12 +302,7 @@ def coupons_pandas(shop: ShopConfig) -> pd.DataFrame:
             valid_to = valid_from + dt.timedelta(days=int(rng.integers(7, 29)))
         budget = round(budget_unit * float(rng.uniform(0.5, 2.0)), 2)
         for t in range(shop.coupons_per_campaign):
-            if kind == "price_off":
-                face, min_spend, cost = 5.0 * (t + 1), 25.0 * (t + 1), 5.0 * (t + 1)
-            elif kind == "free_shipping":
-                face, min_spend, cost = 4.95, 15.0 * t, 3.5
-            else:
-                face, min_spend, cost = 2.0 * (t + 1), 10.0 * (t + 1), 1.2 * (t + 1)
+            face, min_spend, cost = coupon_terms(kind, t)
             rows.append(
                 {
                     "coupon_id": f"CPN{j + 1:02d}{t + 1:02d}",
