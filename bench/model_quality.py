@@ -64,6 +64,7 @@ from coupon_spark.evaluation.uplift_learners import (
 from coupon_spark.evaluation.uplift_metrics import UpliftCurves, uplift_curves
 from coupon_spark.model.data import make_examples, validation_mask
 from coupon_spark.model.gate import live_on
+from coupon_spark.model.pair import pair_matrix, pair_rows
 from coupon_spark.model.registry import Registry
 from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.transform import FeatureTransform
@@ -130,15 +131,44 @@ def kinds_of(frame: pd.DataFrame) -> np.ndarray:
     return kinds
 
 
-def logged_rows(ex: pd.DataFrame, transform: FeatureTransform, margin: float) -> LoggedRows:
-    """Training examples as learner inputs, with the model's own feature transformation."""
+def logged_rows(
+    ex: pd.DataFrame, transform: FeatureTransform, margin: float, pair_basket: float | None = None
+) -> LoggedRows:
+    """Training examples as learner inputs, with the model's own feature transformation and, when the model has
+    them (``pair_basket``: its default basket; None: none), its pair features."""
     return LoggedRows(
         user_x=transform.user_matrix(ex),
         coupon_x=transform.coupon_matrix(ex),
         kind=kinds_of(ex),
         reward=(ex["revenue_eur"] * margin - ex["coupon_cost_eur"]).to_numpy(np.float64),
         propensity=ex["propensity"].to_numpy(np.float64),
+        pair_x=None if pair_basket is None else pair_rows(ex, pair_basket),
     )
+
+
+def pair_basket_of(scorer: NumpyScorer) -> float | None:
+    """The model's default basket when it has pair features (the learners then get them too), else None."""
+    return scorer.spec.default_basket_eur if scorer.spec.pair_dim else None
+
+
+def dr_pair_features(ex: pd.DataFrame, pair_basket: float | None) -> Any:
+    """``(rows, arm_rows) -> [k, p]`` for :func:`dr_pairs`: the user of ``rows`` with the coupon of ``arm_rows``."""
+    if pair_basket is None:
+        return None
+    user_cols = [c for c in ex.columns if c.startswith("uf_")]
+    coupon_cols = ["coupon_id", "cf_face_value", "cf_min_spend", "cc_category"]
+
+    def pair_of(rows: np.ndarray, arms: np.ndarray) -> np.ndarray:
+        frame = pd.concat(
+            [
+                ex[user_cols].iloc[rows].reset_index(drop=True),
+                ex[coupon_cols].iloc[arms].reset_index(drop=True),
+            ],
+            axis=1,
+        )
+        return pair_rows(frame, pair_basket)
+
+    return pair_of
 
 
 def none_coupon_x(ex: pd.DataFrame, transform: FeatureTransform) -> np.ndarray:
@@ -177,10 +207,17 @@ def exploration_options(cfg: Config, ex: pd.DataFrame) -> list[frozenset[str] | 
 
 
 def fit_learners(
-    ex: pd.DataFrame, transform: FeatureTransform, cfg: Config, seed: int, max_pairs: int, threads: int
+    ex: pd.DataFrame,
+    transform: FeatureTransform,
+    cfg: Config,
+    seed: int,
+    max_pairs: int,
+    threads: int,
+    pair_basket: float | None = None,
 ) -> dict[str, Any]:
-    """The LightGBM S-, T- and DR-learners fitted on ``ex`` (the DR pseudo-outcomes on its randomised rows)."""
-    rows = logged_rows(ex, transform, cfg.score.margin_rate)
+    """The LightGBM S-, T- and DR-learners fitted on ``ex`` (the DR pseudo-outcomes on its randomised rows);
+    with the model's pair features when ``pair_basket`` is given."""
+    rows = logged_rows(ex, transform, cfg.score.margin_rate, pair_basket)
     use = randomised(ex, cfg)
     pairs = dr_pairs(
         issue_dates(ex),
@@ -191,6 +228,7 @@ def fit_learners(
         exploration_options(cfg, ex),
         max_pairs,
         seed,
+        dr_pair_features(ex, pair_basket),
     )
     params = lgbm_params(seed, n_jobs=threads)
     learners: dict[str, Any] = {}
@@ -211,9 +249,12 @@ def fit_learners(
     return learners
 
 
-def learner_effect(learner: Any, transform: FeatureTransform, none_x: np.ndarray) -> Effect:
+def learner_effect(
+    learner: Any, transform: FeatureTransform, none_x: np.ndarray, pair_basket: float | None = None
+) -> Effect:
     def effect(users: pd.DataFrame, user_x: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
-        arms = Arms(transform.coupon_matrix(frame), kinds_of(frame), none_x)
+        pair = None if pair_basket is None else pair_matrix(users, frame, pair_basket)
+        arms = Arms(transform.coupon_matrix(frame), kinds_of(frame), none_x, pair)
         return np.asarray(learner.effect(user_x, arms), np.float64)
 
     return effect
@@ -256,7 +297,7 @@ def model_effect(scorer: NumpyScorer, score_cfg: ScoreConfig) -> Effect:
 
     def effect(users: pd.DataFrame, user_x: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
         coupons = prepare_coupons(frame, scorer, score_cfg)
-        out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
+        out = scorer.score_frames(users, coupons.frame, coupons.embeddings)
         value = (score_cfg.margin_rate * user_basket(users, score_cfg))[:, None]
         return np.asarray(out["uplift"] * value - out["p_redeem"] * coupons.cost[None, :], np.float64)
 
@@ -399,9 +440,10 @@ def qini_section(
         f"\nQini / AUUC on held-out randomised logs: {len(rows)} rows of {held_days[0]} .. {held_days[-1]}; "
         f"learners refitted on the {len(before)} rows before {held_days[0]}:"
     )
-    learners = fit_learners(before, scorer.transform, cfg, a.seed, a.max_dr_pairs, a.threads)
+    pb = pair_basket_of(scorer)
+    learners = fit_learners(before, scorer.transform, cfg, a.seed, a.max_dr_pairs, a.threads, pb)
     ips, _ = ips_effects(before, cfg)
-    effects: dict[str, Effect] = {k: learner_effect(v, scorer.transform, none_x) for k, v in learners.items()}
+    effects: dict[str, Effect] = {k: learner_effect(v, scorer.transform, none_x, pb) for k, v in learners.items()}
     effects |= ips
     effects["the model"] = model_effect(scorer, cfg.score)
     cfd = DeltaTable(table(cfg, "coupon_features")).to_pandas(filters=[("as_of_date", "in", held_days)])
@@ -497,7 +539,7 @@ def main() -> None:
     params = DeltaTable(f"{truth_root}/coupons").to_pandas().set_index("coupon_id").loc[coupons.frame["coupon_id"]]
     users = users[users["user_id"].isin(traits.index)].reset_index(drop=True)
 
-    out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
+    out = scorer.score_frames(users, coupons.frame, coupons.embeddings)
     value = (cfg.score.margin_rate * user_basket(users, cfg.score))[:, None]
     pred = out["uplift"] * value - out["p_redeem"] * coupons.cost[None, :]
     spread = scorer.profit_spread(users, coupons.frame, value, coupons.cost) if cfg.score.uncertainty_z > 0 else None
@@ -544,7 +586,8 @@ def main() -> None:
         f"\nbaselines fitted on the model's {len(ex)} training rows (issued from {since or 'the start'} to "
         f"{until}, exclusive):"
     )
-    learners = fit_learners(ex, scorer.transform, cfg, a.seed, a.max_dr_pairs, a.threads)
+    pb = pair_basket_of(scorer)
+    learners = fit_learners(ex, scorer.transform, cfg, a.seed, a.max_dr_pairs, a.threads, pb)
     ips, ips_note = ips_effects(ex, cfg)
 
     frame = coupons.frame
@@ -553,7 +596,7 @@ def main() -> None:
         (f"the model (gate at {threshold:g} EUR)", gated, None),
         ("the model, ungated", pred, pred),
     ]
-    effects = {k: learner_effect(v, scorer.transform, none_x)(users, x, frame) for k, v in learners.items()}
+    effects = {k: learner_effect(v, scorer.transform, none_x, pb)(users, x, frame) for k, v in learners.items()}
     lines += [(k, v, v) for k, v in effects.items()]
     lines += [(k, fn(users, x, frame), None) for k, fn in ips.items()]
     lines.append(("the oracle", true, true))
@@ -581,7 +624,7 @@ def main() -> None:
     inputs_ = make_examples(ex, scorer.transform, scorer.spec, cfg.train.validation_share, cfg.train.seed)
     inputs = {"user_x": inputs_.user_x, "user_bucket": inputs_.user_bucket, "coupon_x": inputs_.coupon_x}
     treated = inputs_.coupon_index != 0
-    p_arm = scorer.predict_rows(inputs | {"coupon_index": inputs_.coupon_index})
+    p_arm = scorer.predict_rows(inputs | {"coupon_index": inputs_.coupon_index, "pair_x": inputs_.pair_x})
     shift = logit(p_arm["p_purchase"]) - logit(p_arm["p_purchase_none"])
     drift = pd.Series(shift[treated]).groupby(ex["issue_date"].astype(str).to_numpy()[treated]).mean()
     print("\ntreatment_drift (mean logit shift of the logged coupons, by issue date):")

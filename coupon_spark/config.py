@@ -253,16 +253,23 @@ class FeaturesConfig:
         response_prior_issuances: Strength of the prior of the response features, in issuances: a user's
             purchase lift on coupon days (and redemption rate) is shrunk toward the population's as if the
             population's value had been seen on this many more issuances.
-        feature_only_policies: Logged policies whose issuances shape the users' response features but are not
-            training examples (a bulk-imported past promotion: a year of daily snapshots would be needed to
-            train on it).
+        import_policies: Logged policies of a bulk-imported past (an earlier randomised promotion): their
+            issuances become training examples once, on the first run that finds them, with the features of
+            snapshots every ``import_snapshot_days`` over the import (not one per day: a year of daily
+            snapshots would cost more than all else), the first ``import_min_history_days`` after the
+            import's first issue date. Each row takes the latest snapshot on or before its issue date.
+        import_snapshot_days: Days between the snapshots of an imported period.
+        import_min_history_days: The imported issuances of the first days are only history: the features
+            of their users would be nearly empty.
     """
 
     windows_days: list[int] = field(default_factory=lambda: [7, 30, 90])
     history_window_days: int = 365
     coupon_kinds: list[str] = field(default_factory=lambda: ["price_off", "free_shipping", "bonus_points"])
     response_prior_issuances: float = 5.0
-    feature_only_policies: list[str] = field(default_factory=lambda: ["legacy_newsletter"])
+    import_policies: list[str] = field(default_factory=lambda: ["legacy_newsletter"])
+    import_snapshot_days: int = 30
+    import_min_history_days: int = 120
     outcome_window_days: int = 1
     training_lookback_days: int = 60
     recency_cap_days: int = 365
@@ -288,6 +295,16 @@ class FeaturesConfig:
             "days",
         ]
     )
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("import_snapshot_days", self.import_snapshot_days >= 1, ">= 1"),
+            ("import_min_history_days", self.import_min_history_days >= 0, ">= 0"),
+            ("outcome_window_days", self.outcome_window_days >= 1, ">= 1"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"features.{key}: must be {want}, found {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -431,6 +448,7 @@ class TrainConfig:
         hidden_units: Hidden ReLU layers of each tower.
         id_embedding_dim: Dimension of the user-id and coupon-id embeddings.
         user_id_buckets: Hash buckets of the user-id embedding; 0 leaves the user id out.
+        pair_features: Feed the model what each coupon is worth to each user (:mod:`coupon_spark.model.pair`).
         l2: L2 penalty on all weights.
         id_l2: Extra L2 penalty on the user-id and coupon-id embeddings: shrinks what the model learns per id
             toward what the feature towers predict (a user's own few logged outcomes are mostly noise).
@@ -468,6 +486,7 @@ class TrainConfig:
     hidden_units: list[int] = field(default_factory=lambda: [64])
     id_embedding_dim: int = 8
     user_id_buckets: int = 0
+    pair_features: bool = True
     l2: float = 1e-6
     id_l2: float = 1e-4
     validation_share: float = 0.1

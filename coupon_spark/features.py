@@ -190,17 +190,30 @@ def combine_daily(frames: Iterable[DataFrame], metrics: list[str]) -> DataFrame:
 # ---- snapshots ---------------------------------------------------------------------------------------------
 
 
-def users_as_of(users: DataFrame, as_of_dates: list[dt.date]) -> DataFrame:
-    """(as_of_date, user profile) for each date: the newest users snapshot ingested before it, users signed up
-    before it."""
-    spark = users.sparkSession
+def _pick_snapshot(table: DataFrame, as_of_dates: list[dt.date], strict: bool, earliest_fallback: bool) -> DataFrame:
+    """``(as_of_date, ingest_date)``: the newest snapshot of a dimension ingested before (``strict``) or on each
+    date. ``earliest_fallback``: a date before every snapshot takes the earliest one (an imported past, whose
+    dimension files were landed once, at its end); otherwise such a date has none."""
+    spark = table.sparkSession
     dates = spark.createDataFrame([(d,) for d in as_of_dates], StructType([StructField("as_of_date", DateType())]))
-    snap_dates = users.select("ingest_date").distinct()
-    pick = (
-        dates.join(snap_dates, F.col("ingest_date") < F.col("as_of_date"), how="inner")
-        .groupBy("as_of_date")
-        .agg(F.max("ingest_date").alias("ingest_date"))
+    snaps = table.select("ingest_date").distinct()
+    before = (F.col("ingest_date") < F.col("as_of_date")) if strict else (F.col("ingest_date") <= F.col("as_of_date"))
+    pick = dates.join(snaps, before, how="inner").groupBy("as_of_date").agg(F.max("ingest_date").alias("ingest_date"))
+    if not earliest_fallback:
+        return pick
+    first = snaps.agg(F.min("ingest_date").alias("first"))
+    return (
+        dates.join(pick, on="as_of_date", how="left")
+        .crossJoin(first)
+        .select("as_of_date", F.coalesce(F.col("ingest_date"), F.col("first")).alias("ingest_date"))
+        .where(F.col("ingest_date").isNotNull())
     )
+
+
+def users_as_of(users: DataFrame, as_of_dates: list[dt.date], earliest_fallback: bool = False) -> DataFrame:
+    """(as_of_date, user profile) for each date: the newest users snapshot ingested before it (see
+    :func:`_pick_snapshot` for ``earliest_fallback``), users signed up before it."""
+    pick = _pick_snapshot(users, as_of_dates, strict=True, earliest_fallback=earliest_fallback)
     return (
         users.join(F.broadcast(pick), on="ingest_date", how="inner")
         .where(F.col("signup_date").isNull() | (F.col("signup_date") < F.col("as_of_date")))
@@ -274,12 +287,14 @@ def user_features(
     categories: list[str],
     cfg: FeaturesConfig,
     coupons: DataFrame | None = None,
+    earliest_users: bool = False,
 ) -> DataFrame:
     """The ``user_features`` snapshots of ``as_of_dates`` (see the module docstring for the time semantics).
 
     The silver inputs may hold any dates: each source is cut to what was known before the latest as-of date,
     and the windows do the rest. ``coupons`` (the silver catalogue) gives each issued coupon its kind for the
-    per-kind response features; without it those count no coupon.
+    per-kind response features; without it those count no coupon. ``earliest_users``: a date before the first
+    users snapshot takes that snapshot (the snapshots of an imported past, :func:`users_as_of`).
     """
     windows = sorted(set(cfg.windows_days))
     hist = int(cfg.history_window_days)
@@ -318,7 +333,7 @@ def user_features(
     )
     long_metrics = ["orders", "spend", "spend_sq", "buy_day", "issued", "redeemed", *resp]
     # the short windows only for the metrics that have short-window features; the response metrics: the long one
-    profiles = users_as_of(users, as_of_dates)
+    profiles = users_as_of(users, as_of_dates, earliest_fallback=earliest_users)
     win = with_window_features(
         daily, profiles.select("user_id", "as_of_date"), base_metrics, windows, long_metrics, hist
     )
@@ -415,16 +430,11 @@ def user_features(
     )
 
 
-def coupon_features(coupons: DataFrame, as_of_dates: list[dt.date]) -> DataFrame:
+def coupon_features(coupons: DataFrame, as_of_dates: list[dt.date], earliest_fallback: bool = False) -> DataFrame:
     """The ``coupon_features`` of ``as_of_dates``: the newest catalogue snapshot ingested on or before each date
-    (a coupon's terms are known on the day it can be issued)."""
-    spark = coupons.sparkSession
-    dates = spark.createDataFrame([(d,) for d in as_of_dates], StructType([StructField("as_of_date", DateType())]))
-    pick = (
-        dates.join(coupons.select("ingest_date").distinct(), F.col("ingest_date") <= F.col("as_of_date"), how="inner")
-        .groupBy("as_of_date")
-        .agg(F.max("ingest_date").alias("ingest_date"))
-    )
+    (a coupon's terms are known on the day it can be issued; see :func:`_pick_snapshot` for
+    ``earliest_fallback``)."""
+    pick = _pick_snapshot(coupons, as_of_dates, strict=False, earliest_fallback=earliest_fallback)
     face = F.col("face_value_eur").cast("double")
     min_spend = F.col("min_spend_eur").cast("double")
     return (
@@ -596,6 +606,7 @@ class FeatureRunSummary:
     as_of: dt.date
     snapshots: list[dt.date]
     issue_dates: list[dt.date]
+    imported: dict[dt.date, dt.date]
     versions: dict[str, int]
     rows: dict[str, int]
     seconds: dict[str, float]
@@ -614,20 +625,22 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     versions: dict[str, int] = {}
     counts: dict[str, int] = {}
 
-    def replace(df: DataFrame, table: str, partition: str) -> None:
-        """Replace the partitions present in ``df``; note the version, the rows and the time."""
+    def replace(df: DataFrame, table: str, partition: str, label: str = "") -> None:
+        """Replace the partitions present in ``df``; note the version, the rows and the time (under ``label``)."""
         started = time.perf_counter()
         res = lake.write(df, table, mode="replace_partitions", partition_by=[partition])
-        seconds[table] = round(time.perf_counter() - started, 2)
-        versions[table], counts[table] = res.version, res.num_rows
+        key = label or table
+        seconds[key] = round(time.perf_counter() - started, 2)
+        versions[key], counts[key] = res.version, res.num_rows
 
     win = fcfg.outcome_window_days
     # issue dates whose windows closed: issued on D, counted until (D + window) 00:00, known up to R 00:00
     closed_from = run_date - dt.timedelta(days=fcfg.training_lookback_days)
     closed_to = run_date - dt.timedelta(days=win)
     iss = lake.read("issuances")
-    # training examples come from the logged policies that are not feature-only (an imported past promotion)
-    trainable = iss.where(~F.coalesce(F.col("policy"), F.lit("")).isin(*fcfg.feature_only_policies))
+    # daily training examples come from the logged policies; an imported past promotion's come once (below)
+    is_import = F.coalesce(F.col("policy"), F.lit("")).isin(*fcfg.import_policies)
+    trainable = iss.where(~is_import)
     wanted = sorted(
         r[0]
         for r in trainable.select(F.to_date("issued_at").alias("d"))
@@ -644,6 +657,27 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
 
     users, orders, events = lake.read("users"), lake.read("orders"), lake.read("events")
     redemptions, coupons = lake.read("redemptions"), lake.read("coupons")
+    imported = iss.where(is_import)
+    plan = import_plan(
+        sorted(r[0] for r in imported.select(F.to_date("issued_at").alias("d")).distinct().collect()),
+        fcfg,
+        closed_to,
+        done={p["issue_date"] for p in lake.partitions("training_examples")}
+        if lake.exists("training_examples")
+        else set(),
+    )
+    if plan:  # the imported past's training examples, once: features of a snapshot every import_snapshot_days
+        snaps = sorted(set(plan.values()))
+        ufi = user_features(
+            users, orders, events, iss, redemptions, snaps, categories, fcfg, coupons=coupons, earliest_users=True
+        )
+        days = spark.createDataFrame(sorted(plan.items()), "issue_date date, snapshot date")
+        ufi = ufi.join(F.broadcast(days), ufi["as_of_date"] == days["snapshot"]).select(
+            F.col("issue_date").alias("as_of_date"), *[c for c in ufi.columns if c != "as_of_date"]
+        )
+        cfi = coupon_features(coupons, sorted(plan), earliest_fallback=True)
+        exi = training_examples(imported, orders, redemptions, coupons, ufi, cfi, sorted(plan), win)
+        replace(exi, "training_examples", "issue_date", label="training_examples (import)")
     uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg, coupons=coupons)
     replace(uf, "user_features", "as_of_date")
     cf = coupon_features(coupons, snapshots)
@@ -671,7 +705,29 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
             win,
         )
         replace(ex, "training_examples", "issue_date")
-    return FeatureRunSummary(run_date, snapshots, wanted, versions, counts, seconds)
+    return FeatureRunSummary(run_date, snapshots, wanted, plan, versions, counts, seconds)
+
+
+def import_plan(
+    issue_days: list[dt.date], cfg: FeaturesConfig, closed_to: dt.date, done: set[dt.date] | None = None
+) -> dict[dt.date, dt.date]:
+    """``{issue date: snapshot date}`` for the imported issuances still without training examples.
+
+    Snapshots fall every ``cfg.import_snapshot_days`` from ``cfg.import_min_history_days`` after the first
+    imported issue date; each issue date takes the latest on or before it (a snapshot holds what was known
+    before its date, so nothing of the issue day leaks in). Issue dates before the first snapshot, after
+    ``closed_to`` (their outcome window is open) or in ``done`` get none.
+    """
+    if not issue_days:
+        return {}
+    first = min(issue_days) + dt.timedelta(days=cfg.import_min_history_days)
+    step = cfg.import_snapshot_days
+    done = done or set()
+    return {
+        d: first + dt.timedelta(days=(d - first).days // step * step)
+        for d in sorted(issue_days)
+        if first <= d <= closed_to and d not in done
+    }
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
@@ -679,6 +735,12 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
     lake = Lake.from_config(spark, cfg.lake)
     s = build_features(spark, lake, cfg, run_date)
     print(f"features as of {s.as_of}: snapshots {[str(d) for d in s.snapshots]}")
+    if s.imported:
+        days, snaps = sorted(s.imported), sorted(set(s.imported.values()))
+        print(
+            f"  imported past: training examples for issue dates {days[0]} .. {days[-1]} ({len(days)}), "
+            f"features of {len(snaps)} snapshots {snaps[0]} .. {snaps[-1]}"
+        )
     if s.issue_dates:
         print(f"  training examples for issue dates {s.issue_dates[0]} .. {s.issue_dates[-1]} ({len(s.issue_dates)})")
     else:

@@ -34,12 +34,11 @@ from pyspark.sql import functions as F
 
 from coupon_spark.config import Config, ScoreConfig
 from coupon_spark.lake import Lake
+from coupon_spark.model.pair import basket_of
 from coupon_spark.schemas import CANDIDATES_SCHEMA, COUPON_FEATURE_PREFIXES, USER_FEATURE_PREFIXES
 
 log = logging.getLogger(__name__)
 
-BASKET_COLUMNS = ("uf_hist_basket", "uf_avg_basket_90d")
-"""The user's basket estimate, first found first: the history window's mean order, else the 90-day one."""
 SEGMENT_COLUMN = "uc_segment"
 RECENT_COLUMN = "recent_coupons"
 
@@ -129,13 +128,9 @@ def mask_ineligible(values: np.ndarray, users: pd.DataFrame, coupons: LiveCoupon
 
 
 def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
-    """Each user's basket (EUR): the first of :data:`BASKET_COLUMNS` the frame has, where positive; else
-    ``cfg.default_basket_eur`` (a user without orders)."""
-    column = next((c for c in BASKET_COLUMNS if c in users), None)
-    if column is None:
-        return np.full(len(users), cfg.default_basket_eur)
-    b = users[column].to_numpy(dtype=np.float64, na_value=0.0)
-    return np.where(b > 0, b, cfg.default_basket_eur)
+    """Each user's basket (EUR): :func:`coupon_spark.model.pair.basket_of` with ``cfg.default_basket_eur`` for a
+    user without orders."""
+    return basket_of(users, cfg.default_basket_eur)
 
 
 @dataclass(frozen=True)
@@ -158,7 +153,7 @@ def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: Score
     if k == 0 or n == 0:
         empty = np.zeros(0, np.int64)
         return TopK(empty, empty, empty.astype(np.int32), {c: np.zeros(0) for c in _VALUE_COLUMNS})
-    out = scorer.predict(scorer.user_embed(users), coupons.embeddings)
+    out = scorer.score_frames(users, coupons.frame, coupons.embeddings)
     p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
     value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
     profit = uplift * value[:, None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.cleanse import ImportManifestError, cleanse_day, import_period
-from coupon_spark.config import Config
+from coupon_spark.config import Config, FeaturesConfig
 from coupon_spark.datagen.backfill import (
     POLICY_NAME,
     backfill_frames,
@@ -23,6 +24,7 @@ from coupon_spark.datagen.backfill import (
 )
 from coupon_spark.datagen.response import CouponParams, UserTraits, logit_shift_and_use, response_pairs
 from coupon_spark.datagen.world import users_frame
+from coupon_spark.features import build_features, import_plan
 from coupon_spark.lake import Lake
 
 FIRST_LOGGED = dt.date(2026, 10, 29)
@@ -152,3 +154,44 @@ def test_bulk_import_lands_each_fact_on_its_day_and_reruns_replace(spark: SparkS
     # a rerun replaces every covered day: nothing doubles
     cleanse_day(spark, lake, cfg, last)
     assert lake.read("orders").count() == counts["orders"] and lake.read("issuances").count() == n_iss
+
+
+def test_import_plan_maps_each_issue_date_to_its_snapshot() -> None:
+    cfg = FeaturesConfig(import_snapshot_days=7, import_min_history_days=10)
+    days = [dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(40)]
+    plan = import_plan(days, cfg, closed_to=dt.date(2026, 2, 5), done={dt.date(2026, 1, 20)})
+    # first snapshot 01-11; then 01-18, 01-25, 02-01; nothing before 01-11, after 02-05 or already done
+    assert min(plan) == dt.date(2026, 1, 11) and max(plan) == dt.date(2026, 2, 5)
+    assert dt.date(2026, 1, 20) not in plan and len(plan) == 26 - 1
+    assert plan[dt.date(2026, 1, 11)] == plan[dt.date(2026, 1, 17)] == dt.date(2026, 1, 11)
+    assert plan[dt.date(2026, 1, 18)] == dt.date(2026, 1, 18) and plan[dt.date(2026, 2, 5)] == dt.date(2026, 2, 1)
+    assert import_plan([], cfg, dt.date(2026, 2, 5)) == {}
+
+
+def test_imported_promotion_becomes_point_in_time_training_examples_once(spark: SparkSession, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, users=300, days=40)
+    cfg = replace(cfg, features=replace(cfg.features, import_snapshot_days=10, import_min_history_days=15))
+    lake = Lake.from_config(spark, cfg.lake)
+    first, last = backfill_period(cfg.shop, FIRST_LOGGED)
+    write_backfill(spark, cfg, users_frame(spark, cfg.shop), FIRST_LOGGED)
+    cleanse_day(spark, lake, cfg, last)
+    s = build_features(spark, lake, cfg, FIRST_LOGGED)
+    snaps = [first + dt.timedelta(days=15), first + dt.timedelta(days=25), first + dt.timedelta(days=35)]
+    assert sorted(set(s.imported.values())) == snaps and min(s.imported) == snaps[0] and max(s.imported) == last
+    ex = lake.read("training_examples").toPandas()
+    iss = lake.read("issuances").toPandas()
+    iss["day"] = pd.to_datetime(iss["issued_at"]).dt.date
+    want = iss[(iss["policy"] == POLICY_NAME) & (iss["day"] >= snaps[0])]
+    assert len(ex) == len(want) and set(ex["issuance_id"]) == set(want["issuance_id"])
+    # every row sees the coupons its user got before the row's snapshot, and none after (point in time)
+    ex["snap"] = [s.imported[pd.Timestamp(d).date()] for d in ex["issue_date"]]
+    treated = iss[iss["coupon_id"].notna()]
+    for _, row in ex.sample(40, random_state=1).iterrows():
+        seen = treated[(treated["user_id"] == row["user_id"]) & (treated["day"] < row["snap"])]
+        assert row["uf_resp_issued_all"] == len(seen)
+    # the historic coupons' terms reach the rows (the catalogue was landed once, at the import's end)
+    on = ex[ex["coupon_id"].notna()]
+    assert (on["cf_face_value"] > 0).all() and (on["cc_category"] == "all").all()
+    # a second run finds the rows there and builds none again
+    again = build_features(spark, lake, cfg, FIRST_LOGGED)
+    assert again.imported == {} and lake.read("training_examples").count() == len(ex)

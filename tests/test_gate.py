@@ -226,7 +226,7 @@ class _FixedModel:
     def coupon_embed(self, coupons):  # type: ignore[no-untyped-def]
         return np.zeros((len(coupons), 1))
 
-    def predict(self, u, c):  # type: ignore[no-untyped-def]
+    def score_frames(self, users, coupons, coupon_emb=None):  # type: ignore[no-untyped-def]
         return {
             "p_purchase": self.p,
             "p_purchase_none": self.p_none,

@@ -23,6 +23,7 @@ from coupon_spark.model.data import make_examples, snapshot_files, split_files
 from coupon_spark.model.gate import Gate
 from coupon_spark.model.metrics import roc_auc
 from coupon_spark.model.network import build_model, export_weights
+from coupon_spark.model.pair import pair_rows
 from coupon_spark.model.registry import Registry, read_npz
 from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.spec import ModelSpec
@@ -210,7 +211,9 @@ def test_model_recovers_a_known_response_model():
     task_weights = rank_main_in_memory(ex, spec, tc)
     scorer = NumpyScorer(spec, transform, task_weights)
     val = ex.is_validation
-    out = scorer.predict_rows({k: getattr(ex, k)[val] for k in ("user_x", "user_bucket", "coupon_x", "coupon_index")})
+    out = scorer.predict_rows(
+        {k: getattr(ex, k)[val] for k in ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x")}
+    )
     y = world.examples["purchased"].to_numpy()[val]
     assert roc_auc(y, out["p_purchase"]) >= 0.9 * roc_auc(y, world.p_true[val])
     treated = world.examples["coupon_id"].notna().to_numpy()[val]
@@ -302,6 +305,7 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
             "user_bucket": scorer.spec.user_buckets(ex["user_id"]),
             "coupon_x": scorer.transform.coupon_matrix(ex),
             "coupon_index": idx,
+            "pair_x": pair_rows(ex, scorer.spec.default_basket_eur),
         }
     )
     assert u.shape == (len(ex), scorer.embedding_dim)

@@ -139,3 +139,46 @@ def test_ips_values_are_a_frame_with_named_columns() -> None:
     v = ips_arm_values(np.array(["A", None], dtype=object), np.array([D1, D1], dtype=object), [1.0, 0.0], [0.5, 0.5])
     assert isinstance(v, pd.DataFrame)
     assert list(v.columns) == ["group", "coupon_id", "value", "n_coupon", "n_control"]
+
+
+@pytest.mark.parametrize("learner", ["s", "t", "dr"])
+def test_learners_use_pair_features_where_the_effect_lives_in_them(learner: str) -> None:
+    """The effect is ``4 * pair - 1``, with ``pair`` the coupon's face value relative to the user's basket, which
+    the user features do not carry (they are noise here): only through the pair features can a learner see it."""
+    pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(5)
+    n = 8_000
+    basket = rng.uniform(10, 100, n).astype(np.float32)
+    face = np.array([0.0, 5.0, 20.0], np.float32)
+    arm = rng.choice(3, n, p=[0.4, 0.3, 0.3])
+    pair = np.where(arm > 0, face[arm] / np.maximum(basket, 1), 0.0).astype(np.float32)[:, None]
+    reward = 1.0 + np.where(arm > 0, 4 * pair[:, 0] - 1, 0.0) + rng.normal(0, 0.5, n)
+    rows = LoggedRows(
+        user_x=rng.normal(size=(n, 1)).astype(np.float32),
+        coupon_x=face[arm][:, None],
+        kind=np.where(arm > 0, "k", None).astype(object),
+        reward=reward,
+        propensity=np.array([0.4, 0.3, 0.3])[arm],
+        pair_x=pair,
+    )
+    grid_basket = rng.uniform(10, 100, 400).astype(np.float32)
+    grid_pair = (face[None, 1:] / grid_basket[:, None])[:, :, None].astype(np.float32)
+    arms = Arms(face[1:, None], np.array(["k", "k"], dtype=object), np.zeros(1, np.float32), grid_pair)
+    true = 4 * grid_pair[:, :, 0] - 1
+    params = lgbm_params(0, num_iterations=150)
+    if learner == "s":
+        model = SLearner(params).fit(rows)
+    elif learner == "t":
+        model = TLearner(params).fit(rows)
+    else:
+        ids = np.array([None, "c1", "c2"], dtype=object)[arm]
+        def pair_of(r: np.ndarray, a: np.ndarray) -> np.ndarray:
+            f = np.array([face[arm[i]] for i in a], np.float32)
+            return (f / np.maximum(basket[r], 1))[:, None]
+
+        pairs = dr_pairs(np.full(n, D1, dtype=object), ids, rows.coupon_x, rows.kind, np.ones(n, bool), pair_of=pair_of)
+        assert pairs.pair_x is not None and len(pairs.pair_x) == len(pairs.row)
+        model = DRLearner(params, lgbm_params(0, num_iterations=150, min_data_in_leaf=200)).fit(rows, pairs)
+    est = model.effect(rng.normal(size=(400, 1)).astype(np.float32), arms)
+    assert np.corrcoef(est.ravel(), true.ravel())[0, 1] > 0.9
+    assert np.abs(est - true).mean() < 0.25

@@ -254,9 +254,8 @@ def _out_of_time(lake: Lake, model_dir: Any, since: dt.date, run_date: dt.date, 
         return None
     scorer = NumpyScorer.load(model_dir)
     ex = make_examples(pdf, scorer.transform, scorer.spec, 0.0, 0)
-    out = scorer.predict_rows(
-        {"user_x": ex.user_x, "user_bucket": ex.user_bucket, "coupon_x": ex.coupon_x, "coupon_index": ex.coupon_index}
-    )
+    keys = ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x")
+    out = scorer.predict_rows({k: getattr(ex, k) for k in keys})
     treated = pdf["coupon_id"].notna().to_numpy()
     return {
         "purchase": summary_metrics(binary_summary(ex.purchased, out["p_purchase"])),

@@ -3,7 +3,8 @@ LightGBM; no Spark, no TensorFlow). ``bench/model_quality.py`` fits them on the 
 
 Every learner predicts the incremental reward of a coupon against no coupon, in EUR (the logged reward
 ``revenue * margin - coupon cost``), from the same transformed features the model sees: the user matrix
-(``uf_*``/``uc_*``) and the coupon matrix (``cf_*``/``cc_*``; the control arm's row for "no coupon").
+(``uf_*``/``uc_*``), the coupon matrix (``cf_*``/``cc_*``; the control arm's row for "no coupon") and, where
+the model has them, the pair features of the user and the coupon (:mod:`coupon_spark.model.pair`; 0 for none).
 
 - :class:`SLearner`: one regressor of the reward on ``[user, coupon, treated]``; effect ``f(x, c) - f(x, none)``.
 - :class:`TLearner`: a regressor on the control rows and one per coupon kind on ``[user, coupon]``.
@@ -20,7 +21,7 @@ LightGBM is a development dependency (``pip install -e .[dev]``); it is imported
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,7 @@ class LoggedRows:
         kind: ``[n]`` coupon kind of the logged arm; None for no coupon.
         reward: ``[n]`` EUR, ``revenue * margin - coupon cost``.
         propensity: ``[n]`` the logging policy's probability of the logged arm.
+        pair_x: ``[n, p]`` pair features of the user and the logged coupon (0 for none); None: no pair features.
     """
 
     user_x: np.ndarray
@@ -87,10 +89,11 @@ class LoggedRows:
     kind: np.ndarray
     reward: np.ndarray
     propensity: np.ndarray
+    pair_x: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.reward)
-        sizes = {k: len(v) for k, v in self.__dict__.items()}
+        sizes = {k: len(v) for k, v in self.__dict__.items() if v is not None}
         if any(s != n for s in sizes.values()):
             raise ValueError(f"LoggedRows: every array needs one entry per row; got lengths {sizes}")
 
@@ -103,7 +106,7 @@ class LoggedRows:
         return pd.isna(self.kind)
 
     def take(self, idx: np.ndarray) -> LoggedRows:
-        return LoggedRows(**{k: v[idx] for k, v in self.__dict__.items()})
+        return LoggedRows(**{k: None if v is None else v[idx] for k, v in self.__dict__.items()})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -114,17 +117,27 @@ class Arms:
         coupon_x: ``[m, dc]`` transformed coupon features.
         kind: ``[m]`` coupon kinds.
         none_x: ``[dc]`` the control arm's transformed coupon features.
+        pair_x: ``[n, m, p]`` pair features of each scored user and each coupon; None: no pair features.
     """
 
     coupon_x: np.ndarray
     kind: np.ndarray
     none_x: np.ndarray
+    pair_x: np.ndarray | None = None
+
+    def pair(self, j: int) -> np.ndarray | None:
+        """``[n, p]`` pair features of coupon ``j``; None without."""
+        return None if self.pair_x is None else self.pair_x[:, j, :]
+
+    def none_pair(self, n: int) -> np.ndarray | None:
+        """``[n, p]`` the control arm's pair features (0); None without."""
+        return None if self.pair_x is None else np.zeros((n, self.pair_x.shape[-1]), np.float32)
 
 
-def _with_coupon(user_x: np.ndarray, coupon_x: np.ndarray) -> np.ndarray:
-    """``[user_x, coupon_x]`` with one coupon row broadcast to every user, or row by row."""
+def _with_coupon(user_x: np.ndarray, coupon_x: np.ndarray, pair_x: np.ndarray | None = None) -> np.ndarray:
+    """``[user_x, coupon_x(, pair_x)]`` with one coupon row broadcast to every user, or row by row."""
     c = np.broadcast_to(coupon_x, (len(user_x), coupon_x.shape[-1]))
-    return np.concatenate([user_x, c], axis=1)
+    return np.concatenate([user_x, c] if pair_x is None else [user_x, c, pair_x], axis=1)
 
 
 class SLearner:
@@ -136,16 +149,19 @@ class SLearner:
 
     def fit(self, rows: LoggedRows) -> SLearner:
         treated = (~rows.control).astype(np.float32)[:, None]
-        self.model = _regressor(np.concatenate([rows.user_x, rows.coupon_x, treated], 1), rows.reward, self.params)
+        x = np.concatenate([_with_coupon(rows.user_x, rows.coupon_x, rows.pair_x), treated], 1)
+        self.model = _regressor(x, rows.reward, self.params)
         return self
 
     def effect(self, user_x: np.ndarray, arms: Arms) -> np.ndarray:
         """``[n, m]`` predicted incremental reward of each coupon against none."""
         n = len(user_x)
-        base = _predict(self.model, np.concatenate([_with_coupon(user_x, arms.none_x), np.zeros((n, 1))], 1))
+        none = _with_coupon(user_x, arms.none_x, arms.none_pair(n))
+        base = _predict(self.model, np.concatenate([none, np.zeros((n, 1))], 1))
         out = np.empty((n, len(arms.kind)))
         for j, cx in enumerate(arms.coupon_x):
-            out[:, j] = _predict(self.model, np.concatenate([_with_coupon(user_x, cx), np.ones((n, 1))], 1)) - base
+            x = np.concatenate([_with_coupon(user_x, cx, arms.pair(j)), np.ones((n, 1))], 1)
+            out[:, j] = _predict(self.model, x) - base
         return out
 
 
@@ -165,8 +181,9 @@ class TLearner:
         for k in pd.unique(rows.kind[~control]):
             sel = rows.kind == k
             if sel.sum() >= MIN_ROWS:
+                pair = None if rows.pair_x is None else rows.pair_x[sel]
                 self.kinds[k] = _regressor(
-                    _with_coupon(rows.user_x[sel], rows.coupon_x[sel]), rows.reward[sel], self.params
+                    _with_coupon(rows.user_x[sel], rows.coupon_x[sel], pair), rows.reward[sel], self.params
                 )
         return self
 
@@ -174,13 +191,17 @@ class TLearner:
         """``[n]`` predicted reward without a coupon (NaN without a control model)."""
         return np.full(len(user_x), np.nan) if self.none is None else _predict(self.none, user_x)
 
-    def predict_rows(self, user_x: np.ndarray, coupon_x: np.ndarray, kind: np.ndarray) -> np.ndarray:
-        """``[n]`` predicted reward of row i's coupon (``coupon_x[i]``, ``kind[i]``); NaN for unknown kinds."""
+    def predict_rows(
+        self, user_x: np.ndarray, coupon_x: np.ndarray, kind: np.ndarray, pair_x: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``[n]`` predicted reward of row i's coupon (``coupon_x[i]``, ``kind[i]``, ``pair_x[i]``); NaN for
+        unknown kinds."""
         out = np.full(len(user_x), np.nan)
         for k, model in self.kinds.items():
             sel = kind == k
             if sel.any():
-                out[sel] = _predict(model, _with_coupon(user_x[sel], coupon_x[sel]))
+                pair = None if pair_x is None else pair_x[sel]
+                out[sel] = _predict(model, _with_coupon(user_x[sel], coupon_x[sel], pair))
         return out
 
     def effect(self, user_x: np.ndarray, arms: Arms) -> np.ndarray:
@@ -189,7 +210,7 @@ class TLearner:
         out = np.full((len(user_x), len(arms.kind)), np.nan)
         for j, (cx, k) in enumerate(zip(arms.coupon_x, arms.kind, strict=True)):
             if k in self.kinds:
-                out[:, j] = _predict(self.kinds[k], _with_coupon(user_x, cx)) - base
+                out[:, j] = _predict(self.kinds[k], _with_coupon(user_x, cx, arms.pair(j))) - base
         return out
 
 
@@ -231,12 +252,14 @@ class DRPairs:
         coupon_x: ``[k, dc]`` the arm's transformed coupon features (as of the row's issue date).
         kind: ``[k]`` the arm's coupon kind.
         is_arm: ``[k]`` the row's logged arm is this arm.
+        pair_x: ``[k, p]`` pair features of the row's user and the arm; None: no pair features.
     """
 
     row: np.ndarray
     coupon_x: np.ndarray
     kind: np.ndarray
     is_arm: np.ndarray
+    pair_x: np.ndarray | None = None
 
 
 def dr_pairs(
@@ -248,6 +271,7 @@ def dr_pairs(
     allowed: Sequence[frozenset[str] | None] | None = None,
     max_pairs: int = 0,
     seed: int = 0,
+    pair_of: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> DRPairs:
     """Pair every ``use`` row with every coupon logged on its day (its features taken from a row that logged
     it), or with those of ``allowed[i]`` where given.
@@ -262,6 +286,8 @@ def dr_pairs(
         max_pairs: Keep a uniform random sample of at most about this many pairs (0: all); independent of
             the logged arms, so the pseudo-outcomes stay unbiased.
         seed: Of that sample.
+        pair_of: ``(rows, arm_rows) -> [k, p]``: pair features of row ``rows[i]``'s user and the coupon
+            logged by row ``arm_rows[i]`` (None: no pair features).
     """
     ids = pd.Series(coupon_id, dtype=object)
     id_arr = ids.to_numpy()
@@ -294,6 +320,7 @@ def dr_pairs(
         coupon_x=np.asarray(coupon_x)[arm],
         kind=np.asarray(kind, object)[arm],
         is_arm=id_arr[row] == id_arr[arm],
+        pair_x=None if pair_of is None else pair_of(row, arm),
     )
 
 
@@ -324,7 +351,8 @@ class DRLearner:
             t = TLearner(self.params).fit(rows.take(np.flatnonzero(fold != f)))
             sel = fold[pairs.row] == f
             ux = rows.user_x[pairs.row[sel]]
-            mu_arm[sel] = t.predict_rows(ux, pairs.coupon_x[sel], pairs.kind[sel])
+            pair = None if pairs.pair_x is None else pairs.pair_x[sel]
+            mu_arm[sel] = t.predict_rows(ux, pairs.coupon_x[sel], pairs.kind[sel], pair)
             mu_none[sel] = t.predict_none(ux)
         # an arm without a nuisance model: 0 (the pseudo-outcome stays unbiased, only noisier)
         mu_arm, mu_none = np.nan_to_num(mu_arm), np.nan_to_num(mu_none)
@@ -333,7 +361,8 @@ class DRLearner:
         for k in pd.unique(pairs.kind):
             sel = pairs.kind == k
             if sel.sum() >= MIN_ROWS:
-                x = _with_coupon(rows.user_x[pairs.row[sel]], pairs.coupon_x[sel])
+                pair = None if pairs.pair_x is None else pairs.pair_x[sel]
+                x = _with_coupon(rows.user_x[pairs.row[sel]], pairs.coupon_x[sel], pair)
                 self.kinds[k] = _regressor(x, phi[sel], self.final_params)
         return self
 
@@ -342,7 +371,7 @@ class DRLearner:
         out = np.full((len(user_x), len(arms.kind)), np.nan)
         for j, (cx, k) in enumerate(zip(arms.coupon_x, arms.kind, strict=True)):
             if k in self.kinds:
-                out[:, j] = _predict(self.kinds[k], _with_coupon(user_x, cx))
+                out[:, j] = _predict(self.kinds[k], _with_coupon(user_x, cx, arms.pair(j)))
         return out
 
 

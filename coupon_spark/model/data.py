@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coupon_spark.lake._files import filesystem_for
+from coupon_spark.model.pair import pair_rows
 from coupon_spark.model.spec import ModelSpec, hash_buckets
 from coupon_spark.model.transform import FeatureTransform
 
@@ -139,6 +140,7 @@ class Examples:
     user_bucket: np.ndarray
     coupon_x: np.ndarray
     coupon_index: np.ndarray
+    pair_x: np.ndarray
     purchased: np.ndarray
     redeemed: np.ndarray
     propensity: np.ndarray
@@ -170,6 +172,7 @@ def make_examples(
         user_bucket=spec.user_buckets(pdf["user_id"]),
         coupon_x=transform.coupon_matrix(pdf),
         coupon_index=spec.coupon_index(pdf["coupon_id"]),
+        pair_x=(pair_rows(pdf, spec.default_basket_eur) if spec.pair_dim else np.zeros((len(pdf), 0), np.float32)),
         purchased=pdf["purchased"].to_numpy(np.float32),
         redeemed=pdf["redeemed"].to_numpy(np.float32),
         propensity=pdf["propensity"].to_numpy(np.float64),

@@ -391,7 +391,7 @@ def best_option_gains(
             continue
         part = part.reset_index(drop=True)
         coupons = prepare_coupons(frame, scorer, cfg)
-        out = scorer.predict(scorer.user_embed(part), coupons.embeddings)
+        out = scorer.score_frames(part, coupons.frame, coupons.embeddings)
         value = (cfg.margin_rate * user_basket(part, cfg))[:, None]
         mu = out["p_purchase"] * value - out["p_redeem"] * coupons.cost[None, :]
         mu_none = out["p_purchase_none"] * value[:, 0]

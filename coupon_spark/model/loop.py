@@ -144,7 +144,7 @@ def batch_tensors(parts: list[Examples], weights: list[np.ndarray]) -> dict[str,
     """Concatenate shard slices into one batch of tensors (inputs, labels and IPW ``weight``)."""
     cat = {
         k: np.concatenate([getattr(p, k) for p in parts])
-        for k in ("user_x", "user_bucket", "coupon_x", "coupon_index", "purchased", "redeemed")
+        for k in ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x", "purchased", "redeemed")
     }
     cat["weight"] = np.concatenate(weights).astype(np.float32)
     return {k: tf.convert_to_tensor(v) for k, v in cat.items()}

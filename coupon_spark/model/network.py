@@ -10,6 +10,12 @@ side, and coupon ``c`` sits at ``v_c = v_none + t_c`` in the same space::
     p(redeem | c)            = p(purchase | c) * sigmoid(<u, r_c> + b_use_c)
     uplift(u, c)             = p(purchase | c) - p(purchase | none)
 
+With pair features ``phi(u, c)`` (:mod:`coupon_spark.model.pair`: what the coupon is worth to this user) the
+coupon tower also emits, per pair feature ``k``, a direction ``P_ck``, a bias ``a_ck`` and a weight ``q_ck``::
+
+    logit p(purchase | c)   += sum_k phi_k * (<u, P_ck> + a_ck)      the user's response to the coupon's worth
+    logit p(uses c | buys)  += sum_k phi_k * q_ck
+
 Trained on logged, randomised issuances (the row's arm is ``coupon_index``; ``NONE_INDEX`` = control) with
 inverse-propensity weights: every row counts ``w = 1 / clip(propensity)`` times (normalised to mean 1 over
 the training set), so each arm is fitted on the population rather than on whom the logging policy favoured.
@@ -31,7 +37,7 @@ import tf_keras
 
 from coupon_spark.model.spec import NONE_INDEX, ModelSpec
 
-INPUT_KEYS = ("user_x", "user_bucket", "coupon_x", "coupon_index")
+INPUT_KEYS = ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x")
 LABEL_KEYS = ("purchased", "redeemed", "weight")
 
 
@@ -69,7 +75,11 @@ class TwoTowerUpliftModel(tf_keras.Model):
         self.coupon_layers = [
             tf_keras.layers.Dense(h, activation="relu", kernel_initializer=init(), name=f"coupon_dense_{i}")
             for i, h in enumerate(spec.hidden_units)
-        ] + [tf_keras.layers.Dense(2 * d + 2, kernel_initializer=init(), name=f"coupon_dense_{len(spec.hidden_units)}")]
+        ] + [
+            tf_keras.layers.Dense(
+                spec.coupon_width, kernel_initializer=init(), name=f"coupon_dense_{len(spec.hidden_units)}"
+            )
+        ]
         self.none_vector = self.add_weight(name="none_vector", shape=(d,), initializer=init())
         self.none_bias = self.add_weight(name="none_bias", shape=(), initializer="zeros")
 
@@ -88,7 +98,8 @@ class TwoTowerUpliftModel(tf_keras.Model):
 
         Returns:
             ``v`` (``v_none + t_c``, ``[n, d]``), ``t`` (``[n, d]``), ``r`` (``[n, d]``), ``b`` (``[n]``,
-            purchase bias of the coupon) and ``b_use`` (``[n]``).
+            purchase bias of the coupon), ``b_use`` (``[n]``) and, with pair features, ``P`` (``[n, p, d]``),
+            ``a`` and ``q`` (``[n, p]``).
         """
         idx = tf.cast(coupon_index, tf.int32)
         h = tf.concat([tf.convert_to_tensor(coupon_x, tf.float32), self.coupon_id_embedding(idx)], axis=1)
@@ -97,13 +108,20 @@ class TwoTowerUpliftModel(tf_keras.Model):
         d = self.spec.embedding_dim
         treated = tf.cast(tf.not_equal(idx, NONE_INDEX), tf.float32)
         t = h[:, :d] * treated[:, None]
-        return {
+        out = {
             "v": self.none_vector[None, :] + t,
             "t": t,
             "r": h[:, d : 2 * d] * treated[:, None],
             "b": h[:, 2 * d] * treated,
             "b_use": h[:, 2 * d + 1] * treated,
         }
+        p = self.spec.pair_dim
+        if p:
+            o = 2 * d + 2
+            out["P"] = tf.reshape(h[:, o : o + p * d], (-1, p, d))
+            out["a"] = h[:, o + p * d : o + p * d + p]
+            out["q"] = h[:, o + p * d + p : o + p * d + 2 * p]
+        return out
 
     # ---- the small surface: call and compute_loss ---------------------------------------------------------
     def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
@@ -111,7 +129,8 @@ class TwoTowerUpliftModel(tf_keras.Model):
 
         Args:
             inputs: ``user_x`` ``[n, user_dim]``, ``user_bucket`` ``[n]``, ``coupon_x`` ``[n, coupon_dim]``,
-                ``coupon_index`` ``[n]``.
+                ``coupon_index`` ``[n]`` and, when ``spec.pair_dim`` > 0, ``pair_x`` ``[n, pair_dim]`` (0 on
+                control rows).
             training: Unused (no dropout); part of the Keras signature.
 
         Returns:
@@ -123,6 +142,10 @@ class TwoTowerUpliftModel(tf_keras.Model):
         logit_none = tf.reduce_sum(u * self.none_vector[None, :], axis=1) + self.none_bias
         logit = tf.reduce_sum(u * c["v"], axis=1) + self.none_bias + c["b"]
         logit_use = tf.reduce_sum(u * c["r"], axis=1) + c["b_use"]
+        if self.spec.pair_dim:
+            phi = tf.convert_to_tensor(inputs["pair_x"], tf.float32)
+            logit = logit + tf.reduce_sum(phi * (tf.einsum("nd,npd->np", u, c["P"]) + c["a"]), axis=1)
+            logit_use = logit_use + tf.reduce_sum(phi * c["q"], axis=1)
         treated = tf.cast(tf.not_equal(tf.cast(inputs["coupon_index"], tf.int32), NONE_INDEX), tf.float32)
         p = tf.sigmoid(logit)
         p_none = tf.sigmoid(logit_none)
@@ -197,6 +220,7 @@ def dummy_batch(spec: ModelSpec, n: int = 2) -> dict[str, np.ndarray]:
         "user_bucket": np.zeros(n, np.int64),
         "coupon_x": np.zeros((n, spec.coupon_dim), np.float32),
         "coupon_index": np.array([NONE_INDEX] + [1] * (n - 1), np.int64),
+        "pair_x": np.zeros((n, spec.pair_dim), np.float32),
     }
 
 
@@ -205,7 +229,8 @@ def export_weights(model: TwoTowerUpliftModel) -> dict[str, np.ndarray]:
 
     Names: ``user_id_embedding`` (when hashed user ids are used), ``user_dense_<i>_kernel`` /
     ``user_dense_<i>_bias`` for i = 0..len(hidden_units) (the last is the linear output layer), likewise
-    ``coupon_id_embedding`` and ``coupon_dense_<i>_*`` (output width ``2d + 2``: ``t``, ``r``, ``b``, ``b_use``),
+    ``coupon_id_embedding`` and ``coupon_dense_<i>_*`` (output width ``spec.coupon_width``: ``t``, ``r``, ``b``,
+    ``b_use``, then ``P``, ``a``, ``q`` of the pair features),
     ``none_vector`` (``[d]``) and ``none_bias`` (scalar).
     """
     out: dict[str, np.ndarray] = {}
@@ -250,8 +275,8 @@ def build_model(
 
 
 def export_saved_model(model: TwoTowerUpliftModel, path: str) -> None:
-    """Save a TensorFlow SavedModel whose ``serving_default`` signature takes the four inputs of :meth:`call`
-    (transformed features, hash buckets, coupon indices) and returns its outputs."""
+    """Save a TensorFlow SavedModel whose ``serving_default`` signature takes the five inputs of :meth:`call`
+    (transformed features, hash buckets, coupon indices, pair features) and returns its outputs."""
     spec = model.spec
 
     @tf.function(
@@ -260,11 +285,13 @@ def export_saved_model(model: TwoTowerUpliftModel, path: str) -> None:
             tf.TensorSpec([None], tf.int64, name="user_bucket"),
             tf.TensorSpec([None, spec.coupon_dim], tf.float32, name="coupon_x"),
             tf.TensorSpec([None], tf.int64, name="coupon_index"),
+            tf.TensorSpec([None, spec.pair_dim], tf.float32, name="pair_x"),
         ]
     )
     def serve(
-        user_x: tf.Tensor, user_bucket: tf.Tensor, coupon_x: tf.Tensor, coupon_index: tf.Tensor
+        user_x: tf.Tensor, user_bucket: tf.Tensor, coupon_x: tf.Tensor, coupon_index: tf.Tensor, pair_x: tf.Tensor
     ) -> dict[str, tf.Tensor]:
-        return model({"user_x": user_x, "user_bucket": user_bucket, "coupon_x": coupon_x, "coupon_index": coupon_index})
+        inputs = {"user_x": user_x, "user_bucket": user_bucket, "coupon_x": coupon_x, "coupon_index": coupon_index}
+        return model(inputs | {"pair_x": pair_x})
 
     tf.saved_model.save(model, path, signatures={"serving_default": serve})

@@ -5,9 +5,11 @@ coupons are embedded separately, then every user is scored against every coupon 
 
     >>> scorer = NumpyScorer.load(model_dir)                   # or NumpyScorer(spec, transform, weights)
     >>> u = scorer.user_embed(users_pdf)                       # [n_users, d]: user_id + uf_*/uc_* columns
-    >>> c = scorer.coupon_embed(coupons_pdf)                   # [n_coupons, 2d + 2]: coupon_id + cf_*/cc_*
-    >>> out = scorer.predict(u, c)
+    >>> c = scorer.coupon_embed(coupons_pdf)                   # [n_coupons, coupon_width]: coupon_id + cf_*/cc_*
+    >>> out = scorer.predict(u, c, scorer.pair_x(users_pdf, coupons_pdf))   # pair features: None if pair_dim 0
     >>> out["p_purchase"].shape, out["p_purchase_none"].shape  # (n_users, n_coupons), (n_users,)
+
+:meth:`NumpyScorer.score_frames` does the three steps from the raw frames.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from coupon_spark.model.gate import DECISION_FILE, NO_GATE, Gate
+from coupon_spark.model.pair import pair_matrix
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
 
@@ -110,7 +113,7 @@ class NumpyScorer:
             return None
         profits = []
         for m in self.members:
-            out = m.predict(m.user_embed(users), m.coupon_embed(coupon_frame))
+            out = m.score_frames(users, coupon_frame)
             profits.append(out["uplift"] * value - out["p_redeem"] * cost[None, :])
         return np.std(np.stack(profits), axis=0, ddof=1).astype(np.float32)
 
@@ -118,14 +121,30 @@ class NumpyScorer:
     def embedding_dim(self) -> int:
         return self.spec.embedding_dim
 
-    # ---- towers from raw frames ---------------------------------------------------------------------------
+    # ---- from raw frames ----------------------------------------------------------------------------------
+    def score_frames(
+        self, users: pd.DataFrame, coupons: pd.DataFrame, coupon_emb: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """:meth:`predict` of every user against every coupon, from the raw frames (``coupon_emb``: the
+        coupons' :meth:`coupon_embed`, when already computed)."""
+        c = self.coupon_embed(coupons) if coupon_emb is None else coupon_emb
+        return self.predict(self.user_embed(users), c, self.pair_x(users, coupons))
+
+    def pair_x(self, users: pd.DataFrame, coupons: pd.DataFrame) -> np.ndarray | None:
+        """Pair features ``[n_users, n_coupons, pair_dim]`` (:func:`coupon_spark.model.pair.pair_matrix`); None
+        for a model without them."""
+        if not self.spec.pair_dim:
+            return None
+        return pair_matrix(users, coupons, self.spec.default_basket_eur)
+
     def user_embed(self, users: pd.DataFrame) -> np.ndarray:
         """User vectors ``u`` (float32 ``[len(users), d]``) from ``user_id`` and the raw ``uf_*``/``uc_*``."""
         return self.user_tower(self.transform.user_matrix(users), self.spec.user_buckets(users["user_id"]))
 
     def coupon_embed(self, coupons: pd.DataFrame) -> np.ndarray:
-        """Coupon rows ``[v_c (d), r_c (d), b_c, b_use_c]`` (float32 ``[len(coupons), 2d + 2]``) from
-        ``coupon_id`` and the raw ``cf_*``/``cc_*`` columns; ``v_c = v_none + t_c``."""
+        """Coupon rows ``[v_c (d), r_c (d), b_c, b_use_c, P_c (p x d), a_c (p), q_c (p)]`` (float32
+        ``[len(coupons), spec.coupon_width]``) from ``coupon_id`` and the raw ``cf_*``/``cc_*`` columns;
+        ``v_c = v_none + t_c``."""
         return self.coupon_tower(self.transform.coupon_matrix(coupons), self.spec.coupon_index(coupons["coupon_id"]))
 
     # ---- towers from transformed inputs (what TensorFlow sees) --------------------------------------------
@@ -145,12 +164,15 @@ class NumpyScorer:
         return h
 
     # ---- heads --------------------------------------------------------------------------------------------
-    def predict(self, user_emb: np.ndarray, coupon_emb: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(
+        self, user_emb: np.ndarray, coupon_emb: np.ndarray, pair_x: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Every user against every coupon.
 
         Args:
             user_emb: ``[n_users, d]`` from :meth:`user_embed`.
-            coupon_emb: ``[n_coupons, 2d + 2]`` from :meth:`coupon_embed`.
+            coupon_emb: ``[n_coupons, spec.coupon_width]`` from :meth:`coupon_embed`.
+            pair_x: ``[n_users, n_coupons, pair_dim]`` from :meth:`pair_x`; required when ``spec.pair_dim``.
 
         Returns:
             ``p_purchase`` ``[n_users, n_coupons]`` (p(purchase | coupon)), ``p_purchase_none`` ``[n_users]``,
@@ -161,9 +183,27 @@ class NumpyScorer:
         c = np.asarray(coupon_emb, np.float32)
         b0 = self.weights["none_bias"]
         p_none = sigmoid(u @ self.weights["none_vector"] + b0)
-        p = sigmoid(u @ c[:, :d].T + (b0 + c[:, 2 * d])[None, :])
-        p_use = sigmoid(u @ c[:, d : 2 * d].T + c[:, 2 * d + 1][None, :])
+        logit = u @ c[:, :d].T + (b0 + c[:, 2 * d])[None, :]
+        logit_use = u @ c[:, d : 2 * d].T + c[:, 2 * d + 1][None, :]
+        k = self.spec.pair_dim
+        if k:
+            if pair_x is None:
+                raise ValueError("this model has pair features: pass pair_x (NumpyScorer.pair_x or score_frames)")
+            phi = np.asarray(pair_x, np.float32)
+            big_p, a, q = self._pair_parts(c)
+            # sum_k phi_k * (<u, P_ck> + a_ck), one coupon-feature at a time: [n, m] temporaries only
+            for i in range(k):
+                logit += phi[:, :, i] * (u @ big_p[:, i, :].T + a[None, :, i])
+                logit_use += phi[:, :, i] * q[None, :, i]
+        p = sigmoid(logit)
+        p_use = sigmoid(logit_use)
         return {"p_purchase": p, "p_purchase_none": p_none, "p_redeem": p * p_use, "uplift": p - p_none[:, None]}
+
+    def _pair_parts(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``P`` ``[m, p, d]``, ``a`` and ``q`` ``[m, p]`` from coupon rows of :meth:`coupon_embed`."""
+        d, k = self.spec.embedding_dim, self.spec.pair_dim
+        o = 2 * d + 2
+        return c[:, o : o + k * d].reshape(-1, k, d), c[:, o + k * d : o + k * d + k], c[:, o + k * d + k :]
 
     def predict_rows(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Row-wise predictions for each row's own arm, like the TensorFlow model's ``call`` (for checks)."""
@@ -174,8 +214,14 @@ class NumpyScorer:
         treated = (idx != 0).astype(np.float32)
         b0 = self.weights["none_bias"]
         logit_none = u @ self.weights["none_vector"] + b0
-        logit = np.where(treated > 0, np.einsum("nd,nd->n", u, c[:, :d]) + b0 + c[:, 2 * d], logit_none)
+        logit = np.einsum("nd,nd->n", u, c[:, :d]) + b0 + c[:, 2 * d]
         logit_use = np.einsum("nd,nd->n", u, c[:, d : 2 * d]) + c[:, 2 * d + 1]
+        if self.spec.pair_dim:
+            phi = np.asarray(inputs["pair_x"], np.float32)
+            big_p, a, q = self._pair_parts(c)
+            logit = logit + np.sum(phi * (np.einsum("nd,npd->np", u, big_p) + a), axis=1)
+            logit_use = logit_use + np.sum(phi * q, axis=1)
+        logit = np.where(treated > 0, logit, logit_none)
         p, p_none = sigmoid(logit), sigmoid(logit_none)
         return {
             "p_purchase": p,

@@ -30,6 +30,9 @@ class ModelSpec:
         id_embedding_dim: Width of the user-id and coupon-id embeddings.
         user_id_buckets: Hash buckets of the user-id embedding (0: none).
         coupon_ids: Coupon ids seen in training; id ``coupon_ids[i]`` has index ``FIRST_COUPON_INDEX + i``.
+        pair_dim: Number of pair features (:data:`coupon_spark.model.pair.PAIR_FEATURES`); 0: none (a model
+            of the towers alone).
+        default_basket_eur: Basket the pair features assume for a user without orders.
     """
 
     user_dim: int
@@ -39,6 +42,14 @@ class ModelSpec:
     id_embedding_dim: int = 8
     user_id_buckets: int = 0
     coupon_ids: list[str] = field(default_factory=list)
+    pair_dim: int = 0
+    default_basket_eur: float = 40.0
+
+    @property
+    def coupon_width(self) -> int:
+        """Width of the coupon tower's output: ``t`` and ``r`` (d each), ``b``, ``b_use``, then per pair feature
+        a direction ``P_k`` (d), a bias ``a_k`` and a redemption weight ``q_k``."""
+        return 2 * self.embedding_dim + 2 + self.pair_dim * (self.embedding_dim + 2)
 
     @property
     def n_coupon_ids(self) -> int:

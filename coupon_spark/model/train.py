@@ -52,6 +52,7 @@ from coupon_spark.model.data import (
     validation_mask,
 )
 from coupon_spark.model.gate import DECISION_FILE, MIN_ROWS, NO_GATE, Gate, next_test_index
+from coupon_spark.model.pair import PAIR_COUPON_COLUMNS, PAIR_FEATURES
 from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
 from coupon_spark.model.scorer import FOLD_WEIGHTS_FILE
 from coupon_spark.model.spec import ModelSpec
@@ -350,6 +351,14 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
     coupon_ids = sorted(
         r[0] for r in examples.select("coupon_id").where(F.col("coupon_id").isNotNull()).distinct().collect()
     )
+    missing = [c for c in PAIR_COUPON_COLUMNS if c not in transform.coupon_columns]
+    use_pairs = tc.pair_features and not missing
+    if tc.pair_features and missing:
+        log.warning(
+            "train.pair_features: the feature stats describe no %s: the model is trained without pair features "
+            "(build the features with `coupon-spark features`, or set train.pair_features=false to silence this)",
+            ", ".join(missing),
+        )
     spec = ModelSpec(
         user_dim=transform.user_dim,
         coupon_dim=transform.coupon_dim,
@@ -358,6 +367,8 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         id_embedding_dim=tc.id_embedding_dim,
         user_id_buckets=tc.user_id_buckets,
         coupon_ids=coupon_ids,
+        pair_dim=len(PAIR_FEATURES) if use_pairs else 0,
+        default_basket_eur=cfg.score.default_basket_eur,
     )
     use_horovod = tc.num_proc >= 1 and horovod_available()
     if tc.num_proc >= 1 and not use_horovod:
@@ -586,6 +597,9 @@ def publish(
     probe["coupon_x"] = rng.normal(size=probe["coupon_x"].shape).astype(np.float32)
     probe["user_bucket"] = rng.integers(0, max(spec.user_id_buckets, 1), 8)
     probe["coupon_index"] = rng.integers(0, spec.n_coupon_ids, 8)
+    probe["pair_x"] = (rng.uniform(size=probe["pair_x"].shape) * (probe["coupon_index"] != 0)[:, None]).astype(
+        np.float32
+    )
     tf_out = model(probe)
     np_out = NumpyScorer(spec, transform, weights).predict_rows(probe)
     diff = max(
