@@ -322,10 +322,11 @@ class ScoreConfig:
         frequency_cap_days: Look-back of the frequency cap (issuances before the run date).
         targeting: Campaign id -> the user segments it may target (absent: every segment).
         batch_rows: Users scored at once inside a task (bounds the memory of the score matrices).
-        uncertainty_z: Decisions on a lower bound: each expected incremental profit is lowered by this many
-            standard deviations of the estimates of the model's ensemble (the decision gate's fold models,
-            published with the version); 0: the point estimate. Taking the best of many noisy estimates picks
-            the noise; the lower bound counts an estimate only as far as the models agree on it.
+        uncertainty_z: Decisions on a lower bound: each expected incremental profit (the mean of the model's
+            heads, ``train.heads``) is lowered by this many standard deviations of the heads' estimates (a model
+            of one head: of the decision gate's fold models, published with the version); 0: the mean alone.
+            Taking the best of many noisy estimates picks the noise; the lower bound counts an estimate only as
+            far as the heads agree on it.
     """
 
     top_k: int = 10
@@ -337,7 +338,7 @@ class ScoreConfig:
     frequency_cap_days: int = 7
     targeting: dict[str, list[str]] = field(default_factory=dict)
     batch_rows: int = 4096
-    uncertainty_z: float = 3.0
+    uncertainty_z: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -448,6 +449,8 @@ class TrainConfig:
         hidden_units: Hidden ReLU layers of each tower.
         id_embedding_dim: Dimension of the user-id and coupon-id embeddings.
         user_id_buckets: Hash buckets of the user-id embedding; 0 leaves the user id out.
+        heads: Two-tower models trained side by side on bootstrap weights (an ensemble): the estimate is their
+            mean, their spread the uncertainty the decisions count against (``score.uncertainty_z``).
         pair_features: Feed the model what each coupon is worth to each user (:mod:`coupon_spark.model.pair`).
         l2: L2 penalty on all weights.
         id_l2: Extra L2 penalty on the user-id and coupon-id embeddings: shrinks what the model learns per id
@@ -473,6 +476,9 @@ class TrainConfig:
             trained in the driver process (same shards, world and hyper-parameters; at most the published
             model's best epoch count), each without the rows of its fold, and every randomised row is scored
             by the one that did not see it. 0 or 1: the published model on its validation split.
+        gate_on_import: The gate also replays the model on the imported past promotion's randomised rows
+            (``features.import_policies``; with the catalogue of their day), not only on the logged days':
+            about 7x the evidence on the demo. Its fold models never trained on the rows they score.
         gate_selection_share: Share of the gate's held-out randomised decisions (by a hash of
             ``issuance_id``) its threshold is chosen on; the gain is confirmed on the others.
     """
@@ -487,6 +493,7 @@ class TrainConfig:
     id_embedding_dim: int = 8
     user_id_buckets: int = 0
     pair_features: bool = True
+    heads: int = 5
     l2: float = 1e-6
     id_l2: float = 1e-4
     validation_share: float = 0.1
@@ -501,7 +508,8 @@ class TrainConfig:
     seed: int = 0
     start_timeout_s: int = 600
     decision_confidence: float = 0.95
-    gate_folds: int = 5
+    gate_folds: int = 3
+    gate_on_import: bool = True
     gate_selection_share: float = 0.5
 
     def __post_init__(self) -> None:
@@ -514,6 +522,7 @@ class TrainConfig:
             ("hidden_units", all(h >= 1 for h in self.hidden_units), "a list of integers >= 1"),
             ("id_embedding_dim", self.id_embedding_dim >= 1, ">= 1"),
             ("user_id_buckets", self.user_id_buckets >= 0, ">= 0"),
+            ("heads", self.heads >= 1, ">= 1"),
             ("l2", self.l2 >= 0, ">= 0"),
             ("validation_share", 0.0 < self.validation_share < 1.0, "in (0, 1)"),
             ("early_stopping_patience", self.early_stopping_patience >= 1, ">= 1"),

@@ -678,6 +678,8 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
         cfi = coupon_features(coupons, sorted(plan), earliest_fallback=True)
         exi = training_examples(imported, orders, redemptions, coupons, ufi, cfi, sorted(plan), win)
         replace(exi, "training_examples", "issue_date", label="training_examples (import)")
+        # the catalogue each imported row could draw from: what the decision gate replays the model on
+        replace(cfi, "coupon_features", "as_of_date", label="coupon_features (import)")
     uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg, coupons=coupons)
     replace(uf, "user_features", "as_of_date")
     cf = coupon_features(coupons, snapshots)

@@ -8,7 +8,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from coupon_spark.model.data import bootstrap_weights
 from coupon_spark.model.network import build_model, export_weights, import_weights
 from coupon_spark.model.pair import PAIR_FEATURES, basket_of, pair_matrix, pair_rows
 from coupon_spark.model.scorer import NumpyScorer
@@ -56,7 +58,8 @@ def test_pair_features_by_hand() -> None:
     np.testing.assert_allclose(by_row, want_rows, rtol=1e-6)
 
 
-def test_numpy_scorer_matches_tensorflow_with_pair_features() -> None:
+@pytest.mark.parametrize("heads", [1, 3])
+def test_numpy_scorer_matches_tensorflow_with_pair_features(heads: int) -> None:
     stats = [
         {"feature": "uf_x", "kind": "numeric", "transform": "standard", "center": 0.0, "scale": 1.0},
         {"feature": "cf_face_value", "kind": "numeric", "transform": "standard", "center": 5.0, "scale": 5.0},
@@ -71,6 +74,7 @@ def test_numpy_scorer_matches_tensorflow_with_pair_features() -> None:
         coupon_ids=["c1", "c2"],
         pair_dim=len(PAIR_FEATURES),
         default_basket_eur=40.0,
+        heads=heads,
     )
     model = build_model(spec, seed=2)
     rng = np.random.default_rng(1)
@@ -99,3 +103,51 @@ def test_numpy_scorer_matches_tensorflow_with_pair_features() -> None:
     rows, tf_rows = scorer.predict_rows(inputs), model(inputs)
     for k in ("p_purchase", "p_purchase_none", "p_redeem"):
         np.testing.assert_allclose(rows[k], tf_rows[k].numpy(), atol=1e-5)
+    # an ensemble's estimate is its heads' mean, its spread their standard deviation
+    value, cost = np.full((3, 1), 12.0), COUPONS["cf_face_value"].to_numpy()
+    spread = scorer.profit_spread(users, COUPONS, value, cost)
+    if heads == 1:
+        assert spread is None
+    else:
+        per_head = [h.score_frames(users, COUPONS) for h in scorer.heads]
+        np.testing.assert_allclose(got["p_purchase"], np.mean([o["p_purchase"] for o in per_head], axis=0), atol=1e-6)
+        profits = [o["uplift"] * value - o["p_redeem"] * cost[None, :] for o in per_head]
+        np.testing.assert_allclose(spread, np.std(profits, axis=0, ddof=1), rtol=1e-4, atol=1e-6)
+
+
+def test_bootstrap_weights_are_poisson_and_stable() -> None:
+    ids = pd.Series([f"I{i}" for i in range(40_000)])
+    w = bootstrap_weights(ids, 4, seed=3)
+    assert w.shape == (40_000, 4) and w.dtype == np.float32
+    np.testing.assert_allclose(w.mean(axis=0), 1.0, atol=0.02)  # Poisson(1): mean 1, variance 1, P(0) = 1/e
+    np.testing.assert_allclose(w.var(axis=0), 1.0, atol=0.04)
+    np.testing.assert_allclose((w == 0).mean(axis=0), np.exp(-1), atol=0.01)
+    assert abs(np.corrcoef(w[:, 0], w[:, 1])[0, 1]) < 0.03  # heads resample independently
+    np.testing.assert_array_equal(bootstrap_weights(ids[::-1], 4, seed=3), w[::-1])  # whatever the order
+    np.testing.assert_array_equal(bootstrap_weights(ids, 1, seed=3), np.ones((40_000, 1)))
+
+
+def test_ensemble_loss_sums_the_heads_on_their_bootstrap_weights() -> None:
+    spec = ModelSpec(user_dim=2, coupon_dim=1, embedding_dim=3, hidden_units=[4], coupon_ids=["c1"], heads=2)
+    model = build_model(spec, seed=1)
+    rng = np.random.default_rng(0)
+    n = 6
+    batch = {
+        "user_x": rng.normal(size=(n, 2)).astype(np.float32),
+        "user_bucket": np.zeros(n, np.int64),
+        "coupon_x": rng.normal(size=(n, 1)).astype(np.float32),
+        "coupon_index": np.array([0, 2, 2, 0, 2, 2]),
+        "pair_x": np.zeros((n, 0), np.float32),
+        "purchased": np.array([1, 0, 1, 0, 1, 1], np.float32),
+        "redeemed": np.array([0, 0, 1, 0, 0, 1], np.float32),
+        "weight": np.ones(n, np.float32),
+        "boot": np.array([[1, 0], [2, 1], [0, 1], [1, 3], [1, 1], [0, 0]], np.float32),
+    }
+    total = float(model.compute_loss(batch, normalizer=n))
+    want = sum(
+        float(h.compute_loss({**batch, "weight": batch["boot"][:, b]}, normalizer=n)) for b, h in enumerate(model.heads)
+    )
+    assert abs(total - want) < 1e-6
+    # evaluation: each row once, the heads' mean
+    plain = np.mean([float(h.compute_loss(batch, normalizer=n, training=False)) for h in model.heads])
+    assert abs(float(model.compute_loss(batch, normalizer=n, training=False)) - plain) < 1e-6

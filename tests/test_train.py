@@ -74,7 +74,7 @@ def test_two_horovod_ranks_train_exactly_like_one_process_on_the_same_global_bat
     assert one["world"] == 2 and one["local_batch"] == 32
     initial = export_weights(build_model(spec, l2=cfg.train.l2, seed=cfg.train.seed))
     assert max_diff(two_ranks, initial) > 1e-2  # it did train
-    assert max_diff(two_ranks, one["weights"]) < 1e-6
+    assert max_diff(two_ranks, one["weights"]) < 1e-5  # float32 sums in another order (5 heads: 2e-6 apart)
     # ...and the comparison can fail: one rank alone (no averaging) ends elsewhere.
     alone = rank_main(RankTask(groups[:1], False, spec.to_json(), transform.to_json(), cfg.train))
     assert max_diff(alone["weights"], one["weights"]) > 1e-4
@@ -111,10 +111,8 @@ def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys)
     assert 0.5 < metrics["validation"]["purchase"]["auc"] <= 1.0
     assert {"log_loss", "expected_calibration_error", "calibration"} <= metrics["validation"]["purchase"].keys()
     # the published numpy weights are the best checkpoint, and the numpy scorer loads the version
-    np.testing.assert_array_equal(
-        read_npz(f"{registry.version_uri(name, 1)}/checkpoints/best.npz")["none_vector"],
-        read_npz(f"{registry.version_uri(name, 1)}/weights.npz")["none_vector"],
-    )
+    best = read_npz(f"{registry.version_uri(name, 1)}/checkpoints/best.npz")
+    assert max_diff(best, read_npz(f"{registry.version_uri(name, 1)}/weights.npz")) == 0.0
     scorer = NumpyScorer.load(d)
     assert scorer.spec.coupon_ids == ["c05", "c10", "c20"]
     # this world's logging policy ("random") is not one of evaluate.ope_policies: nothing to test the model on,

@@ -172,6 +172,7 @@ def test_learners_use_pair_features_where_the_effect_lives_in_them(learner: str)
         model = TLearner(params).fit(rows)
     else:
         ids = np.array([None, "c1", "c2"], dtype=object)[arm]
+
         def pair_of(r: np.ndarray, a: np.ndarray) -> np.ndarray:
             f = np.array([face[arm[i]] for i in a], np.float32)
             return (f / np.maximum(basket[r], 1))[:, None]

@@ -141,6 +141,7 @@ class Examples:
     coupon_x: np.ndarray
     coupon_index: np.ndarray
     pair_x: np.ndarray
+    boot: np.ndarray
     purchased: np.ndarray
     redeemed: np.ndarray
     propensity: np.ndarray
@@ -173,11 +174,30 @@ def make_examples(
         coupon_x=transform.coupon_matrix(pdf),
         coupon_index=spec.coupon_index(pdf["coupon_id"]),
         pair_x=(pair_rows(pdf, spec.default_basket_eur) if spec.pair_dim else np.zeros((len(pdf), 0), np.float32)),
+        boot=bootstrap_weights(pdf["issuance_id"], spec.heads, seed),
         purchased=pdf["purchased"].to_numpy(np.float32),
         redeemed=pdf["redeemed"].to_numpy(np.float32),
         propensity=pdf["propensity"].to_numpy(np.float64),
         is_validation=validation_mask(pdf["issuance_id"], validation_share, seed),
     )
+
+
+_POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1)) for k in range(12)])
+
+
+def bootstrap_weights(issuance_ids: pd.Series | np.ndarray, heads: int, seed: int) -> np.ndarray:
+    """``[n, heads]`` float32 Poisson(1) weights, one column per head (the online bootstrap: each head sees each
+    row 0, 1, 2... times), by a hash of (seed, head, issuance_id): the same in every process however the data is
+    sharded. One head: all 1 (no resampling)."""
+    n = len(issuance_ids)
+    if heads <= 1:
+        return np.ones((n, max(heads, 1)), np.float32)
+    ids = pd.Series(issuance_ids, dtype=object).astype(str)
+    out = np.empty((n, heads), np.float32)
+    for b in range(heads):
+        u = (hash_buckets(f"{seed}:boot{b}:" + ids, 1 << 30) + 0.5) / float(1 << 30)
+        out[:, b] = np.searchsorted(_POISSON1_CDF, u)
+    return out
 
 
 def ipw_weights(propensity: np.ndarray, clip: float) -> np.ndarray:

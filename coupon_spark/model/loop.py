@@ -29,7 +29,13 @@ import tf_keras
 from coupon_spark.config import TrainConfig
 from coupon_spark.model.data import Examples, ipw_weights
 from coupon_spark.model.metrics import binary_summary, summary_metrics
-from coupon_spark.model.network import TwoTowerUpliftModel, build_model, export_weights, import_weights
+from coupon_spark.model.network import (
+    EnsembleUpliftModel,
+    TwoTowerUpliftModel,
+    build_model,
+    export_weights,
+    import_weights,
+)
 from coupon_spark.model.spec import NONE_INDEX, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -144,7 +150,7 @@ def batch_tensors(parts: list[Examples], weights: list[np.ndarray]) -> dict[str,
     """Concatenate shard slices into one batch of tensors (inputs, labels and IPW ``weight``)."""
     cat = {
         k: np.concatenate([getattr(p, k) for p in parts])
-        for k in ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x", "purchased", "redeemed")
+        for k in ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x", "boot", "purchased", "redeemed")
     }
     cat["weight"] = np.concatenate(weights).astype(np.float32)
     return {k: tf.convert_to_tensor(v) for k, v in cat.items()}
@@ -303,7 +309,9 @@ def fit(
     )
 
 
-def validation_metrics(model: TwoTowerUpliftModel, val: list[Examples], comm: Comm) -> dict[str, Any]:
+def validation_metrics(
+    model: TwoTowerUpliftModel | EnsembleUpliftModel, val: list[Examples], comm: Comm
+) -> dict[str, Any]:
     """Purchase metrics on every validation row (under its logged arm) and redemption metrics on the treated
     rows, aggregated over ranks (see :mod:`coupon_spark.model.metrics`)."""
     predict = tf.function(lambda batch: model(batch), reduce_retracing=True)

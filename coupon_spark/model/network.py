@@ -20,6 +20,12 @@ Trained on logged, randomised issuances (the row's arm is ``coupon_index``; ``NO
 inverse-propensity weights: every row counts ``w = 1 / clip(propensity)`` times (normalised to mean 1 over
 the training set), so each arm is fitted on the population rather than on whom the logging policy favoured.
 
+With ``spec.heads`` > 1 the model is an ensemble (:class:`EnsembleUpliftModel`): that many two-tower models
+trained side by side on the same batches, each row weighted by its own Poisson(1) bootstrap draw per head (the
+online bootstrap). Its estimates are the heads' means and their spread is what the decisions count against
+(one model alone is unstable: on the 100k demo, five models of different seeds or folds earned -22% to +8% of
+the oracle, their mean +21%).
+
 The numpy twin of this forward pass is :class:`coupon_spark.model.scorer.NumpyScorer`; weights move between
 the two through :func:`export_weights` / :func:`import_weights` with the names documented there.
 """
@@ -38,7 +44,7 @@ import tf_keras
 from coupon_spark.model.spec import NONE_INDEX, ModelSpec
 
 INPUT_KEYS = ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x")
-LABEL_KEYS = ("purchased", "redeemed", "weight")
+LABEL_KEYS = ("purchased", "redeemed", "weight", "boot")
 
 
 class TwoTowerUpliftModel(tf_keras.Model):
@@ -201,6 +207,42 @@ class TwoTowerUpliftModel(tf_keras.Model):
         self(dummy_batch(self.spec))
 
 
+class EnsembleUpliftModel(tf_keras.Model):
+    """``spec.heads`` :class:`TwoTowerUpliftModel` heads (seeds ``seed * 1000 + b``) trained on bootstrap weights.
+
+    :meth:`call` returns the heads' mean probabilities (the uplift is the mean ``p`` less the mean ``p_none``);
+    :meth:`compute_loss` sums the heads' losses, head ``b`` weighting each row by ``weight * boot[:, b]`` when
+    training and by ``weight`` alone (averaged over heads) when not.
+    """
+
+    def __init__(self, spec: ModelSpec, l2: float = 0.0, seed: int = 0, id_l2: float = 0.0, **kwargs: object):
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.heads = [
+            TwoTowerUpliftModel(spec, l2=l2, seed=seed * 1000 + b, id_l2=id_l2, name=f"head_{b}")
+            for b in range(spec.heads)
+        ]
+
+    def call(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> dict[str, tf.Tensor]:
+        outs = [h(inputs, training=training) for h in self.heads]
+        mean = {k: tf.add_n([o[k] for o in outs]) / len(outs) for k in ("p_purchase", "p_purchase_none", "p_redeem")}
+        return mean | {"uplift": mean["p_purchase"] - mean["p_purchase_none"]}
+
+    def compute_loss(  # type: ignore[override]
+        self, batch: Mapping[str, tf.Tensor], normalizer: float, l2_share: float = 1.0, training: bool = True
+    ) -> tf.Tensor:
+        boot = tf.cast(batch["boot"], tf.float32)
+        losses = []
+        for b, head in enumerate(self.heads):
+            w = batch["weight"] * boot[:, b] if training else batch["weight"]
+            losses.append(head.compute_loss({**batch, "weight": w}, normalizer, l2_share, training))
+        total = tf.add_n(losses)
+        return total if training else total / len(self.heads)
+
+    def build_all(self) -> None:
+        self(dummy_batch(self.spec))
+
+
 class _Init:
     """Glorot-uniform initialisers with distinct, reproducible seeds."""
 
@@ -224,15 +266,17 @@ def dummy_batch(spec: ModelSpec, n: int = 2) -> dict[str, np.ndarray]:
     }
 
 
-def export_weights(model: TwoTowerUpliftModel) -> dict[str, np.ndarray]:
+def export_weights(model: TwoTowerUpliftModel | EnsembleUpliftModel) -> dict[str, np.ndarray]:
     """The model's weights as named numpy arrays (float32).
 
     Names: ``user_id_embedding`` (when hashed user ids are used), ``user_dense_<i>_kernel`` /
     ``user_dense_<i>_bias`` for i = 0..len(hidden_units) (the last is the linear output layer), likewise
     ``coupon_id_embedding`` and ``coupon_dense_<i>_*`` (output width ``spec.coupon_width``: ``t``, ``r``, ``b``,
     ``b_use``, then ``P``, ``a``, ``q`` of the pair features),
-    ``none_vector`` (``[d]``) and ``none_bias`` (scalar).
+    ``none_vector`` (``[d]``) and ``none_bias`` (scalar). An ensemble's: each head's under ``head<b>/``.
     """
+    if isinstance(model, EnsembleUpliftModel):
+        return {f"head{b}/{k}": v for b, h in enumerate(model.heads) for k, v in export_weights(h).items()}
     out: dict[str, np.ndarray] = {}
     if model.user_id_embedding is not None:
         out["user_id_embedding"] = model.user_id_embedding.embeddings.numpy()
@@ -246,8 +290,13 @@ def export_weights(model: TwoTowerUpliftModel) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def import_weights(model: TwoTowerUpliftModel, weights: Mapping[str, np.ndarray]) -> None:
+def import_weights(model: TwoTowerUpliftModel | EnsembleUpliftModel, weights: Mapping[str, np.ndarray]) -> None:
     """Assign named weights (as :func:`export_weights` names them) to a built model."""
+    if isinstance(model, EnsembleUpliftModel):
+        for b, h in enumerate(model.heads):
+            p = f"head{b}/"
+            import_weights(h, {k[len(p) :]: v for k, v in weights.items() if k.startswith(p)})
+        return
     if model.user_id_embedding is not None:
         model.user_id_embedding.embeddings.assign(weights["user_id_embedding"])
     for prefix, layers in (("user", model.user_layers), ("coupon", model.coupon_layers)):
@@ -265,16 +314,21 @@ def build_model(
     seed: int = 0,
     weights: Mapping[str, np.ndarray] | None = None,
     id_l2: float = 0.0,
-) -> TwoTowerUpliftModel:
-    """A built model with seeded initial weights, or with ``weights`` when given."""
-    model = TwoTowerUpliftModel(spec, l2=l2, seed=seed, id_l2=id_l2)
+) -> TwoTowerUpliftModel | EnsembleUpliftModel:
+    """A built model with seeded initial weights, or with ``weights`` when given (an ensemble when
+    ``spec.heads`` > 1)."""
+    model: TwoTowerUpliftModel | EnsembleUpliftModel = (
+        EnsembleUpliftModel(spec, l2=l2, seed=seed, id_l2=id_l2)
+        if spec.heads > 1
+        else TwoTowerUpliftModel(spec, l2=l2, seed=seed, id_l2=id_l2)
+    )
     model.build_all()
     if weights is not None:
         import_weights(model, weights)
     return model
 
 
-def export_saved_model(model: TwoTowerUpliftModel, path: str) -> None:
+def export_saved_model(model: TwoTowerUpliftModel | EnsembleUpliftModel, path: str) -> None:
     """Save a TensorFlow SavedModel whose ``serving_default`` signature takes the five inputs of :meth:`call`
     (transformed features, hash buckets, coupon indices, pair features) and returns its outputs."""
     spec = model.spec

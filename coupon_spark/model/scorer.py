@@ -14,6 +14,7 @@ coupons are embedded separately, then every user is scored against every coupon 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,6 +73,13 @@ class NumpyScorer:
         self.transform = transform
         self.decision_threshold = float(decision_threshold)
         self.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        # an ensemble: one scorer per head (weights under head<b>/); its estimates are their means
+        one = dataclasses.replace(spec, heads=1)
+        self.heads = [
+            NumpyScorer(one, transform, _head_weights(weights, b)) for b in range(spec.heads if spec.heads > 1 else 0)
+        ]
+        if self.heads:
+            return
         n = len(spec.hidden_units) + 1
         self._user = [(self.weights[f"user_dense_{i}_kernel"], self.weights[f"user_dense_{i}_bias"]) for i in range(n)]
         self._coupon = [
@@ -99,9 +107,9 @@ class NumpyScorer:
     def profit_spread(
         self, users: pd.DataFrame, coupon_frame: pd.DataFrame, value: np.ndarray, cost: np.ndarray
     ) -> np.ndarray | None:
-        """Standard deviation over :attr:`members` of the expected incremental profit
-        ``uplift * value - p_redeem * cost`` of every user x coupon (``[n, m]``, float32); None with fewer
-        than two members.
+        """Standard deviation over the heads of an ensemble (else over :attr:`members`) of the expected
+        incremental profit ``uplift * value - p_redeem * cost`` of every user x coupon (``[n, m]``, float32);
+        None with fewer than two.
 
         Args:
             users: Raw user features.
@@ -109,10 +117,11 @@ class NumpyScorer:
             value: ``[n, 1]`` EUR of a purchase to the shop (margin x basket).
             cost: ``[m]`` coupon costs.
         """
-        if len(self.members) < 2:
+        models = self.heads if len(self.heads) >= 2 else self.members
+        if len(models) < 2:
             return None
         profits = []
-        for m in self.members:
+        for m in models:
             out = m.score_frames(users, coupon_frame)
             profits.append(out["uplift"] * value - out["p_redeem"] * cost[None, :])
         return np.std(np.stack(profits), axis=0, ddof=1).astype(np.float32)
@@ -138,13 +147,18 @@ class NumpyScorer:
         return pair_matrix(users, coupons, self.spec.default_basket_eur)
 
     def user_embed(self, users: pd.DataFrame) -> np.ndarray:
-        """User vectors ``u`` (float32 ``[len(users), d]``) from ``user_id`` and the raw ``uf_*``/``uc_*``."""
+        """User vectors ``u`` (float32 ``[len(users), d]``; an ensemble's heads side by side) from ``user_id``
+        and the raw ``uf_*``/``uc_*``."""
+        if self.heads:
+            return np.concatenate([h.user_embed(users) for h in self.heads], axis=1)
         return self.user_tower(self.transform.user_matrix(users), self.spec.user_buckets(users["user_id"]))
 
     def coupon_embed(self, coupons: pd.DataFrame) -> np.ndarray:
         """Coupon rows ``[v_c (d), r_c (d), b_c, b_use_c, P_c (p x d), a_c (p), q_c (p)]`` (float32
         ``[len(coupons), spec.coupon_width]``) from ``coupon_id`` and the raw ``cf_*``/``cc_*`` columns;
-        ``v_c = v_none + t_c``."""
+        ``v_c = v_none + t_c``; an ensemble's heads side by side."""
+        if self.heads:
+            return np.concatenate([h.coupon_embed(coupons) for h in self.heads], axis=1)
         return self.coupon_tower(self.transform.coupon_matrix(coupons), self.spec.coupon_index(coupons["coupon_id"]))
 
     # ---- towers from transformed inputs (what TensorFlow sees) --------------------------------------------
@@ -178,6 +192,13 @@ class NumpyScorer:
             ``p_purchase`` ``[n_users, n_coupons]`` (p(purchase | coupon)), ``p_purchase_none`` ``[n_users]``,
             ``p_redeem`` ``[n_users, n_coupons]`` and ``uplift`` = ``p_purchase - p_purchase_none[:, None]``.
         """
+        if self.heads:
+            d, w = self.spec.embedding_dim, self.spec.coupon_width
+            outs = [
+                h.predict(user_emb[:, b * d : (b + 1) * d], coupon_emb[:, b * w : (b + 1) * w], pair_x)
+                for b, h in enumerate(self.heads)
+            ]
+            return _mean_of(outs)
         d = self.spec.embedding_dim
         u = np.asarray(user_emb, np.float32)
         c = np.asarray(coupon_emb, np.float32)
@@ -207,6 +228,8 @@ class NumpyScorer:
 
     def predict_rows(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Row-wise predictions for each row's own arm, like the TensorFlow model's ``call`` (for checks)."""
+        if self.heads:
+            return _mean_of([h.predict_rows(inputs) for h in self.heads])
         u = self.user_tower(inputs["user_x"], inputs["user_bucket"])
         idx = np.asarray(inputs["coupon_index"], np.int64)
         c = self.coupon_tower(inputs["coupon_x"], idx)
@@ -229,6 +252,19 @@ class NumpyScorer:
             "p_redeem": p * sigmoid(logit_use) * treated,
             "uplift": p - p_none,
         }
+
+
+def _head_weights(weights: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    """Head ``b``'s weights of an ensemble (keys ``head<b>/<name>``), under their plain names."""
+    prefix = f"head{b}/"
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _mean_of(outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The heads' mean probabilities; the uplift is the mean ``p`` less the mean ``p_none``."""
+    mean = {k: np.mean([o[k] for o in outs], axis=0) for k in ("p_purchase", "p_purchase_none", "p_redeem")}
+    p, p_none = mean["p_purchase"], mean["p_purchase_none"]
+    return mean | {"uplift": p - (p_none[:, None] if p.ndim == 2 else p_none)}
 
 
 def _mlp(h: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

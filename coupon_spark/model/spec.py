@@ -33,6 +33,8 @@ class ModelSpec:
         pair_dim: Number of pair features (:data:`coupon_spark.model.pair.PAIR_FEATURES`); 0: none (a model
             of the towers alone).
         default_basket_eur: Basket the pair features assume for a user without orders.
+        heads: Two-tower models trained side by side, each on its own bootstrap weights of the same batches:
+            the model's estimate is their mean, their spread its uncertainty (1: a single model).
     """
 
     user_dim: int
@@ -44,6 +46,7 @@ class ModelSpec:
     coupon_ids: list[str] = field(default_factory=list)
     pair_dim: int = 0
     default_basket_eur: float = 40.0
+    heads: int = 1
 
     @property
     def coupon_width(self) -> int:

@@ -369,6 +369,7 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         coupon_ids=coupon_ids,
         pair_dim=len(PAIR_FEATURES) if use_pairs else 0,
         default_basket_eur=cfg.score.default_basket_eur,
+        heads=tc.heads,
     )
     use_horovod = tc.num_proc >= 1 and horovod_available()
     if tc.num_proc >= 1 and not use_horovod:
@@ -496,7 +497,8 @@ def decision_gate(
     outcomes = ["issue_date", "policy", "propensity", "revenue_eur", "coupon_cost_eur"]
     cols = [*ID_COLUMNS, *outcomes, *transform.user_columns]
     rows = read_files(files, cols)
-    keep = rows["policy"].isin(list(cfg.evaluate.ope_policies)).to_numpy() & (rows["propensity"] > 0).to_numpy()
+    policies = [*cfg.evaluate.ope_policies, *(cfg.features.import_policies if tc.gate_on_import else [])]
+    keep = rows["policy"].isin(policies).to_numpy() & (rows["propensity"] > 0).to_numpy()
     if not folds:
         keep &= validation_mask(rows["issuance_id"], tc.validation_share, tc.seed)
     rows = rows[keep].reset_index(drop=True)
