@@ -544,10 +544,8 @@ def main() -> None:
     pred = out["uplift"] * value - out["p_redeem"] * coupons.cost[None, :]
     spread = scorer.profit_spread(users, coupons.frame, value, coupons.cost) if cfg.score.uncertainty_z > 0 else None
     if spread is not None:  # what the score job decides on: the estimate less z sd of the model's ensemble
-        print(
-            f"decisions on the lower bound: estimate - {cfg.score.uncertainty_z:g} sd of "
-            f"{len(scorer.members)} fold models"
-        )
+        spread_of = f"its {len(scorer.heads)} heads" if scorer.heads else f"{len(scorer.members)} fold models"
+        print(f"decisions on the lower bound: estimate - {cfg.score.uncertainty_z:g} sd of {spread_of}")
         pred = pred - cfg.score.uncertainty_z * spread
     eligible = np.isfinite(mask_ineligible(np.zeros_like(pred, dtype=np.float64), users, coupons, cfg.score))
     truth = response_matrix(
