@@ -58,13 +58,12 @@ def pair_matrix(users: pd.DataFrame, coupons: pd.DataFrame, default_basket_eur: 
         coupons: Raw coupon features: ``cf_face_value``, ``cf_min_spend``, ``cc_category``.
         default_basket_eur: Basket of a user without orders.
     """
-    basket = basket_of(users, default_basket_eur)[:, None]
-    face = coupons["cf_face_value"].to_numpy(np.float64)[None, :]
-    min_spend = coupons["cf_min_spend"].to_numpy(np.float64)[None, :]
-    rel = face / np.maximum(np.maximum(basket, min_spend), 1.0)
-    ratio = np.minimum(min_spend / np.maximum(basket, 1.0), MAX_MIN_SPEND_RATIO)
-    share = _scope_share(users, coupons["cc_category"].astype(str).to_numpy())
-    return np.stack([rel, ratio, share], axis=-1).astype(np.float32)
+    return _stack(
+        basket_of(users, default_basket_eur)[:, None],
+        coupons["cf_face_value"].to_numpy(np.float64)[None, :],
+        coupons["cf_min_spend"].to_numpy(np.float64)[None, :],
+        _scope_share(users, coupons["cc_category"].astype(str).to_numpy()),
+    )
 
 
 def pair_rows(rows: pd.DataFrame, default_basket_eur: float) -> np.ndarray:
@@ -72,11 +71,6 @@ def pair_rows(rows: pd.DataFrame, default_basket_eur: float) -> np.ndarray:
     (``coupon_id`` null). ``rows`` carry the user and the coupon columns side by side (training examples)."""
     n = len(rows)
     treated = rows["coupon_id"].notna().to_numpy() if "coupon_id" in rows else np.ones(n, bool)
-    basket = basket_of(rows, default_basket_eur)
-    face = rows["cf_face_value"].to_numpy(dtype=np.float64, na_value=0.0)
-    min_spend = rows["cf_min_spend"].to_numpy(dtype=np.float64, na_value=0.0)
-    rel = face / np.maximum(np.maximum(basket, min_spend), 1.0)
-    ratio = np.minimum(min_spend / np.maximum(basket, 1.0), MAX_MIN_SPEND_RATIO)
     share = np.ones(n)
     category = rows["cc_category"].astype(str).to_numpy()
     for cat in pd.unique(category):
@@ -84,6 +78,18 @@ def pair_rows(rows: pd.DataFrame, default_basket_eur: float) -> np.ndarray:
         if cat != SITEWIDE and col in rows:
             sel = category == cat
             share[sel] = rows.loc[sel, col].to_numpy(dtype=np.float64, na_value=0.0)
-    out = np.stack([rel, ratio, share], axis=-1)
+    out = _stack(
+        basket_of(rows, default_basket_eur),
+        rows["cf_face_value"].to_numpy(dtype=np.float64, na_value=0.0),
+        rows["cf_min_spend"].to_numpy(dtype=np.float64, na_value=0.0),
+        share,
+    )
     out[~treated] = 0.0
-    return out.astype(np.float32)
+    return out
+
+
+def _stack(basket: np.ndarray, face: np.ndarray, min_spend: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """The formulas of the module docstring on broadcastable arrays, stacked on a last axis (float32)."""
+    rel = face / np.maximum(np.maximum(basket, min_spend), 1.0)
+    ratio = np.minimum(min_spend / np.maximum(basket, 1.0), MAX_MIN_SPEND_RATIO)
+    return np.stack(np.broadcast_arrays(rel, ratio, share), axis=-1).astype(np.float32)
