@@ -525,7 +525,7 @@ def main() -> None:
 
     registry, name = Registry.from_config(cfg), cfg.train.model_name
     version = max(v for v in registry.versions(name) if registry.manifest(name, v)["run_date"][:10] <= str(run_date))
-    scorer = NumpyScorer.load(registry.local_dir(name, version))
+    scorer = NumpyScorer.load(registry.local_dir(name, version), cfg.score.pool_fold_models)
     manifest = registry.manifest(name, version)
     threshold = scorer.decision_threshold
     print(f"model {name} v{version} (decision threshold {threshold})")

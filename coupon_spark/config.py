@@ -327,6 +327,9 @@ class ScoreConfig:
             of one head: of the decision gate's fold models, published with the version); 0: the mean alone.
             Taking the best of many noisy estimates picks the noise; the lower bound counts an estimate only as
             far as the heads agree on it.
+        pool_fold_models: The decision gate's fold models (published with the version) join the published
+            model's heads: estimates are the mean of all heads, the uncertainty their spread
+            (:meth:`coupon_spark.model.scorer.NumpyScorer.load`).
     """
 
     top_k: int = 10
@@ -339,6 +342,7 @@ class ScoreConfig:
     targeting: dict[str, list[str]] = field(default_factory=dict)
     batch_rows: int = 4096
     uncertainty_z: float = 0.5
+    pool_fold_models: bool = True
 
 
 @dataclass(frozen=True)
@@ -479,8 +483,12 @@ class TrainConfig:
         gate_on_import: The gate also replays the model on the imported past promotion's randomised rows
             (``features.import_policies``; with the catalogue of their day), not only on the logged days':
             about 7x the evidence on the demo. Its fold models never trained on the rows they score.
+        gate_monitor: Once a test of the model name opened the gate, its next versions are monitored, not
+            re-tested: each keeps the gate open iff its cross-fitted gain is positive; a closed gate reopens only
+            by a new test (:mod:`coupon_spark.model.gate`). False: every version is a new test.
         gate_selection_share: Share of the gate's held-out randomised decisions (by a hash of
-            ``issuance_id``) its threshold is chosen on; the gain is confirmed on the others.
+            ``issuance_id``) in its part A; the others are part B. A threshold is chosen on each part and every
+            row is judged at the one chosen on the other part.
     """
 
     num_proc: int = 2
@@ -510,6 +518,7 @@ class TrainConfig:
     decision_confidence: float = 0.95
     gate_folds: int = 3
     gate_on_import: bool = True
+    gate_monitor: bool = True
     gate_selection_share: float = 0.5
 
     def __post_init__(self) -> None:

@@ -153,15 +153,12 @@ def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: Score
     if k == 0 or n == 0:
         empty = np.zeros(0, np.int64)
         return TopK(empty, empty, empty.astype(np.int32), {c: np.zeros(0) for c in _VALUE_COLUMNS})
-    out = scorer.score_frames(users, coupons.frame, coupons.embeddings)
-    p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
     value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
-    profit = uplift * value[:, None]
-    profit -= p_redeem * coupons.cost.astype(np.float32)[None, :]
-    if cfg.uncertainty_z > 0:  # decisions on a lower bound: the ensemble's disagreement counts against
-        spread = scorer.profit_spread(users, coupons.frame, value[:, None], coupons.cost.astype(np.float32))
-        if spread is not None:
-            profit -= np.float32(cfg.uncertainty_z) * spread
+    # decisions on a lower bound (score.uncertainty_z): the ensemble's disagreement counts against an estimate
+    out, profit = scorer.score_profit(
+        users, coupons.frame, coupons.embeddings, value, coupons.cost.astype(np.float32), cfg.uncertainty_z
+    )
+    p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
     gate = scorer.decision_threshold
     if gate > 0:  # the model's decision gate: positive estimates it could not show to pay are worth nothing
         profit[(profit > 0) & (profit <= gate)] = 0.0
@@ -279,7 +276,7 @@ def load_scorer(cfg: Config):  # type: ignore[no-untyped-def]
     registry = Registry.from_config(cfg)
     name = cfg.train.model_name
     version = cfg.score.model_version or registry.latest(name)
-    return NumpyScorer.load(registry.local_dir(name, version)), f"{name}/{version}"
+    return NumpyScorer.load(registry.local_dir(name, version), cfg.score.pool_fold_models), f"{name}/{version}"
 
 
 def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> tuple[DataFrame, str, int]:

@@ -19,6 +19,7 @@ from coupon_spark.model.gate import (
     decide,
     dr_gain,
     fold_ids,
+    monitors,
     next_test_index,
     selection_mask,
     threshold_curve,
@@ -60,7 +61,7 @@ def test_dr_gain_is_unbiased_whatever_the_reward_model():
     assert se < 0.05  # the check has power
 
 
-def test_a_policy_with_a_real_gain_opens_on_a_threshold_chosen_on_the_selection_part():
+def test_a_policy_with_a_real_gain_opens_each_part_judged_at_the_threshold_chosen_on_the_other():
     rng = np.random.default_rng(1)
     n = 40_000
     score = rng.normal(size=n)
@@ -69,19 +70,25 @@ def test_a_policy_with_a_real_gain_opens_on_a_threshold_chosen_on_the_selection_
     gain = np.where(top, 2.0, -1.0) + rng.normal(scale=2.0, size=n)
     sel = rng.random(n) < 0.5
     gate = decide(score, gain, sel, confidence=0.95, test_index=1, folds=5)
-    assert gate.is_open and gate.lower > 0
-    # candidates: 0 and the 0.5/0.75/0.9/0.95 quantiles of the positive half of the SELECTION scores, i.e. the
+    assert gate.is_open and gate.lower > 0 and gate.mode == "test"
+    # candidates: 0 and the 0.5/0.75/0.9/0.95 quantiles of the positive half of a part's scores, i.e. the
     # top 50%, 25%, 12.5%, 5%, 2.5%. Expected gains: 0.1*2 - (share-0.1)*1 for shares above 10%, else share*2:
-    # -0.2, 0.05, 0.175, 0.1, 0.05. Standard errors on 20,000 rows (E[g^2] = 8 on the top, 5 below it), e.g.
-    # share 0.125: sqrt(0.1*8 + 0.025*5 - 0.175^2) / sqrt(20000) = 0.0067, and bounds at z = 1.96:
-    # -0.2 - 1.96*0.0117 = -0.223, 0.05 - 1.96*0.0088 = 0.033, 0.175 - 1.96*0.0067 = 0.162,
-    # 0.1 - 1.96*0.0044 = 0.091, 0.05 - 1.96*0.0031 = 0.044 -> the top 12.5%
-    assert gate.selected_threshold == gate.threshold == np.quantile(score[sel & (score > 0)], 0.75)
-    assert [c["lower"] for c in gate.curve] == pytest.approx([-0.223, 0.033, 0.162, 0.091, 0.044], abs=0.035)
-    # the gain is the confirmation part's: 0.175 within 4 standard errors (its share: within 3), with its own
-    # bound at 1 - 0.025
-    assert gate.gain == pytest.approx(0.175, abs=0.027) and gate.share_issued == pytest.approx(0.125, abs=0.01)
-    assert gate.se == pytest.approx(0.0067, abs=0.0004) and gate.lower == pytest.approx(gate.gain - 1.959964 * gate.se)
+    # -0.2, 0.05, 0.175, 0.1, 0.05. On 20,000 rows of a part the best bound is the top 12.5%'s (the curve of all
+    # rows below), so each part chooses its own 0.75 quantile, and the published threshold is that of all rows
+    t_a, t_b = (float(np.quantile(score[part & (score > 0)], 0.75)) for part in (sel, ~sel))
+    assert gate.part_thresholds == pytest.approx([t_a, t_b])
+    assert gate.selected_threshold == gate.threshold == np.quantile(score[score > 0], 0.75)
+    # standard errors on all 40,000 rows (E[g^2] = 8 on the top, 5 below it), e.g. share 0.125:
+    # sqrt(0.1*8 + 0.025*5 - 0.175^2) / sqrt(40000) = 0.0047, and bounds at z = 1.96:
+    # -0.2 - 1.96*0.0083 = -0.216, 0.05 - 1.96*0.0062 = 0.038, 0.175 - 1.96*0.0047 = 0.166,
+    # 0.1 - 1.96*0.0031 = 0.094, 0.05 - 1.96*0.0022 = 0.046
+    assert [c["lower"] for c in gate.curve] == pytest.approx([-0.216, 0.038, 0.166, 0.094, 0.046], abs=0.025)
+    # the gain: every row at the other part's threshold, i.e. (almost) the top 12.5%: 0.175 within 4 standard
+    # errors, on all the rows, with its bound at 1 - 0.025; by hand from the part thresholds
+    by_hand = np.where(score > np.where(sel, t_b, t_a), gain, 0.0)
+    assert gate.gain == pytest.approx(by_hand.mean()) and gate.se == pytest.approx(by_hand.std(ddof=1) / 200)
+    assert gate.gain == pytest.approx(0.175, abs=0.019) and gate.share_issued == pytest.approx(0.125, abs=0.01)
+    assert gate.se == pytest.approx(0.0047, abs=0.0003) and gate.lower == pytest.approx(gate.gain - 1.959964 * gate.se)
     assert gate.rows_selection == sel.sum() and gate.rows_confirmation == n - sel.sum() and gate.rows == n
     assert (gate.folds, gate.test_index, gate.alpha, gate.alpha_spent) == (
         5,
@@ -93,7 +100,7 @@ def test_a_policy_with_a_real_gain_opens_on_a_threshold_chosen_on_the_selection_
     # the same scores with gains that are pure noise around a loss: closed, and says so
     noise = decide(score, -0.1 + rng.normal(scale=2.0, size=n), sel, confidence=0.95)
     assert not noise.is_open and math.isinf(noise.threshold) and noise.lower < 0 and noise.share_issued == 0.0
-    assert math.isfinite(noise.selected_threshold) and noise.describe().startswith("closed: the threshold")
+    assert math.isfinite(noise.selected_threshold) and noise.describe().startswith("closed: thresholds chosen")
     # nothing to test on: closed
     assert not decide(np.zeros(0), np.zeros(0), np.zeros(0, bool), 0.95).is_open
 
@@ -147,6 +154,59 @@ def test_spending_keeps_the_level_over_a_loop_that_retests_on_overlapping_logs()
         ever_unspent += opened_unspent
     assert ever <= at_most(0.05, reps)
     assert ever_unspent > at_most(0.05, reps)
+
+
+def test_monitoring_a_confirmed_procedure_keeps_the_level_and_gains_power():
+    """The loop of the test above with ``monitor``: once a test opened the gate the next days keep it open while
+    their gain is positive, and only a closed gate is tested again (at the next index). On null logs the share
+    of loops whose gate ever opens stays within the level (the gate is open on a day only after some test
+    opened it); on logs where the policy truly pays a little, monitoring keeps the gate open on more days than
+    re-testing every version at an ever smaller alpha."""
+    rng = np.random.default_rng(5)
+    reps, days, n0, step = 200, 10, 2000, 300
+    n = n0 + days * step
+
+    def loop(gain: np.ndarray, sel: np.ndarray, monitor: bool) -> list[bool]:
+        history: list[Gate] = []
+        for j in range(1, days + 1):
+            m = n0 + j * step
+            on, by = monitors(history, monitor)
+            history.append(
+                decide(rng.normal(size=m), gain[:m], sel[:m], 0.95, by if on else next_test_index(history), monitor=on)
+            )
+        return [g.is_open for g in history]
+
+    ever = sum(any(loop(rng.normal(size=n), rng.random(n) < 0.5, True)) for _ in range(reps))
+    assert ever <= at_most(0.05, reps)
+    # a procedure that pays 0.09 EUR a decision (sd 1: z about 3 on the first day's rows, 2 on a part)
+    days_open = {True: 0, False: 0}
+    for _ in range(40):
+        gain, sel = 0.09 + rng.normal(size=n), rng.random(n) < 0.5
+        for monitor in (True, False):
+            days_open[monitor] += sum(loop(gain, sel, monitor))
+    assert days_open[True] > days_open[False] + 20
+
+
+def test_monitors_by_hand():
+    test_open = Gate(0.2, 0.1, 0.02, 0.3, 400, 0.95, rows_selection=200, rows_confirmation=200, test_index=1)
+    test_closed = dataclasses.replace(test_open, threshold=math.inf, lower=-0.1)
+    kept = dataclasses.replace(test_open, mode="monitor", lower=-0.05)
+    dropped = dataclasses.replace(kept, threshold=math.inf, gain=-0.01)
+    assert monitors([]) == (False, 0) and monitors([test_closed]) == (False, 0)
+    assert monitors([test_open]) == (True, 1) and monitors([test_open, kept]) == (True, 1)
+    assert monitors([test_open], enabled=False) == (False, 0)
+    # a monitored version spends nothing: after a dropped gate the next test is the 2nd
+    assert monitors([test_open, kept, dropped]) == (False, 0) and next_test_index([test_open, kept, dropped]) == 2
+    assert monitors([NO_GATE]) == (False, 0)  # no gate (threshold 0) is not a confirmed procedure
+    # a monitored decision: open while the gain is positive, whatever its bound; closed when it is not
+    rng = np.random.default_rng(6)
+    score, sel = rng.normal(size=4000), rng.random(4000) < 0.5
+    small = decide(score, np.where(score > 0, 0.05, 0.0) + rng.normal(size=4000), sel, 0.95, 3, monitor=True)
+    assert small.mode == "monitor" and small.test_index == 3 and small.gain > 0 and small.lower < 0 and small.is_open
+    assert small.describe().startswith("open above") and "kept open while positive" in small.describe()
+    assert Gate.from_json(small.to_json()) == small and not small.tested
+    loss = decide(score, -0.05 + rng.normal(size=4000), sel, 0.95, 3, monitor=True)
+    assert not loss.is_open and loss.gain < 0 and loss.describe().startswith("closed: monitoring")
 
 
 def test_alpha_spending_by_hand():

@@ -113,6 +113,52 @@ def test_numpy_scorer_matches_tensorflow_with_pair_features(heads: int) -> None:
         np.testing.assert_allclose(got["p_purchase"], np.mean([o["p_purchase"] for o in per_head], axis=0), atol=1e-6)
         profits = [o["uplift"] * value - o["p_redeem"] * cost[None, :] for o in per_head]
         np.testing.assert_allclose(spread, np.std(profits, axis=0, ddof=1), rtol=1e-4, atol=1e-6)
+        # the score job's one-pass kernel: the same mean and the mean profit less z sd
+        out, lowered = scorer.score_profit(users, COUPONS, None, value[:, 0], cost, z=0.7)
+        np.testing.assert_allclose(out["uplift"], got["uplift"], atol=1e-6)
+        want = np.mean(profits, axis=0) - 0.7 * np.std(profits, axis=0, ddof=1)
+        np.testing.assert_allclose(lowered, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_loaded_version_pools_its_fold_models_heads(tmp_path) -> None:
+    """``NumpyScorer.load``: the fold models' heads join the published model's (``score.pool_fold_models``); the
+    estimate is the mean over every head of every model, the spread their sd; without pooling the published
+    heads alone."""
+    stats = [{"feature": "uf_x", "kind": "numeric", "transform": "standard", "center": 0.0, "scale": 1.0}]
+    t = FeatureTransform.from_stats(stats)
+    spec = ModelSpec(
+        user_dim=t.user_dim,
+        coupon_dim=t.coupon_dim,
+        embedding_dim=3,
+        hidden_units=[4],
+        id_embedding_dim=2,
+        coupon_ids=["c1", "c2"],
+        heads=2,
+    )
+    rng = np.random.default_rng(4)
+    shapes = {k: v.shape for k, v in export_weights(build_model(spec, seed=0)).items()}
+    models = [{k: rng.normal(size=v).astype(np.float32) * 0.6 for k, v in shapes.items()} for _ in range(3)]
+    np.savez(tmp_path / "weights.npz", **models[0])
+    np.savez(tmp_path / "fold_weights.npz", **{f"{m}/{k}": a for m, w in enumerate(models[1:]) for k, a in w.items()})
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    (tmp_path / "transform.json").write_text(t.to_json())
+    users = USERS.assign(uf_x=[0.5, -1.0, 2.0])
+    value, cost = np.full(3, 12.0), COUPONS["cf_face_value"].to_numpy()
+    # a second method: each model's own heads, scored apart
+    per_head = [h.score_frames(users, COUPONS) for w in models for h in NumpyScorer(spec, t, w).heads]
+    profits = np.stack([o["uplift"] * value[:, None] - o["p_redeem"] * cost[None, :] for o in per_head])
+    pooled = NumpyScorer.load(tmp_path)
+    assert len(pooled.heads) == 6 and len(pooled.members) == 2
+    out, lowered = pooled.score_profit(users, COUPONS, pooled.coupon_embed(COUPONS), value, cost, z=1.0)
+    np.testing.assert_allclose(out["p_purchase"], np.mean([o["p_purchase"] for o in per_head], axis=0), atol=1e-6)
+    np.testing.assert_allclose(lowered, profits.mean(0) - profits.std(0, ddof=1), rtol=1e-4, atol=1e-5)
+    alone = NumpyScorer.load(tmp_path, pool_members=False)
+    assert len(alone.heads) == 2
+    np.testing.assert_allclose(
+        alone.score_frames(users, COUPONS)["p_purchase"],
+        np.mean([o["p_purchase"] for o in per_head[:2]], axis=0),
+        atol=1e-6,
+    )
 
 
 def test_bootstrap_weights_are_poisson_and_stable() -> None:

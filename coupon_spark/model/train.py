@@ -51,7 +51,7 @@ from coupon_spark.model.data import (
     split_files,
     validation_mask,
 )
-from coupon_spark.model.gate import DECISION_FILE, MIN_ROWS, NO_GATE, Gate, next_test_index
+from coupon_spark.model.gate import DECISION_FILE, MIN_ROWS, NO_GATE, Gate, monitors, next_test_index
 from coupon_spark.model.pair import PAIR_COUPON_COLUMNS, PAIR_FEATURES
 from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
 from coupon_spark.model.scorer import FOLD_WEIGHTS_FILE
@@ -434,7 +434,9 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         fold_task = dataclasses.replace(
             task, version_uri="", train=dataclasses.replace(tc, epochs=max(1, min(tc.epochs, result["best_epoch"])))
         )
-        gate = decision_gate(lake, cfg, files, spec, transform, weights, next_test_index(earlier), fold_task, ensemble)
+        monitor, confirmed_by = monitors(earlier, tc.gate_monitor)
+        test_index = confirmed_by if monitor else next_test_index(earlier)
+        gate = decision_gate(lake, cfg, files, spec, transform, weights, test_index, fold_task, ensemble, monitor)
     gate_seconds = round(time.time() - gate_started, 1)
     log.info("decision gate of %s v%d (%.1f s): %s", name, model_version, gate_seconds, gate.describe())
     if ensemble:  # before the manifest: a version is complete only with everything its scorer reads
@@ -476,6 +478,7 @@ def decision_gate(
     test_index: int = 1,
     fold_task: RankTask | None = None,
     fold_models_out: list[dict[str, np.ndarray]] | None = None,
+    monitor: bool = False,
 ) -> Gate:
     """The model's decision gate (:mod:`coupon_spark.model.gate`) from the rows of the training files that a
     randomised logging policy (``evaluate.ope_policies``) chose, and the coupons live on their issue dates
@@ -485,8 +488,9 @@ def decision_gate(
     K fold models are trained in this process (:func:`fold_models`) and every randomised row is scored by the
     one that did not see it; else the published ``weights`` score the rows of the validation split. The rows
     are split into the selection and the confirmation parts and :func:`coupon_spark.model.gate.decide` chooses
-    and tests the threshold, as the model name's ``test_index``-th test. The fold models' weights are appended
-    to ``fold_models_out`` (published with the version: the ensemble of ``score.uncertainty_z``).
+    and tests the threshold, as the model name's ``test_index``-th test (``monitor``: a version of a procedure
+    an earlier test confirmed, kept open while its gain is positive). The fold models' weights are appended to
+    ``fold_models_out`` (published with the version: the ensemble of ``score.uncertainty_z``).
     """
     from coupon_spark.model.gate import best_option_gains, decide, fold_ids, live_on, selection_mask
     from coupon_spark.model.scorer import NumpyScorer
@@ -505,7 +509,7 @@ def decision_gate(
     in_selection = selection_mask(rows["issuance_id"], tc.gate_selection_share, tc.seed)
     nothing = np.zeros(len(rows))
     if min(in_selection.sum(), (~in_selection).sum()) < MIN_ROWS:  # closed whatever the model: train nothing
-        return decide(nothing, nothing, in_selection, tc.decision_confidence, test_index, folds)
+        return decide(nothing, nothing, in_selection, tc.decision_confidence, test_index, folds, monitor=monitor)
     rows["issue_date"] = pd.to_datetime(rows["issue_date"]).dt.date
     dates = sorted(set(rows["issue_date"]))
     cf = lake.read("coupon_features", where={"as_of_date": dates}).toPandas()
@@ -530,15 +534,22 @@ def decision_gate(
             gains.append(g)
             parts.append(np.full(len(s), part))
     return decide(
-        np.concatenate(scores), np.concatenate(gains), np.concatenate(parts), tc.decision_confidence, test_index, folds
+        np.concatenate(scores),
+        np.concatenate(gains),
+        np.concatenate(parts),
+        tc.decision_confidence,
+        test_index,
+        folds,
+        monitor=monitor,
     )
 
 
 def earlier_gates(registry: Registry, name: str, before: int) -> list[Gate]:
     """The gates of the model name's complete versions before ``before`` (those without a decision file, from
-    before the gate, are left out): what :func:`coupon_spark.model.gate.next_test_index` counts."""
+    before the gate, are left out), in version order: what :func:`coupon_spark.model.gate.next_test_index`
+    counts and :func:`coupon_spark.model.gate.monitors` reads."""
     out = []
-    for v in registry.versions(name):
+    for v in sorted(registry.versions(name)):
         if v >= before:
             continue
         try:
