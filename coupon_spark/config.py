@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 import types
 import typing
@@ -123,6 +124,10 @@ class ShopConfig:
             (:mod:`coupon_spark.datagen.backfill`); 0: the shop starts without a past.
         backfill_issue_rate: Share of active users the earlier promotion reached each day (one coupon of its
             catalogue, uniformly, or a deliberate nothing with ``control_share``).
+        latent_weights: Shares of the hidden behaviour classes ``casual``, ``loyal``, ``dormant``, ``averse``
+            (:data:`coupon_spark.datagen.world.LATENT_CLASSES`; normalised). The default is the world the
+            figures of README are measured on; the tests keep a second world with another mix and seed, on
+            which the model must not lose money.
     """
 
     seed: int = 42
@@ -145,6 +150,7 @@ class ShopConfig:
     single_file: bool = True
     backfill_days: int = 365
     backfill_issue_rate: float = 0.1
+    latent_weights: list[float] = field(default_factory=lambda: [0.35, 0.12, 0.38, 0.15])
 
     def __post_init__(self) -> None:
         try:
@@ -166,6 +172,12 @@ class ShopConfig:
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"shop.{name}: must be within [0, 1], found {getattr(self, name)!r}")
+        w = self.latent_weights
+        if len(w) != 4 or not all(isinstance(x, int | float) and 0 <= x < math.inf for x in w) or not sum(w) > 0:
+            raise ConfigError(
+                f"shop.latent_weights: expected 4 shares >= 0 (casual, loyal, dormant, averse) with a positive sum, "
+                f"found {w!r}"
+            )
         if self.users < 1 or self.campaigns < 1 or self.coupons_per_campaign < 1 or self.partitions < 1:
             raise ConfigError("shop.users, shop.campaigns, shop.coupons_per_campaign and shop.partitions must be >= 1")
 

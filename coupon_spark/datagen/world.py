@@ -66,7 +66,9 @@ DEVICE_WEIGHTS: tuple[float, ...] = (0.45, 0.35, 0.20)
 # is a persuadable, a sure thing, a lost cause or a sleeping dog is read off the response model itself
 # (:func:`coupon_spark.datagen.response.uplift_type`), never from this label.
 LATENT_CLASSES: tuple[str, ...] = ("casual", "loyal", "dormant", "averse")
-LATENT_WEIGHTS: tuple[float, ...] = (0.35, 0.12, 0.38, 0.15)
+LATENT_WEIGHTS: tuple[float, ...] = tuple(ShopConfig().latent_weights)
+"""The default class mix (``shop.latent_weights``): a third casual shoppers who answer coupons, a core of loyal
+buyers whom coupons do not move, a large dormant tail, and 15% whom a coupon puts off."""
 # per class: (intent logit mean, sd), (coupon response mean, sd), max price sensitivity, activity multiplier
 _ALPHA = {"casual": (-2.2, 0.6), "loyal": (-0.4, 0.5), "dormant": (-5.5, 0.7), "averse": (-1.5, 0.5)}
 _RESPONSE = {"casual": (1.1, 0.35), "loyal": (0.0, 0.02), "dormant": (0.6, 0.3), "averse": (-1.1, 0.25)}
@@ -169,7 +171,7 @@ def users_frame(spark: SparkSession, shop: ShopConfig) -> DataFrame:
     base = spark.range(0, shop.users, numPartitions=shop.partitions).select(F.col("id").cast("int").alias("user_num"))
     u = lambda salt: uniform(s, salt, "user_num")  # noqa: E731
     z = lambda s1, s2: normal(s, s1, s2, "user_num")  # noqa: E731
-    cls = choice(u(S_CLASS), LATENT_CLASSES, LATENT_WEIGHTS)
+    cls = choice(u(S_CLASS), LATENT_CLASSES, shop.latent_weights)
     is_new = u(S_SIGNUP_NEW) < F.lit(shop.new_signup_share)
     signup = F.when(
         is_new, F.date_add(start, F.floor(u(S_SIGNUP_DAY) * shop.signup_horizon_days).cast("int"))
