@@ -46,6 +46,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StructField, StructType
 
 from coupon_spark.config import Config, FeaturesConfig
+from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.schemas import (
     COUPON_FEATURE_PREFIXES,
@@ -60,7 +61,7 @@ CONTROL = "none"  # cc_* value of the control arm ("no coupon") and of a missing
 UNKNOWN = "unknown"
 
 
-class MissingInputError(ValueError):
+class MissingInputError(UpstreamNotReady, ValueError):
     """A silver table the feature job needs is missing or has no data before the as-of date."""
 
 

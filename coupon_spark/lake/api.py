@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol
 from pyspark.sql import DataFrame, SparkSession
 
 from coupon_spark.config import LakeConfig
+from coupon_spark.errors import CouponSparkError, InputError, UpstreamNotReady
 from coupon_spark.session import resolve_backend
 
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
@@ -17,11 +18,11 @@ SchemaMode = Literal["strict", "add_columns", "overwrite"]
 PartitionPredicate = dict[str, Any]
 
 
-class LakeError(RuntimeError):
+class LakeError(CouponSparkError, RuntimeError):
     """Base class of the table layer's errors."""
 
 
-class TableNotFoundError(LakeError):
+class TableNotFoundError(UpstreamNotReady, LakeError):
     """No Delta table at the location."""
 
 
@@ -29,7 +30,7 @@ class SchemaMismatchError(LakeError, ValueError):
     """The DataFrame does not match the table's schema; nothing was written."""
 
 
-class UnsupportedTableError(LakeError):
+class UnsupportedTableError(InputError, LakeError):
     """The table uses Delta features this backend cannot read or write correctly."""
 
 
