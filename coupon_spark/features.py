@@ -622,6 +622,25 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
             raise MissingInputError(
                 f"silver table {t!r} ({lake.location(t)}) does not exist: run `coupon-spark cleanse` first"
             )
+    # a snapshot of D holds the users ingested before D and the catalogue ingested on or before D: without them
+    # every table would be written empty, with placeholder statistics; refuse before writing anything
+    for t, lag in (("users", 1), ("coupons", 0)):
+        ingested = sorted(p["ingest_date"] for p in lake.partitions(t))
+        if not ingested or ingested[0] + dt.timedelta(days=lag) > run_date:
+            when = "before" if lag else "on or before"
+            found, todo = (
+                (
+                    f"its first is {ingested[0]}",
+                    f"run `coupon-spark features --run-date "
+                    f"{ingested[0] + dt.timedelta(days=lag)}` or later, or cleanse an earlier ingest date first",
+                )
+                if ingested
+                else ("it is empty", f"cleanse an ingest date {when} {run_date} first")
+            )
+            raise MissingInputError(
+                f"no data to build features as of {run_date}: silver table {t!r} ({lake.location(t)}) has no "
+                f"snapshot ingested {when} {run_date} ({found}). Nothing was written: {todo}"
+            )
     seconds: dict[str, float] = {}
     versions: dict[str, int] = {}
     counts: dict[str, int] = {}
