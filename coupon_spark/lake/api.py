@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 from pyspark.sql import DataFrame, SparkSession
 
 from coupon_spark.config import LakeConfig
-from coupon_spark.errors import CouponSparkError, InputError, UpstreamNotReady
+from coupon_spark.errors import CouponSparkError, InputError, UpstreamNotReady, one_line
 from coupon_spark.session import resolve_backend
 
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
@@ -32,6 +32,11 @@ class SchemaMismatchError(LakeError, ValueError):
 
 class UnsupportedTableError(InputError, LakeError):
     """The table uses Delta features this backend cannot read or write correctly."""
+
+
+class CommitError(LakeError):
+    """Writing a table failed (its data files or its Delta commit); the message names the table, the cause is
+    chained (``__cause__``)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,8 @@ class Lake:
 
         Raises:
             SchemaMismatchError: Before anything is written, with the differing columns named.
+            CommitError: The backend failed to write the files or to commit (a Spark task, the file system,
+                delta-rs, a concurrent writer); the message names the table and its location.
         """
         if mode not in ("append", "overwrite", "replace_partitions"):
             raise ValueError(f"mode must be append, overwrite or replace_partitions, not {mode!r}")
@@ -188,9 +195,14 @@ class Lake:
             raise ValueError("schema_mode='overwrite' replaces the whole table: use it with mode='overwrite' only")
         if mode == "replace_partitions" and not partition_by and not self.exists(table):
             raise ValueError("replace_partitions needs partition_by when the table does not exist yet")
-        return self.backend.write(
-            df, self.location(table), mode, partition_by, replace_where, txn, schema_mode, description
-        )
+        location = self.location(table)
+        try:
+            return self.backend.write(df, location, mode, partition_by, replace_where, txn, schema_mode, description)
+        except (LakeError, ValueError, TypeError):
+            raise  # ours, or a wrong argument: they name the location already
+        except Exception as exc:
+            name = location if table == location else f"{table!r} ({location})"
+            raise CommitError(f"writing table {name} failed ({type(exc).__name__}): {one_line(exc, 500)}") from exc
 
     def read(
         self,
