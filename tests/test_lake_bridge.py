@@ -247,6 +247,13 @@ def test_missing_table_is_a_clear_error(lake):
     with pytest.raises(TableNotFoundError, match="no Delta table"):
         lake.read("nope")
     assert not lake.exists("nope")
+    # one of the pipeline's tables: the error also says which stage builds it
+    with pytest.raises(TableNotFoundError) as err:
+        lake.version("training_examples")
+    assert str(err.value) == (
+        f"no Delta table at {lake.location('training_examples')}: table 'training_examples' is not built yet; "
+        "run `coupon-spark features` for the date first"
+    )
 
 
 def test_file_statistics_are_exact(spark, lake):

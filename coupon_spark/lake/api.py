@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -24,6 +26,19 @@ class LakeError(CouponSparkError, RuntimeError):
 
 class TableNotFoundError(UpstreamNotReady, LakeError):
     """No Delta table at the location."""
+
+
+# The stage that writes each logical table: a missing table's error says what to run.
+WRITTEN_BY = {
+    **dict.fromkeys(
+        ["users", "coupons", "events", "orders", "issuances", "redemptions", "quarantine", "run_metrics"], "cleanse"
+    ),
+    **dict.fromkeys(["user_features", "coupon_features", "training_examples", "feature_stats"], "features"),
+    "candidates": "score",
+    "allocations": "allocate",
+    "allocation_runs": "allocate",
+    "evaluation_metrics": "evaluate",
+}
 
 
 class SchemaMismatchError(LakeError, ValueError):
@@ -147,6 +162,19 @@ class Lake:
 
         return cls(spark, cfg, BridgeBackend(spark, cfg.target_file_rows, cfg.compression))
 
+    @contextlib.contextmanager
+    def _missing_says_what_to_run(self, table: str) -> Iterator[None]:
+        """A :class:`TableNotFoundError` for one of the pipeline's tables also names the stage that writes it."""
+        try:
+            yield
+        except TableNotFoundError as exc:
+            stage = WRITTEN_BY.get(table)
+            if stage is None:
+                raise
+            raise TableNotFoundError(
+                f"{exc}: table {table!r} is not built yet; run `coupon-spark {stage}` for the date first"
+            ) from None
+
     def location(self, table: str) -> str:
         """Where ``table`` (a logical name or a path) lives."""
         return self.cfg.table_path(table)
@@ -217,22 +245,27 @@ class Lake:
         """
         if version is not None and timestamp is not None:
             raise ValueError("give version or timestamp, not both")
-        return self.backend.read(self.location(table), version, timestamp, where)
+        with self._missing_says_what_to_run(table):
+            return self.backend.read(self.location(table), version, timestamp, where)
 
     def version(self, table: str) -> int:
         """Current version of ``table``."""
-        return self.backend.version(self.location(table))
+        with self._missing_says_what_to_run(table):
+            return self.backend.version(self.location(table))
 
     def partitions(self, table: str) -> list[dict[str, Any]]:
         """Distinct partition values of the current version (typed: dates as ``datetime.date``), sorted."""
-        return self.backend.partitions(self.location(table))
+        with self._missing_says_what_to_run(table):
+            return self.backend.partitions(self.location(table))
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits of ``table``, newest first, as dicts with at least version, timestamp and operation."""
-        return self.backend.history(self.location(table), limit)
+        with self._missing_says_what_to_run(table):
+            return self.backend.history(self.location(table), limit)
 
     def info(self, table: str) -> TableInfo:
-        return self.backend.info(self.location(table))
+        with self._missing_says_what_to_run(table):
+            return self.backend.info(self.location(table))
 
     def compact(self, table: str, where: PartitionPredicate | None = None) -> dict[str, Any]:
         """Rewrite small files into larger ones (a commit with dataChange=false); returns its metrics."""
