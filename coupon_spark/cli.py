@@ -55,6 +55,7 @@ STAGES: dict[str, Stage] = {
 
 PIPELINE_ORDER = ["generate", "cleanse", "features", "train", "score", "allocate", "evaluate"]
 WRITES_LANDING = {"generate", "pipeline"}  # stages that write landing files (the synthetic shop)
+USES_TENSORFLOW = {"train", "pipeline"}  # stages that import TensorFlow in this process
 
 EXIT_CODES = """\
 exit codes:
@@ -227,6 +228,12 @@ def run_stage(args: argparse.Namespace) -> int:
         print(f"coupon-spark: {exc}; see the open issues. Nothing was run.", file=sys.stderr)
         return EX_NOT_BUILT
     preflight(cfg, stage.name)
+    from coupon_spark import tfenv
+
+    # before the JVM starts, so that Spark's Python workers (Horovod ranks in local mode) inherit it
+    os.environ.update(tfenv.tf_env(os.environ))
+    if stage.name in USES_TENSORFLOW:
+        tfenv.import_tensorflow(quiet=not args.verbose)
     from coupon_spark.session import build_spark_session
 
     spark = build_spark_session(cfg.spark, cfg.lake)

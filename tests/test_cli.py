@@ -78,6 +78,7 @@ def no_spark(monkeypatch):
         raise AssertionError("Spark was started")
 
     monkeypatch.setattr("coupon_spark.session.build_spark_session", refuse)
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # main sets the TensorFlow env: keep it to this test
 
 
 def unwritable_under_a_file(tmp_path: Path) -> Path:
@@ -137,7 +138,7 @@ def test_exit_code_of_each_kind_of_error():
     from coupon_spark.errors import kind_of
     from coupon_spark.evaluation import NoAllocationError
     from coupon_spark.features import MissingInputError
-    from coupon_spark.lake import SchemaMismatchError, TableNotFoundError
+    from coupon_spark.lake import CommitError, SchemaMismatchError, TableNotFoundError
     from coupon_spark.model import ModelNotFoundError
     from coupon_spark.model.train import NoTrainingDataError
     from coupon_spark.scoring import NoUserFeaturesError
@@ -155,6 +156,7 @@ def test_exit_code_of_each_kind_of_error():
         ModelNotFoundError: 75,
         NoUserFeaturesError: 75,
         NoAllocationError: 75,
+        CommitError: 1,
         SchemaMismatchError: 1,
     }
     got = {cls: kind_of(cls("x")).exit_code for cls in expected}  # type: ignore[union-attr]
@@ -166,6 +168,7 @@ def test_exit_code_of_each_kind_of_error():
 
 def test_features_on_an_empty_lake_exits_75_and_writes_nothing(spark, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("coupon_spark.session.build_spark_session", lambda *a, **k: spark)
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     lake = tmp_path / "lake"
     code = main(
         ["features", "--conf", str(ROOT / "conf/local.yaml"), "--run-date", "2026-11-12"]
