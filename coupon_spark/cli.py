@@ -9,11 +9,16 @@ import argparse
 import datetime as dt
 import importlib
 import logging
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from coupon_spark.config import Config, ConfigError
+from coupon_spark.config import Config
+from coupon_spark.errors import EX_NOT_BUILT, CouponSparkError, NotWritableError, kind_of, one_line
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,24 @@ STAGES: dict[str, Stage] = {
 }
 
 PIPELINE_ORDER = ["generate", "cleanse", "features", "train", "score", "allocate", "evaluate"]
+WRITES_LANDING = {"generate", "pipeline"}  # stages that write landing files (the synthetic shop)
+USES_TENSORFLOW = {"train", "pipeline"}  # stages that import TensorFlow in this process
+
+EXIT_CODES = """\
+exit codes:
+  0   done (or already done for the run date: nothing to do)
+  1   the stage failed (a Delta commit, a broken invariant): the line names the table; -v shows the traceback
+  2   bad input or configuration (a config key, a landing file's header, no Java, an unwritable lake root):
+      fix what the line names and rerun; rerunning as is fails again
+  3   the stage is not built yet
+  75  upstream not ready for the run date (no landing files, an upstream table or model not built yet):
+      retry later (EX_TEMPFAIL)
+Errors of codes 1, 2 and 75 print one line, `coupon-spark <stage>: <what, where, what to run>`; -v adds the
+traceback."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option; the description and the exit-code table kept as written."""
 
 
 class NotBuiltError(RuntimeError):
@@ -65,9 +88,10 @@ def _date(text: str) -> dt.date:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coupon-spark",
-        description="Personalised coupon allocation on Spark + Delta Lake. Each stage reads and writes Delta "
+        description="Personalised coupon allocation on Spark + Delta Lake. Each stage reads and writes Delta\n"
         "tables under the configured lakehouse root.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=EXIT_CODES,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -76,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
             stage.name,
             help=stage.help + ("" if stage.target else " [not built yet]"),
             description=stage.help,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            epilog=EXIT_CODES,
+            formatter_class=HelpFormatter,
         )
         p.add_argument("--conf", default="conf/local.yaml", help="environment configuration file")
         p.add_argument("--run-date", type=_date, default=dt.date.today(), help="run date (UTC), YYYY-MM-DD")
@@ -110,6 +135,72 @@ def resolve(stage: Stage) -> Callable[..., int]:
     return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
 
 
+def local_path(location: str) -> str | None:
+    """The local folder of ``location`` (a path or a ``file:`` URI); None for an object store (``s3a://``)."""
+    if location.startswith("file://"):
+        return location[len("file://") :]
+    if location.startswith("file:"):
+        return location[len("file:") :]
+    return None if "://" in location else location
+
+
+def writable_problem(location: str) -> str | None:
+    """Why ``location`` cannot be written (created if missing, a file made in it), or None when it can.
+
+    The folder is not created: a probe file is made and removed in it, or in its nearest existing parent
+    when it does not exist yet (where the stage would create it). Object stores are not checked.
+    """
+    local = local_path(location)
+    if local is None:
+        return None
+    target = Path(local)
+    existing = target
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder" + ("" if existing == target else f", so {target} cannot be created")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".coupon-spark-probe-", dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        where = "" if existing == target else " (its nearest existing parent, where it would be created)"
+        return f"cannot create a file in {existing}{where}: {exc.strerror or exc}"
+    return None
+
+
+def preflight(cfg: Config, stage: str) -> None:
+    """Check, before any work, that the folders ``stage`` writes to can be written.
+
+    Raises:
+        NotWritableError: Naming the configuration key, the folder and why (exit code 2).
+    """
+    targets = [("lake.root", cfg.lake.root)]
+    if stage in WRITES_LANDING:
+        targets.append(("lake.landing", cfg.lake.landing))
+    for key, location in targets:
+        problem = writable_problem(location)
+        if problem:
+            raise NotWritableError(
+                f"{key} {location} is not writable: {problem}. Nothing was run: fix the permissions or point "
+                f"{key} at a writable folder (--set {key}=PATH)"
+            )
+
+
+def report(exc: BaseException, kind: type[CouponSparkError], stage: str, verbose: bool) -> int:
+    """Print ``exc`` as one line (and, with ``verbose``, its traceback first) on stderr; return its exit code."""
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    label = getattr(exc, "label", "") or kind.label
+    prefix = f"{label}: " if label else ""
+    print(
+        f"coupon-spark {stage}: {prefix}{one_line(exc)} [exit {kind.exit_code}: {kind.advice}]",
+        file=sys.stderr,
+        flush=True,
+    )
+    return kind.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # third-party libraries (py4j, Horovod's rendezvous) log at INFO on the root logger: keep them to warnings
@@ -119,23 +210,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("coupon_spark").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
-        cfg = Config.from_file(args.conf, overrides=args.overrides)
-    except ConfigError as exc:
-        print(f"coupon-spark: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return run_stage(args)
+    except Exception as exc:
+        kind = kind_of(exc)
+        if kind is None:  # not one of ours: a bug or an unexpected failure keeps its traceback
+            raise
+        return report(exc, kind, args.stage, args.verbose)
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    """Load the configuration, check the folders, start Spark, run the stage; errors propagate to :func:`main`."""
+    cfg = Config.from_file(args.conf, overrides=args.overrides)
     stage = STAGES[args.stage]
     try:
         fn = resolve(stage)
     except NotBuiltError as exc:
         print(f"coupon-spark: {exc}; see the open issues. Nothing was run.", file=sys.stderr)
-        return 3
-    from coupon_spark.session import JavaNotFoundError, build_spark_session
+        return EX_NOT_BUILT
+    preflight(cfg, stage.name)
+    from coupon_spark import tfenv
 
-    try:
-        spark = build_spark_session(cfg.spark, cfg.lake)
-    except JavaNotFoundError as exc:
-        print(f"coupon-spark: {exc}", file=sys.stderr)
-        return 2
+    # before the JVM starts, so that Spark's Python workers (Horovod ranks in local mode) inherit it
+    os.environ.update(tfenv.tf_env(os.environ))
+    if stage.name in USES_TENSORFLOW:
+        tfenv.import_tensorflow(quiet=not args.verbose)
+    from coupon_spark.session import build_spark_session
+
+    spark = build_spark_session(cfg.spark, cfg.lake)
     return int(fn(spark, cfg, args.run_date, args) or 0)
 
 

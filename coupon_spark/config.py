@@ -25,9 +25,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from coupon_spark.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError, ValueError):
     """A configuration file is wrong; the message names the key and the file."""
+
+    label = "configuration error"
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StructField, StructType
 
 from coupon_spark.config import Config, FeaturesConfig
+from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.schemas import (
     COUPON_FEATURE_PREFIXES,
@@ -60,7 +61,7 @@ CONTROL = "none"  # cc_* value of the control arm ("no coupon") and of a missing
 UNKNOWN = "unknown"
 
 
-class MissingInputError(ValueError):
+class MissingInputError(UpstreamNotReady, ValueError):
     """A silver table the feature job needs is missing or has no data before the as-of date."""
 
 
@@ -620,6 +621,25 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
         if not lake.exists(t):
             raise MissingInputError(
                 f"silver table {t!r} ({lake.location(t)}) does not exist: run `coupon-spark cleanse` first"
+            )
+    # a snapshot of D holds the users ingested before D and the catalogue ingested on or before D: without them
+    # every table would be written empty, with placeholder statistics; refuse before writing anything
+    for t, lag in (("users", 1), ("coupons", 0)):
+        ingested = sorted(p["ingest_date"] for p in lake.partitions(t))
+        if not ingested or ingested[0] + dt.timedelta(days=lag) > run_date:
+            when = "before" if lag else "on or before"
+            found, todo = (
+                (
+                    f"its first is {ingested[0]}",
+                    f"run `coupon-spark features --run-date "
+                    f"{ingested[0] + dt.timedelta(days=lag)}` or later, or cleanse an earlier ingest date first",
+                )
+                if ingested
+                else ("it is empty", f"cleanse an ingest date {when} {run_date} first")
+            )
+            raise MissingInputError(
+                f"no data to build features as of {run_date}: silver table {t!r} ({lake.location(t)}) has no "
+                f"snapshot ingested {when} {run_date} ({found}). Nothing was written: {todo}"
             )
     seconds: dict[str, float] = {}
     versions: dict[str, int] = {}

@@ -33,6 +33,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.config import Config, ScoreConfig
+from coupon_spark.errors import CouponSparkError, UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.model.pair import basket_of
 from coupon_spark.schemas import CANDIDATES_SCHEMA, COUPON_FEATURE_PREFIXES, USER_FEATURE_PREFIXES
@@ -49,11 +50,11 @@ _TASK_DDL = (
 )
 
 
-class NoLiveCouponsError(ValueError):
+class NoLiveCouponsError(CouponSparkError, ValueError):
     """No coupon can be issued on the run date (none valid, or every campaign out of budget)."""
 
 
-class NoUserFeaturesError(ValueError):
+class NoUserFeaturesError(UpstreamNotReady, ValueError):
     """The user feature snapshot of the run date is missing: run ``coupon-spark features`` first."""
 
 

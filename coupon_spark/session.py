@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pyspark.sql import SparkSession
 
 from coupon_spark.config import LakeConfig, SparkConfig
+from coupon_spark.errors import InputError
 
 DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.1"
 DELTA_CATALOG_CLASS = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -23,11 +24,11 @@ MIN_JAVA = 17
 Backend = Literal["bridge", "native"]
 
 
-class JavaNotFoundError(RuntimeError):
+class JavaNotFoundError(InputError, RuntimeError):
     """No usable Java runtime for Spark."""
 
 
-class DeltaConnectorMissingError(RuntimeError):
+class DeltaConnectorMissingError(InputError, RuntimeError):
     """The native Delta backend was asked for but the connector is not on Spark's classpath."""
 
 

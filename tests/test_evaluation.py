@@ -20,6 +20,7 @@ from coupon_spark.datagen.response import CouponParams, UserTraits, response_mat
 from coupon_spark.datagen.shop import truth_table
 from coupon_spark.datagen.world import CATEGORIES, COUPON_TRUTH, coupons_pandas, season_logit, users_frame
 from coupon_spark.evaluation import (
+    NoAllocationError,
     bootstrap_mean_difference,
     cross_fitted_cell_means,
     doubly_robust,
@@ -395,11 +396,13 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
     assert len(again) == len(metrics) and again["run_id"].nunique() == 1
 
 
-def test_evaluate_says_what_is_missing(spark: SparkSession, lake: Lake, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_says_what_is_missing(spark: SparkSession, lake: Lake) -> None:
+    """Evaluating before the allocation exists is "upstream not ready" (the command line exits 75: retry)."""
     base = Config.from_file("conf/base.yaml")
     cfg = dataclasses.replace(base, lake=lake.cfg)
-    assert evaluate_run(spark, cfg, RUN) == 1
-    assert "no allocation for 2026-11-09" in capsys.readouterr().out
+    with pytest.raises(NoAllocationError, match=r"no allocation for 2026-11-09: run `coupon-spark allocate") as err:
+        evaluate_run(spark, cfg, RUN)
+    assert err.value.exit_code == 75
 
 
 def test_off_policy_rows_are_the_ones_the_model_did_not_fit(lake: Lake) -> None:

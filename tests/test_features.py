@@ -305,3 +305,28 @@ def test_feature_stats_match_numpy(shop, cfg, spark):
     assert stats["uc_region"]["vocabulary"] == ["DE", "FR"]
     assert stats["cc_category"]["vocabulary"] == ["grocery"]
     assert s["source_version"] == shop.version("user_features")
+
+
+@pytest.mark.parametrize(
+    "run_date, table, first, earliest_run",
+    [
+        # the users snapshot of Oct 1 is not known before Oct 1: the first run date with users is Oct 2
+        ("2026-10-01", "users", "2026-10-01", "2026-10-02"),
+        # users are there, but the catalogue arrives on Oct 20 (a snapshot of D takes one ingested on or before D)
+        ("2026-10-05", "coupons", "2026-10-20", "2026-10-20"),
+    ],
+)
+def test_a_date_before_any_data_is_refused_and_nothing_is_written(
+    shop, cfg, spark, run_date, table, first, earliest_run
+):
+    with pytest.raises(features.MissingInputError) as err:
+        features.build_features(spark, shop, cfg, d(run_date))
+    assert str(err.value) == (
+        f"no data to build features as of {run_date}: silver table {table!r} ({shop.location(table)}) has no "
+        f"snapshot ingested {'before' if table == 'users' else 'on or before'} {run_date} (its first is {first}). "
+        f"Nothing was written: run `coupon-spark features --run-date {earliest_run}` or later, or cleanse an "
+        "earlier ingest date first"
+    )
+    assert err.value.exit_code == 75  # the command line: upstream not ready, retry later
+    written = [t for t in ("user_features", "coupon_features", "feature_stats", "training_examples") if shop.exists(t)]
+    assert written == []

@@ -27,7 +27,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from coupon_spark.lake import Lake, SchemaMismatchError, TableNotFoundError, Txn
+from coupon_spark.lake import CommitError, Lake, SchemaMismatchError, TableNotFoundError, Txn
 
 SCHEMA = StructType(
     [
@@ -193,7 +193,7 @@ def test_task_failing_mid_write_leaves_previous_version_and_vacuum_removes_its_f
         explode_at_900("id").alias("score"),
         F.lit(None).cast("timestamp").alias("ts"),
     )
-    with pytest.raises(Exception, match="boom at row 900"):
+    with pytest.raises(CommitError, match=r"writing table 't' \(.*/t\) failed \(PythonException\): .*boom at row 900"):
         lake.write(bad, "t")
     assert lake.version("t") == 0
     assert sorted(r.order_id for r in lake.read("t").collect()) == [0, 1, 2]
@@ -202,6 +202,29 @@ def test_task_failing_mid_write_leaves_previous_version_and_vacuum_removes_its_f
     removed = lake.vacuum("t", retention_hours=0)
     assert len(removed) == len(orphans)
     assert data_files(root) == committed
+
+
+def test_a_failed_commit_names_the_table(spark, lake, monkeypatch):
+    """A commit that delta-rs refuses (here: a concurrent writer won) is reported with the table's name and
+    location, the original error chained; the table stays where it was."""
+    from deltalake.exceptions import CommitFailedError
+
+    lake.write(frame(spark, rows(D1, range(3))), "orders", partition_by=["day"])
+
+    def conflict(self, *args, **kwargs):
+        raise CommitFailedError("Transaction failed: a concurrent transaction deleted the same data")
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", conflict)
+    with pytest.raises(CommitError) as err:
+        lake.write(frame(spark, rows(D2, range(3))), "orders")
+    assert str(err.value) == (
+        f"writing table 'orders' ({lake.location('orders')}) failed (CommitFailedError): Transaction failed: a "
+        "concurrent transaction deleted the same data"
+    )
+    assert isinstance(err.value.__cause__, CommitFailedError)
+    assert err.value.exit_code == 1
+    monkeypatch.undo()
+    assert lake.version("orders") == 0
 
 
 def test_not_null_column_with_nulls_fails_without_commit(spark, lake):
@@ -224,6 +247,13 @@ def test_missing_table_is_a_clear_error(lake):
     with pytest.raises(TableNotFoundError, match="no Delta table"):
         lake.read("nope")
     assert not lake.exists("nope")
+    # one of the pipeline's tables: the error also says which stage builds it
+    with pytest.raises(TableNotFoundError) as err:
+        lake.version("training_examples")
+    assert str(err.value) == (
+        f"no Delta table at {lake.location('training_examples')}: table 'training_examples' is not built yet; "
+        "run `coupon-spark features` for the date first"
+    )
 
 
 def test_file_statistics_are_exact(spark, lake):

@@ -36,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from coupon_spark.errors import InputError
+
 CostBasis = Literal["expected", "face"]
 BudgetKind = Literal["amount", "count"]
 
@@ -57,7 +59,7 @@ class BudgetExceededError(AllocationError):
     """An allocation would spend more than a budget allows; nothing was written."""
 
 
-class InvalidBudgetError(ValueError):
+class InvalidBudgetError(InputError, ValueError):
     """A budget definition is wrong (negative, empty, duplicated); the message names it."""
 
 

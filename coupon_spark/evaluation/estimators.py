@@ -38,6 +38,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.stats import norm
 
+from coupon_spark.errors import InputError
+
 # the bootstrap draws its row indices in blocks of about this many cells, whatever the number of resamples
 _BOOTSTRAP_BLOCK_CELLS = 1 << 22
 
@@ -84,7 +86,7 @@ class Estimate:
 # ---- input checks ---------------------------------------------------------------------------------------------
 
 
-class EstimatorInputError(ValueError):
+class EstimatorInputError(InputError, ValueError):
     """An estimator's input is unusable; the message names the argument, what was found and what is expected."""
 
 

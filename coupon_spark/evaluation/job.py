@@ -40,6 +40,7 @@ from coupon_spark.allocation import POLICY_EXPLORATION, POLICY_HOLDOUT, POLICY_M
 from coupon_spark.allocation.job import budgets_from_config, params_from_config
 from coupon_spark.config import Config, join_uri
 from coupon_spark.datagen.response import UPLIFT_TYPES
+from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.evaluation import estimators as est
 from coupon_spark.evaluation.policy import (
     budget_spend,
@@ -780,7 +781,7 @@ def evaluate(spark: SparkSession, cfg: Config, run_date: dt.date, lake: Lake | N
     return ev
 
 
-class NoAllocationError(RuntimeError):
+class NoAllocationError(UpstreamNotReady, RuntimeError):
     """The run date has no allocation to evaluate."""
 
 
@@ -863,13 +864,13 @@ def summary_lines(ev: Evaluation) -> list[str]:
 
 
 def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
-    """``coupon-spark evaluate``: evaluate the run date's allocation, write the metrics and the report."""
+    """``coupon-spark evaluate``: evaluate the run date's allocation, write the metrics and the report.
+
+    Raises:
+        NoAllocationError: Nothing allocated for ``run_date`` yet (the command line exits with 75: retry later).
+    """
     lake = Lake.from_config(spark, cfg.lake)
-    try:
-        ev = evaluate(spark, cfg, run_date, lake)
-    except NoAllocationError as exc:
-        print(f"evaluate: {exc}")
-        return 1
+    ev = evaluate(spark, cfg, run_date, lake)
     result, path = write(spark, cfg, ev, lake)
     print("\n".join(summary_lines(ev)))
     print(f"  {result}\n  report {path}")

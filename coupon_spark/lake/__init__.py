@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from coupon_spark.lake.api import (
+    CommitError,
     Lake,
     LakeError,
     SchemaMismatchError,
@@ -14,6 +15,7 @@ from coupon_spark.lake.api import (
 )
 
 __all__ = [
+    "CommitError",
     "Lake",
     "LakeError",
     "SchemaMismatchError",

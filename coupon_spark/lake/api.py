@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pyspark.sql import DataFrame, SparkSession
 
 from coupon_spark.config import LakeConfig
+from coupon_spark.errors import CouponSparkError, InputError, UpstreamNotReady, one_line
 from coupon_spark.session import resolve_backend
 
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
@@ -17,20 +20,38 @@ SchemaMode = Literal["strict", "add_columns", "overwrite"]
 PartitionPredicate = dict[str, Any]
 
 
-class LakeError(RuntimeError):
+class LakeError(CouponSparkError, RuntimeError):
     """Base class of the table layer's errors."""
 
 
-class TableNotFoundError(LakeError):
+class TableNotFoundError(UpstreamNotReady, LakeError):
     """No Delta table at the location."""
+
+
+# The stage that writes each logical table: a missing table's error says what to run.
+WRITTEN_BY = {
+    **dict.fromkeys(
+        ["users", "coupons", "events", "orders", "issuances", "redemptions", "quarantine", "run_metrics"], "cleanse"
+    ),
+    **dict.fromkeys(["user_features", "coupon_features", "training_examples", "feature_stats"], "features"),
+    "candidates": "score",
+    "allocations": "allocate",
+    "allocation_runs": "allocate",
+    "evaluation_metrics": "evaluate",
+}
 
 
 class SchemaMismatchError(LakeError, ValueError):
     """The DataFrame does not match the table's schema; nothing was written."""
 
 
-class UnsupportedTableError(LakeError):
+class UnsupportedTableError(InputError, LakeError):
     """The table uses Delta features this backend cannot read or write correctly."""
+
+
+class CommitError(LakeError):
+    """Writing a table failed (its data files or its Delta commit); the message names the table, the cause is
+    chained (``__cause__``)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +162,19 @@ class Lake:
 
         return cls(spark, cfg, BridgeBackend(spark, cfg.target_file_rows, cfg.compression))
 
+    @contextlib.contextmanager
+    def _missing_says_what_to_run(self, table: str) -> Iterator[None]:
+        """A :class:`TableNotFoundError` for one of the pipeline's tables also names the stage that writes it."""
+        try:
+            yield
+        except TableNotFoundError as exc:
+            stage = WRITTEN_BY.get(table)
+            if stage is None:
+                raise
+            raise TableNotFoundError(
+                f"{exc}: table {table!r} is not built yet; run `coupon-spark {stage}` for the date first"
+            ) from None
+
     def location(self, table: str) -> str:
         """Where ``table`` (a logical name or a path) lives."""
         return self.cfg.table_path(table)
@@ -178,6 +212,8 @@ class Lake:
 
         Raises:
             SchemaMismatchError: Before anything is written, with the differing columns named.
+            CommitError: The backend failed to write the files or to commit (a Spark task, the file system,
+                delta-rs, a concurrent writer); the message names the table and its location.
         """
         if mode not in ("append", "overwrite", "replace_partitions"):
             raise ValueError(f"mode must be append, overwrite or replace_partitions, not {mode!r}")
@@ -187,9 +223,14 @@ class Lake:
             raise ValueError("schema_mode='overwrite' replaces the whole table: use it with mode='overwrite' only")
         if mode == "replace_partitions" and not partition_by and not self.exists(table):
             raise ValueError("replace_partitions needs partition_by when the table does not exist yet")
-        return self.backend.write(
-            df, self.location(table), mode, partition_by, replace_where, txn, schema_mode, description
-        )
+        location = self.location(table)
+        try:
+            return self.backend.write(df, location, mode, partition_by, replace_where, txn, schema_mode, description)
+        except (LakeError, ValueError, TypeError):
+            raise  # ours, or a wrong argument: they name the location already
+        except Exception as exc:
+            name = location if table == location else f"{table!r} ({location})"
+            raise CommitError(f"writing table {name} failed ({type(exc).__name__}): {one_line(exc, 500)}") from exc
 
     def read(
         self,
@@ -204,22 +245,27 @@ class Lake:
         """
         if version is not None and timestamp is not None:
             raise ValueError("give version or timestamp, not both")
-        return self.backend.read(self.location(table), version, timestamp, where)
+        with self._missing_says_what_to_run(table):
+            return self.backend.read(self.location(table), version, timestamp, where)
 
     def version(self, table: str) -> int:
         """Current version of ``table``."""
-        return self.backend.version(self.location(table))
+        with self._missing_says_what_to_run(table):
+            return self.backend.version(self.location(table))
 
     def partitions(self, table: str) -> list[dict[str, Any]]:
         """Distinct partition values of the current version (typed: dates as ``datetime.date``), sorted."""
-        return self.backend.partitions(self.location(table))
+        with self._missing_says_what_to_run(table):
+            return self.backend.partitions(self.location(table))
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits of ``table``, newest first, as dicts with at least version, timestamp and operation."""
-        return self.backend.history(self.location(table), limit)
+        with self._missing_says_what_to_run(table):
+            return self.backend.history(self.location(table), limit)
 
     def info(self, table: str) -> TableInfo:
-        return self.backend.info(self.location(table))
+        with self._missing_says_what_to_run(table):
+            return self.backend.info(self.location(table))
 
     def compact(self, table: str, where: PartitionPredicate | None = None) -> dict[str, Any]:
         """Rewrite small files into larger ones (a commit with dataChange=false); returns its metrics."""

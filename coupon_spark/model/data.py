@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coupon_spark.errors import InputError
 from coupon_spark.lake._files import filesystem_for
 from coupon_spark.model.pair import pair_rows
 from coupon_spark.model.spec import ModelSpec, hash_buckets
@@ -28,7 +29,7 @@ ID_COLUMNS = ("issuance_id", "user_id", "coupon_id")
 TARGET_COLUMNS = ("propensity", "purchased", "redeemed")
 
 
-class NotEnoughFilesError(ValueError):
+class NotEnoughFilesError(InputError, ValueError):
     """The snapshot has fewer data files than ranks: some rank would get no data."""
 
 

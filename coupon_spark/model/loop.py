@@ -27,6 +27,7 @@ import tensorflow as tf
 import tf_keras
 
 from coupon_spark.config import TrainConfig
+from coupon_spark.errors import InputError
 from coupon_spark.model.data import Examples, ipw_weights
 from coupon_spark.model.metrics import binary_summary, summary_metrics
 from coupon_spark.model.network import (
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 EVAL_BATCH = 8192
 
 
-class EmptyShardError(ValueError):
+class EmptyShardError(InputError, ValueError):
     """A rank has no training rows (after the validation split)."""
 
 

@@ -33,13 +33,14 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from coupon_spark.config import Config, join_uri
+from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.lake._files import filesystem_for
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(UpstreamNotReady, LookupError):
     """No complete version of the model in the registry."""
 
 

@@ -143,7 +143,9 @@ def rank_main(task: RankTask) -> dict[str, Any]:
         Rank 0: the validation metrics, the history and the run's shape; other ranks: their rank. Without a
         ``version_uri`` every rank also returns its final weights (tests compare them).
     """
-    os.environ.update(RANK_ENV | task.env)
+    from coupon_spark.tfenv import start_tensorflow  # the env first; without a GPU, TensorFlow quietly
+
+    start_tensorflow(RANK_ENV | task.env)
     gpu = pin_gpu() if (task.train.use_gpu and task.horovod) else None
     if task.horovod:
         import horovod.tensorflow as hvd
