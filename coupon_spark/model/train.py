@@ -51,6 +51,7 @@ from coupon_spark.model.data import (
     split_files,
     validation_mask,
 )
+from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.model.gate import DECISION_FILE, MIN_ROWS, NO_GATE, Gate, monitors, next_test_index
 from coupon_spark.model.pair import PAIR_COUPON_COLUMNS, PAIR_FEATURES
 from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
@@ -65,12 +66,12 @@ STATS_TABLE = "feature_stats"
 RANK_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
-class MissingColumnsError(ValueError):
+class MissingColumnsError(InputError, ValueError):
     """The training table lacks columns of the contract (``coupon_spark.schemas.TRAINING_EXAMPLES_KEYS``) or
     feature columns that ``feature_stats`` describes."""
 
 
-class NoTrainingDataError(RuntimeError):
+class NoTrainingDataError(UpstreamNotReady, RuntimeError):
     """No training example (or no feature statistics) before the run date."""
 
 
