@@ -1029,7 +1029,7 @@ def _matched_fields(kind: str) -> list[str]:
 def _known_issuances(lake: Lake, cfg: Config, day: dt.date, today: DataFrame, fields: list[str]) -> DataFrame:
     """The issuances a redemption of ``day`` may refer to: the day's accepted ones and silver's of the
     ``cleanse.issuance_lookback_days`` before, as ``key`` and ``fields``, one row per key (the latest copy)."""
-    cols = [F.col("issuance_id").alias("key"), *fields]
+    cols: list[Column | str] = [F.col("issuance_id").alias("key"), *fields]
     keys = today.select(*cols)
     if cfg.cleanse.issuance_lookback_days <= 0 or not lake.exists("issuances"):
         return keys
@@ -1074,7 +1074,7 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
     writes.append(("quarantine", lambda: quarantine))
     writes.append(("run_metrics", lambda: _metrics(spark, result, started)))
     # an import replaces every day it covers in the tables of facts (they land on their own days)
-    fact_tables = {s.table for s in SOURCES.values() if s.event_time} if result.period else set()
+    fact_tables = {s.table for s in SOURCES.values() if s.is_fact} if result.period else set()
     before: dict[str, int | None] = {}
     where: dict[str, dict[str, Any]] = {}
     try:
