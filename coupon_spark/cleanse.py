@@ -17,7 +17,12 @@ the quarantine table with a reason code (:data:`REASONS`, first matching wins):
 ``unknown_user``      a user id absent from that date's user snapshot
 ``unknown_coupon``    a coupon id absent from that date's coupon catalogue
 ``unknown_issuance``  a redemption of an issuance not seen on this date nor in the lookback window
-``duplicate``         the same line again (same natural key, same text); one copy is kept
+``control_issuance``  a redemption of a control-arm issuance (one that gave no coupon)
+``coupon_mismatch``   a redemption of another coupon than the one its issuance gave
+``user_mismatch``     a redemption by another user than the one its issuance went to
+``duplicate``         the same line again (same natural key, same text); one copy is kept. Also a fact (event,
+                      order, issuance, redemption) whose key silver already holds from another ingest date:
+                      silver keeps the copy it has (see :func:`with_repeats_marked`)
 ``superseded``        an older version of a record (same natural key; the latest ``updated_at``, else the
                       later position in the file, is kept)
 
@@ -75,6 +80,9 @@ REASONS: tuple[str, ...] = (
     "unknown_user",
     "unknown_coupon",
     "unknown_issuance",
+    "control_issuance",
+    "coupon_mismatch",
+    "user_mismatch",
     "duplicate",
     "superseded",
 )
@@ -202,8 +210,24 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Match:
+    """A field that must agree with the same field of the record a reference points to: a redemption's coupon
+    and user are its issuance's."""
+
+    ref: str  # the referring field, one of the source's ``refs`` ("issuance_id")
+    field: str  # compared with the referenced record's field of the same name ("coupon_id")
+    reason: str  # the two differ ("coupon_mismatch")
+    reason_if_none: str | None = None  # the referenced record's field is null ("control_issuance": no coupon)
+
+
+@dataclass(frozen=True)
 class Source:
-    """A landing source: its file, fields, natural key, version column, time checks and references."""
+    """A landing source: its file, fields, natural key, version column, time checks and references.
+
+    A source with an ``event_time`` is a table of facts: each happens once, so its key is unique across
+    ingest dates (a key silver already holds from another date is a ``duplicate``). The others are snapshots
+    (users, coupons): each date restates every record, so the key is unique within a date only.
+    """
 
     name: str
     rules: tuple[Rule, ...]
@@ -216,6 +240,16 @@ class Source:
     refs: tuple[tuple[str, str], ...] = ()  # (field, "user" | "coupon" | "issuance")
     currency: str | None = None  # the field holding the currency of the money fields
     zero_when_null: tuple[str, ...] = ()  # silver money columns that are 0 when absent (e.g. no discount)
+    matches: tuple[Match, ...] = ()  # fields that must agree with the referenced record's
+
+    @property
+    def is_fact(self) -> bool:
+        return self.event_time is not None
+
+    @property
+    def key_column(self) -> str:
+        """The natural key's silver column."""
+        return next(r.column for r in self.rules if r.name == self.key)
 
     @property
     def file(self) -> str:
@@ -347,6 +381,10 @@ SOURCES: dict[str, Source] = {
             event_time="redeemed_at",
             refs=(("user_id", "user"), ("coupon_id", "coupon"), ("issuance_id", "issuance")),
             currency="currency",
+            matches=(
+                Match("issuance_id", "coupon_id", "coupon_mismatch", reason_if_none="control_issuance"),
+                Match("issuance_id", "user_id", "user_mismatch"),
+            ),
         ),
     ]
 }
@@ -539,14 +577,24 @@ def with_typed_fields(source: Source, cfg: CleanseConfig) -> Callable[[DataFrame
 
 
 def with_reference_flags(source: Source, refs: dict[str, DataFrame]) -> Callable[[DataFrame], DataFrame]:
-    """Add ``_ref_<field>`` (true: known or null; false: unknown) by left joins on the distinct known keys."""
+    """Add ``_ref_<field>`` (true: known or null; false: unknown) by left joins on the distinct known keys;
+    for a reference that :attr:`Source.matches` use, also ``_found_<field>`` (the referenced record was found)
+    and the referenced record's fields as ``_r_<field>_<its field>``. ``refs[kind]`` has a ``key`` column
+    and those fields, one row per key."""
 
     def transform(df: DataFrame) -> DataFrame:
         out = df
         for fld, kind in source.refs:
-            known = refs[kind].select(F.col("key").alias(f"_k_{fld}")).distinct()
+            fields = [m.field for m in source.matches if m.ref == fld]
+            known = (
+                refs[kind]
+                .select(F.col("key").alias(f"_k_{fld}"), *[F.col(f).alias(f"_r_{fld}_{f}") for f in fields])
+                .distinct()
+            )
             out = out.join(F.broadcast(known), on=F.col(f"t_{fld}") == F.col(f"_k_{fld}"), how="left")
             out = out.withColumn(f"_ref_{fld}", F.col(f"t_{fld}").isNull() | F.col(f"_k_{fld}").isNotNull())
+            if fields:
+                out = out.withColumn(f"_found_{fld}", F.col(f"_k_{fld}").isNotNull())
             out = out.drop(f"_k_{fld}")
         return out
 
@@ -667,6 +715,23 @@ def record_checks(source: Source, cfg: CleanseConfig, day: dt.date, period: Impo
     codes = {"user": "unknown_user", "coupon": "unknown_coupon", "issuance": "unknown_issuance"}
     for fld, kind in source.refs:
         out.append((codes[kind], ~F.col(f"_ref_{fld}"), F.format_string(f"{fld}: %s is not a known {kind}", t[fld])))
+    for m in source.matches:
+        found, theirs = F.col(f"_found_{m.ref}"), F.col(f"_r_{m.ref}_{m.field}")
+        if m.reason_if_none:
+            out.append(
+                (
+                    m.reason_if_none,
+                    found & theirs.isNull(),
+                    F.format_string(f"{m.ref}: %s has no {m.field}", t[m.ref]),
+                )
+            )
+        out.append(
+            (
+                m.reason,
+                found & (t[m.field] != theirs),
+                F.format_string(f"{m.field}: %s, but {m.ref} %s has %s", t[m.field], t[m.ref], theirs),
+            )
+        )
     return out
 
 
@@ -713,6 +778,40 @@ def with_duplicates_marked(source: Source) -> Callable[[DataFrame], DataFrame]:
             F.when(
                 dup,
                 F.format_string(f"{source.key} %s appears again; the latest copy is kept", F.col(f"t_{source.key}")),
+            )
+            .otherwise(F.col("detail"))
+            .alias("detail"),
+        )
+
+    return transform
+
+
+def with_repeats_marked(source: Source, seen: DataFrame | None) -> Callable[[DataFrame], DataFrame]:
+    """A good record whose key silver already holds from another ingest date becomes ``duplicate``: a fact
+    is kept once across dates, and the copy silver has wins, whatever the new one's text or version.
+
+    Args:
+        seen: The silver rows of the source on the other ingest dates that could hold a copy (``key``,
+            ``ingest_date``; only the key column is read: :func:`keys_on_other_dates`); None when there are
+            none. The date's own partition must not be among them, so that a rerun is not its own duplicate.
+    """
+
+    def transform(df: DataFrame) -> DataFrame:
+        if seen is None:
+            return df
+        first = seen.groupBy(F.col("key").alias("_seen_key")).agg(F.min(PARTITION).alias("_seen_on"))
+        joined = df.join(first, on=F.col(f"t_{source.key}") == F.col("_seen_key"), how="left")
+        dup = F.col("reason").isNull() & F.col("_seen_on").isNotNull()
+        return joined.select(
+            *[c for c in df.columns if c not in ("reason", "detail")],
+            F.when(dup, F.lit("duplicate")).otherwise(F.col("reason")).alias("reason"),
+            F.when(
+                dup,
+                F.format_string(
+                    f"{source.key} %s is in silver already (ingest date %s); that copy is kept",
+                    F.col(f"t_{source.key}"),
+                    F.col("_seen_on").cast("string"),
+                ),
             )
             .otherwise(F.col("detail"))
             .alias("detail"),
@@ -770,11 +869,12 @@ def classify(
     day: dt.date,
     refs: dict[str, DataFrame],
     period: ImportPeriod | None = None,
+    seen: DataFrame | None = None,
 ) -> DataFrame:
     """Every line of one source with its ``reason`` (null: accepted), keeping only the columns the outputs
     need (``source_file``, ``position``, ``value``, ``detail`` and the typed fields the silver table takes:
     ``t_<field>``, money as ``t_<field>_eur``), so that the de-duplication sorts and the cache holds narrow
-    rows."""
+    rows. ``seen``: the keys silver holds on other ingest dates (:func:`with_repeats_marked`)."""
     typed = [f"t_{r.name}_eur" if r.kind == "money" else f"t_{r.name}" for r in source.rules]
     return (
         lines.transform(with_parsed_fields(source))
@@ -783,6 +883,7 @@ def classify(
         .transform(with_reason(record_checks(source, cfg, day, period)))
         .select("source_file", "position", "value", "reason", "detail", *typed)
         .transform(with_duplicates_marked(source))
+        .transform(with_repeats_marked(source, seen))
     )
 
 
@@ -856,7 +957,8 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
         for name in SOURCE_ORDER:
             source = SOURCES[name]
             read = reads[name]
-            classified = classify(read.lines, source, cfg.cleanse, day, refs, period).persist(
+            seen = keys_on_other_dates(lake, cfg.cleanse, source, day, period) if source.is_fact else None
+            classified = classify(read.lines, source, cfg.cleanse, day, refs, period, seen).persist(
                 StorageLevel.MEMORY_AND_DISK
             )
             cached.append(classified)
@@ -879,13 +981,11 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
                     "unique); nothing was written. This is a bug: report it with the ingest date."
                 )
             results[name] = result
-            key = F.col(source.schema.fieldNames()[0]).alias("key")
-            if name == "users":
-                refs["user"] = result.accepted_df.select(key)
-            elif name == "coupons":
-                refs["coupon"] = result.accepted_df.select(key)
-            elif name == "issuances":
-                refs["issuance"] = _known_issuances(lake, cfg, day, result.accepted_df)
+            kind = REFERENCED.get(name)
+            if kind == "issuance":
+                refs[kind] = _known_issuances(lake, cfg, day, result.accepted_df, _matched_fields(kind))
+            elif kind:
+                refs[kind] = result.accepted_df.select(F.col(source.key_column).alias("key"), *_matched_fields(kind))
         out = CleanseResult(day, run_id, results, period=period)
         _write_all(spark, lake, out, started)
         return out
@@ -894,13 +994,51 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
             df.unpersist()
 
 
-def _known_issuances(lake: Lake, cfg: Config, day: dt.date, today: DataFrame) -> DataFrame:
-    keys = today.select(F.col("issuance_id").alias("key"))
+def keys_on_other_dates(
+    lake: Lake, cfg: CleanseConfig, source: Source, day: dt.date, period: ImportPeriod | None = None
+) -> DataFrame | None:
+    """The keys (``key``, ``ingest_date``) that silver holds for a fact ``source`` on the ingest dates, other
+    than the ones this run replaces, that could hold a copy of one of its records; None when there is no
+    table yet. Only the key column is read, of the partitions within ``cleanse.max_lateness_days + 1`` days
+    of the run's dates, earlier and later (a cleansing out of date order keeps one copy too).
+
+    That window holds every copy of the same record: a fact accepted on ingest date D has its time in
+    [D - max_lateness_days, D + 1 day + future_tolerance), so two dates that accept the same fact time are at
+    most max_lateness_days + 1 apart (an imported fact lies in the partition of its own day, inside it too).
+    """
+    if not lake.exists(source.table):
+        return None
+    own = set(period.days) if period is not None else {day}
+    reach = cfg.max_lateness_days + 1
+    first, last = min(own) - dt.timedelta(days=reach), max(own) + dt.timedelta(days=reach)
+    dates = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    return lake.read(source.table, where={PARTITION: [d for d in dates if d not in own]}).select(
+        F.col(source.key_column).alias("key"), PARTITION
+    )
+
+
+REFERENCED: dict[str, str] = {"users": "user", "coupons": "coupon", "issuances": "issuance"}
+"""The sources other sources refer to, by the kind their ``refs`` name."""
+
+
+def _matched_fields(kind: str) -> list[str]:
+    """The fields of a referenced record (``kind``) that some source's :attr:`Source.matches` compare."""
+    return sorted({m.field for s in SOURCES.values() for m in s.matches if dict(s.refs)[m.ref] == kind})
+
+
+def _known_issuances(lake: Lake, cfg: Config, day: dt.date, today: DataFrame, fields: list[str]) -> DataFrame:
+    """The issuances a redemption of ``day`` may refer to: the day's accepted ones and silver's of the
+    ``cleanse.issuance_lookback_days`` before, as ``key`` and ``fields``, one row per key (the latest copy)."""
+    cols: list[Column | str] = [F.col("issuance_id").alias("key"), *fields]
+    keys = today.select(*cols)
     if cfg.cleanse.issuance_lookback_days <= 0 or not lake.exists("issuances"):
         return keys
     dates = [day - dt.timedelta(days=i) for i in range(1, cfg.cleanse.issuance_lookback_days + 1)]
-    earlier = lake.read("issuances", where={PARTITION: dates}).select(F.col("issuance_id").alias("key"))
-    return keys.unionByName(earlier)
+    earlier = lake.read("issuances", where={PARTITION: dates}).select(*cols, F.col(PARTITION).alias("_on"))
+    both = keys.select("*", F.lit(day).alias("_on")).unionByName(earlier)
+    if not fields:
+        return both.select("key")
+    return both.groupBy("key").agg(F.max_by(F.struct(*fields), "_on").alias("_r")).select("key", "_r.*")
 
 
 def _metrics(spark: SparkSession, result: CleanseResult, started: dt.datetime) -> DataFrame:
@@ -936,7 +1074,7 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
     writes.append(("quarantine", lambda: quarantine))
     writes.append(("run_metrics", lambda: _metrics(spark, result, started)))
     # an import replaces every day it covers in the tables of facts (they land on their own days)
-    fact_tables = {s.table for s in SOURCES.values() if s.event_time} if result.period else set()
+    fact_tables = {s.table for s in SOURCES.values() if s.is_fact} if result.period else set()
     before: dict[str, int | None] = {}
     where: dict[str, dict[str, Any]] = {}
     try:

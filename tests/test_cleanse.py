@@ -20,6 +20,7 @@ from coupon_spark import schemas
 from coupon_spark.cleanse import (
     REASONS,
     SOURCE_ORDER,
+    SOURCES,
     CleanseResult,
     LandingFileMissingError,
     LandingHeaderError,
@@ -305,3 +306,165 @@ def test_generated_dirty_data_reconciles_and_every_defect_is_caught(
         )
         assert got == expected
         assert {s: r.accepted for s, r in result.sources.items()} == {s: clean[s] for s in SOURCE_ORDER}
+
+
+# ---- issue 14: a fact kept once across ingest dates; redemptions checked against their issuance ---------------
+
+NEXT = DAY + dt.timedelta(days=1)
+
+
+def fixture_lines(source: str, *numbers: int) -> list[str]:
+    """Lines of the hand-written folder by their line number (CSV: 1 is the header)."""
+    path = FIXTURE / DAY.isoformat() / schemas.LANDING_FILES[source]
+    lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()  # a line is Latin-1
+    return [lines[n - 1] for n in numbers]
+
+
+def write_next_day(landing: Path, **facts: list[str]) -> None:
+    """A landing folder for NEXT: the users and coupons the fixture accepts (restated, as every date does),
+    and the given lines of the fact sources (CSV: without the header)."""
+    folder = landing / NEXT.isoformat()
+    folder.mkdir(parents=True)
+    files = {"users": fixture_lines("users", 1, 2, 3, 4), "coupons": fixture_lines("coupons", 1, 2, 3)}
+    for source in ("events", "orders", "issuances", "redemptions"):
+        lines = facts.get(source, [])
+        files[source] = [",".join(schemas.LANDING_FIELDS[source]), *lines] if source == "orders" else lines
+    for source, lines in files.items():
+        (folder / schemas.LANDING_FILES[source]).write_text("".join(f"{x}\n" for x in lines), encoding="utf-8")
+
+
+def quarantined(lake: Lake, day: dt.date) -> set[tuple[str, int, str]]:
+    return {(r.source, r.position, r.reason) for r in lake.read("quarantine", where={"ingest_date": day}).collect()}
+
+
+def test_a_fact_landing_again_on_a_later_date_is_a_duplicate(
+    spark: SparkSession, lake: Lake, fixture_cfg: Config
+) -> None:
+    """Issue 14: the same record landing again on a later ingest date was accepted twice. Silver keeps the
+    copy it has, the later one is quarantined as duplicate and counted; reruns of either date change nothing."""
+    cleanse_day(spark, lake, fixture_cfg, DAY)
+    new_order = "O6,U00000002,2026-11-29T10:00:00Z,books,20.00,,EUR,,1,2026-11-29T10:05:00Z"
+    o1_updated = fixture_lines("orders", 2)[0].replace(",2,2026-11-28T12:05:00Z", ",3,2026-11-29T08:00:00Z")
+    write_next_day(
+        Path(fixture_cfg.lake.landing),
+        events=[
+            fixture_lines("events", 1)[0],  # E1, the same line as on DAY
+            '{"event_id":"E20","event_type":"view","user_id":"U00000002","ts":"2026-11-29T10:00:00Z"}',
+        ],
+        orders=[o1_updated, new_order],  # O1 again, a later version: silver keeps the first one it accepted
+        issuances=[
+            fixture_lines("issuances", 1)[0],  # I1 again
+            '{"issuance_id":"I7","user_id":"U00000002","coupon_id":"CPN0201","issued_at":"2026-11-29T07:00:00Z",'
+            '"policy":"random_v1","propensity":0.375}',
+        ],
+        redemptions=[
+            fixture_lines("redemptions", 1)[0],  # R1 again (of I1, accepted on DAY)
+            '{"redemption_id":"R4","issuance_id":"I7","user_id":"U00000002","coupon_id":"CPN0201","order_id":"O6",'
+            '"redeemed_at":"2026-11-29T12:00:00Z","discount":4.95,"currency":"EUR"}',
+        ],
+    )
+    res = cleanse_day(spark, lake, fixture_cfg, NEXT)
+
+    assert quarantined(lake, NEXT) == {
+        ("events", 1, "duplicate"),
+        ("orders", 2, "duplicate"),  # line 1 is the header
+        ("issuances", 1, "duplicate"),
+        ("redemptions", 1, "duplicate"),
+    }
+    counts = {s: (r.records_read, r.accepted, r.quarantined_by_reason) for s, r in res.sources.items()}
+    assert counts == {
+        "users": (3, 3, {}),  # snapshots restate their records every date: not duplicates
+        "coupons": (2, 2, {}),
+        "events": (2, 1, {"duplicate": 1}),
+        "orders": (2, 1, {"duplicate": 1}),
+        "issuances": (2, 1, {"duplicate": 1}),
+        "redemptions": (2, 1, {"duplicate": 1}),
+    }
+    metrics = {r.source: r for r in lake.read("run_metrics", where={"ingest_date": NEXT}).collect()}
+    assert {
+        s: (m.records_read, m.records_accepted, m.records_quarantined, m.reconciled) for s, m in metrics.items()
+    } == {s: (n, a, sum(q.values()), True) for s, (n, a, q) in counts.items()}
+    detail = lake.read("quarantine", where={"ingest_date": NEXT}).where("source = 'orders'").first()["detail"]
+    assert detail == "order_id O1 is in silver already (ingest date 2026-11-28); that copy is kept"
+    # one row per id across dates; O1 is the copy of DAY
+    ids = {
+        t: sorted(r[0] for r in lake.read(t).select(SOURCES[t].key).collect())
+        for t in ("events", "orders", "issuances", "redemptions")
+    }
+    assert ids == {
+        "events": ["E1", "E2", "E20", "E3"],
+        "orders": ["O1", "O2", "O6"],
+        "issuances": ["I1", "I2", "I6", "I7"],
+        "redemptions": ["R1", "R4"],
+    }
+    assert [(r.n_items, r.ingest_date) for r in lake.read("orders").where("order_id = 'O1'").collect()] == [(2, DAY)]
+    # a rerun of NEXT is not a duplicate of itself; a rerun of DAY keeps DAY's copies (NEXT holds none of them)
+    after_next = snapshot(lake)
+    cleanse_day(spark, lake, fixture_cfg, NEXT)
+    assert snapshot(lake) == after_next
+    cleanse_day(spark, lake, fixture_cfg, DAY)
+    assert snapshot(lake) == after_next
+    assert quarantined(lake, DAY) == EXPECTED_QUARANTINE
+
+
+def test_a_redemption_must_match_its_issuance(spark: SparkSession, lake: Lake, fixture_cfg: Config) -> None:
+    """Issue 14: a redemption of another coupon than the one issued, of a control-arm issuance (no coupon) or
+    by another user than the issuance's was accepted. Each now has its reason, whether the issuance is of the
+    same day or in silver from an earlier date."""
+    landing = Path(fixture_cfg.lake.landing)
+
+    def redemption(rid: str, issuance: str, user: str, coupon: str, at: str) -> str:
+        return (
+            f'{{"redemption_id":"{rid}","issuance_id":"{issuance}","user_id":"{user}","coupon_id":"{coupon}",'
+            f'"order_id":null,"redeemed_at":"{at}","discount":1.00,"currency":"EUR"}}'
+        )
+
+    # on DAY: I1 gave U00000001 CPN0101, I2 gave U00000002 nothing (control), I6 gave U00000003 CPN0201
+    t = "2026-11-28T13:00:00Z"
+    with (landing / DAY.isoformat() / "redemptions.jsonl").open("a", encoding="utf-8") as f:
+        for line in (
+            redemption("R5", "I1", "U00000001", "CPN0201", t),  # line 4: the wrong coupon
+            redemption("R6", "I2", "U00000002", "CPN0101", t),  # line 5: a control issuance
+            redemption("R7", "I6", "U00000001", "CPN0201", t),  # line 6: another user
+            redemption("R8", "I6", "U00000003", "CPN0201", t),  # line 7: as issued
+        ):
+            f.write(line + "\n")
+    res = cleanse_day(spark, lake, fixture_cfg, DAY)
+    assert quarantined(lake, DAY) == EXPECTED_QUARANTINE | {
+        ("redemptions", 4, "coupon_mismatch"),
+        ("redemptions", 5, "control_issuance"),
+        ("redemptions", 6, "user_mismatch"),
+    }
+    r = res.sources["redemptions"]
+    assert (r.records_read, r.accepted, r.quarantined, r.reconciled) == (7, 2, 5, True)
+    assert sorted(x.redemption_id for x in lake.read("redemptions").collect()) == ["R1", "R8"]
+    details = {
+        x.position: x.detail
+        for x in lake.read("quarantine").where("source = 'redemptions' AND position >= 4").collect()
+    }
+    assert details == {
+        4: "coupon_id: CPN0201, but issuance_id I1 has CPN0101",
+        5: "issuance_id: I2 has no coupon_id",
+        6: "user_id: U00000001, but issuance_id I6 has U00000003",
+    }
+
+    # on NEXT, the issuances of DAY are found in silver
+    t = "2026-11-29T09:00:00Z"
+    write_next_day(
+        landing,
+        redemptions=[
+            redemption("R9", "I1", "U00000002", "CPN0101", t),  # line 1: another user
+            redemption("R10", "I2", "U00000002", "CPN0101", t),  # line 2: a control issuance
+            redemption("R11", "I1", "U00000001", "CPN0201", t),  # line 3: the wrong coupon
+            redemption("R12", "I6", "U00000003", "CPN0201", t),  # line 4: as issued (R8 redeemed it too)
+        ],
+    )
+    res = cleanse_day(spark, lake, fixture_cfg, NEXT)
+    assert quarantined(lake, NEXT) == {
+        ("redemptions", 1, "user_mismatch"),
+        ("redemptions", 2, "control_issuance"),
+        ("redemptions", 3, "coupon_mismatch"),
+    }
+    r = res.sources["redemptions"]
+    assert (r.records_read, r.accepted, r.quarantined, r.reconciled) == (4, 1, 3, True)
+    assert [x.redemption_id for x in lake.read("redemptions", where={"ingest_date": NEXT}).collect()] == ["R12"]
