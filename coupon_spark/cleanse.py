@@ -62,6 +62,7 @@ from pyspark.sql.types import StructType
 
 from coupon_spark import schemas
 from coupon_spark.config import CleanseConfig, Config
+from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,15 @@ class CleanseError(RuntimeError):
     """Base class of the cleansing job's errors."""
 
 
-class LandingFileMissingError(CleanseError, FileNotFoundError):
+class LandingFileMissingError(CleanseError, UpstreamNotReady, FileNotFoundError):
     """A landing file of the ingest date is not there."""
 
 
-class LandingHeaderError(CleanseError, ValueError):
+class LandingHeaderError(CleanseError, InputError, ValueError):
     """A CSV file's header is not the expected one (a file-level problem, not a record's)."""
 
 
-class ImportManifestError(CleanseError, ValueError):
+class ImportManifestError(CleanseError, InputError, ValueError):
     """A landing folder's ``manifest.json`` is not a valid import manifest."""
 
 

@@ -59,25 +59,10 @@ class NotWritableError(InputError):
     """A folder the stage writes to (the lake root, the landing folder) cannot be written."""
 
 
-# Classes of a module that is being reworked at the moment (cleanse.py), classified by their
-# qualified name until they derive from the classes above themselves (nothing is imported for this).
-ADOPTED: dict[str, type[CouponSparkError]] = {
-    "coupon_spark.cleanse.LandingFileMissingError": UpstreamNotReady,
-    "coupon_spark.cleanse.LandingHeaderError": InputError,
-    "coupon_spark.cleanse.ImportManifestError": InputError,
-}
-
-
 def kind_of(exc: BaseException) -> type[CouponSparkError] | None:
-    """The class that decides how ``exc`` is reported: its own, an adopted one, or None (not ours: a bug or an
-    unexpected failure, which keeps its traceback)."""
-    if isinstance(exc, CouponSparkError):
-        return type(exc)
-    for cls in type(exc).__mro__:
-        kind = ADOPTED.get(f"{cls.__module__}.{cls.__qualname__}")
-        if kind is not None:
-            return kind
-    return None
+    """The class that decides how ``exc`` is reported: its own when it is one of the project's, else None (not
+    ours: a bug or an unexpected failure, which keeps its traceback)."""
+    return type(exc) if isinstance(exc, CouponSparkError) else None
 
 
 def one_line(exc: BaseException, limit: int = 1000) -> str:

@@ -39,6 +39,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.config import Config, TrainConfig
+from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.model.data import (
     ID_COLUMNS,
@@ -51,7 +52,6 @@ from coupon_spark.model.data import (
     split_files,
     validation_mask,
 )
-from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.model.gate import DECISION_FILE, MIN_ROWS, NO_GATE, Gate, monitors, next_test_index
 from coupon_spark.model.pair import PAIR_COUPON_COLUMNS, PAIR_FEATURES
 from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_npz
