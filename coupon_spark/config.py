@@ -502,9 +502,13 @@ class TrainConfig:
         gate_monitor: Once a test of the model name opened the gate, its next versions are monitored, not
             re-tested: each keeps the gate open iff its cross-fitted gain is positive; a closed gate reopens only
             by a new test (:mod:`coupon_spark.model.gate`). False: every version is a new test.
-        gate_selection_share: Share of the gate's held-out randomised decisions (by a hash of
-            ``issuance_id``) in its part A; the others are part B. A threshold is chosen on each part and every
-            row is judged at the one chosen on the other part.
+        gate_out_of_bag: With an ensemble (``heads`` > 1) and fold models, each row is scored by the pool the score
+            job uses (``score.pool_fold_models``) less the heads that trained on it: its fold model's and the
+            heads whose bootstrap weight for it is 0 (:func:`coupon_spark.model.gate.oob_head_mask`). False: by
+            its fold model alone.
+        gate_chunks: The gate's online test (:mod:`coupon_spark.model.gate`): its held-out randomised decisions,
+            in chunks by a hash of ``issuance_id``; each chunk after the first is judged at the threshold chosen
+            on the chunks before it.
     """
 
     num_proc: int = 2
@@ -535,7 +539,8 @@ class TrainConfig:
     gate_folds: int = 3
     gate_on_import: bool = True
     gate_monitor: bool = True
-    gate_selection_share: float = 0.5
+    gate_out_of_bag: bool = True
+    gate_chunks: int = 10
 
     def __post_init__(self) -> None:
         checks = [
@@ -556,7 +561,7 @@ class TrainConfig:
             ("sample_rows", self.sample_rows >= 0, ">= 0"),
             ("decision_confidence", 0.0 <= self.decision_confidence < 1.0, "in [0, 1)"),
             ("gate_folds", self.gate_folds >= 0, ">= 0"),
-            ("gate_selection_share", 0.0 < self.gate_selection_share < 1.0, "in (0, 1)"),
+            ("gate_chunks", self.gate_chunks >= 2, ">= 2"),
             ("model_name", bool(self.model_name) and "/" not in self.model_name, "a non-empty name without '/'"),
         ]
         for key, ok, want in checks:

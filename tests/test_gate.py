@@ -16,12 +16,13 @@ from coupon_spark.model.gate import (
     Gate,
     alpha_of_test,
     alpha_spent,
+    best_threshold,
+    chunk_ids,
     decide,
     dr_gain,
     fold_ids,
     monitors,
     next_test_index,
-    selection_mask,
     threshold_curve,
 )
 
@@ -61,35 +62,40 @@ def test_dr_gain_is_unbiased_whatever_the_reward_model():
     assert se < 0.05  # the check has power
 
 
-def test_a_policy_with_a_real_gain_opens_each_part_judged_at_the_threshold_chosen_on_the_other():
+def test_a_policy_with_a_real_gain_opens_each_chunk_judged_at_the_threshold_chosen_before_it():
     rng = np.random.default_rng(1)
     n = 40_000
     score = rng.normal(size=n)
     # coupons pay (+2 EUR) only for the top 10% of scores, and cost 1 EUR elsewhere; noisy per-row gains
     top = score > np.quantile(score, 0.9)
     gain = np.where(top, 2.0, -1.0) + rng.normal(scale=2.0, size=n)
-    sel = rng.random(n) < 0.5
-    gate = decide(score, gain, sel, confidence=0.95, test_index=1, folds=5)
+    chunk = rng.integers(0, 10, size=n)
+    gate = decide(score, gain, chunk, confidence=0.95, test_index=1, folds=5)
     assert gate.is_open and gate.lower > 0 and gate.mode == "test"
-    # candidates: 0 and the 0.5/0.75/0.9/0.95 quantiles of the positive half of a part's scores, i.e. the
-    # top 50%, 25%, 12.5%, 5%, 2.5%. Expected gains: 0.1*2 - (share-0.1)*1 for shares above 10%, else share*2:
-    # -0.2, 0.05, 0.175, 0.1, 0.05. On 20,000 rows of a part the best bound is the top 12.5%'s (the curve of all
-    # rows below), so each part chooses its own 0.75 quantile, and the published threshold is that of all rows
-    t_a, t_b = (float(np.quantile(score[part & (score > 0)], 0.75)) for part in (sel, ~sel))
-    assert gate.part_thresholds == pytest.approx([t_a, t_b])
-    assert gate.selected_threshold == gate.threshold == np.quantile(score[score > 0], 0.75)
-    # standard errors on all 40,000 rows (E[g^2] = 8 on the top, 5 below it), e.g. share 0.125:
-    # sqrt(0.1*8 + 0.025*5 - 0.175^2) / sqrt(40000) = 0.0047, and bounds at z = 1.96:
+    # candidates: 0 and the 0.5/0.75/0.9/0.95 quantiles of the positive half of the scores, i.e. the top 50%,
+    # 25%, 12.5%, 5%, 2.5%. Expected gains: 0.1*2 - (share-0.1)*1 for shares above 10%, else share*2:
+    # -0.2, 0.05, 0.175, 0.1, 0.05. Standard errors on all 40,000 rows (E[g^2] = 8 on the top, 5 below it), e.g.
+    # share 0.125: sqrt(0.1*8 + 0.025*5 - 0.175^2) / sqrt(40000) = 0.0047, and bounds at z = 1.96:
     # -0.2 - 1.96*0.0083 = -0.216, 0.05 - 1.96*0.0062 = 0.038, 0.175 - 1.96*0.0047 = 0.166,
-    # 0.1 - 1.96*0.0031 = 0.094, 0.05 - 1.96*0.0022 = 0.046
+    # 0.1 - 1.96*0.0031 = 0.094, 0.05 - 1.96*0.0022 = 0.046; test statistics 26, 22.7 and 16 for the top
+    # 12.5%, 5% and 2.5%: the published threshold is the top 12.5%'s
     assert [c["lower"] for c in gate.curve] == pytest.approx([-0.216, 0.038, 0.166, 0.094, 0.046], abs=0.025)
-    # the gain: every row at the other part's threshold, i.e. (almost) the top 12.5%: 0.175 within 4 standard
-    # errors, on all the rows, with its bound at 1 - 0.025; by hand from the part thresholds
-    by_hand = np.where(score > np.where(sel, t_b, t_a), gain, 0.0)
-    assert gate.gain == pytest.approx(by_hand.mean()) and gate.se == pytest.approx(by_hand.std(ddof=1) / 200)
-    assert gate.gain == pytest.approx(0.175, abs=0.019) and gate.share_issued == pytest.approx(0.125, abs=0.01)
-    assert gate.se == pytest.approx(0.0047, abs=0.0003) and gate.lower == pytest.approx(gate.gain - 1.959964 * gate.se)
-    assert gate.rows_selection == sel.sum() and gate.rows_confirmation == n - sel.sum() and gate.rows == n
+    assert gate.selected_threshold == gate.threshold == np.quantile(score[score > 0], 0.75)
+    # by hand: chunk j's rows at the threshold chosen on chunks 0..j-1, each chunk centred on its own mean
+    terms, centred, chosen = [], [], []
+    for j in range(1, 10):
+        past, now = chunk < j, chunk == j
+        chosen.append(best_threshold(threshold_curve(score[past], gain[past], 1.959964)))
+        x = np.where(score[now] > chosen[-1], gain[now], 0.0)
+        terms.append(x)
+        centred.append(x - x.mean())
+    x, d = np.concatenate(terms), np.concatenate(centred)
+    assert gate.part_thresholds == pytest.approx(chosen)
+    assert gate.gain == pytest.approx(x.mean()) and gate.se == pytest.approx(np.sqrt(np.sum(d * d)) / len(x))
+    # the choices on 4,000+ rows are mostly the top 12.5% (else the top 5%): the gain is near 0.175
+    assert 0.14 < gate.gain < 0.2 and gate.se == pytest.approx(0.0050, abs=0.0005)
+    assert gate.lower == pytest.approx(gate.gain - 1.959964 * gate.se)
+    assert gate.rows_selection == (chunk == 0).sum() and gate.rows_confirmation == n - (chunk == 0).sum()
     assert (gate.folds, gate.test_index, gate.alpha, gate.alpha_spent) == (
         5,
         1,
@@ -98,9 +104,9 @@ def test_a_policy_with_a_real_gain_opens_each_part_judged_at_the_threshold_chose
     )
     assert "open above" in gate.describe() and "test 1 of the loop" in gate.describe()
     # the same scores with gains that are pure noise around a loss: closed, and says so
-    noise = decide(score, -0.1 + rng.normal(scale=2.0, size=n), sel, confidence=0.95)
+    noise = decide(score, -0.1 + rng.normal(scale=2.0, size=n), chunk, confidence=0.95)
     assert not noise.is_open and math.isinf(noise.threshold) and noise.lower < 0 and noise.share_issued == 0.0
-    assert math.isfinite(noise.selected_threshold) and noise.describe().startswith("closed: thresholds chosen")
+    assert math.isfinite(noise.selected_threshold) and noise.describe().startswith("closed: ")
     # nothing to test on: closed
     assert not decide(np.zeros(0), np.zeros(0), np.zeros(0, bool), 0.95).is_open
 
@@ -118,7 +124,7 @@ def null_opens(reps: int, n: int, quantiles: list[float], seed: int) -> tuple[in
     opened = naive = 0
     for _ in range(reps):
         score, gain = rng.normal(size=n), rng.normal(size=n)
-        opened += decide(score, gain, rng.random(n) < 0.5, 0.95, quantiles=quantiles).is_open
+        opened += decide(score, gain, rng.integers(0, 10, size=n), 0.95, quantiles=quantiles).is_open
         naive += max(c["lower"] for c in threshold_curve(score, gain, 1.645, quantiles)) > 0
     return opened, naive
 
@@ -143,7 +149,7 @@ def test_spending_keeps_the_level_over_a_loop_that_retests_on_overlapping_logs()
     n = n0 + days * step
     ever = ever_unspent = 0
     for _ in range(reps):
-        gain, sel = rng.normal(size=n), rng.random(n) < 0.5  # the logs: fixed outcomes, a stable split
+        gain, sel = rng.normal(size=n), rng.integers(0, 10, size=n)  # the logs: fixed outcomes, stable chunks
         opened = opened_unspent = False
         for j in range(1, days + 1):
             m = n0 + j * step
@@ -176,12 +182,12 @@ def test_monitoring_a_confirmed_procedure_keeps_the_level_and_gains_power():
             )
         return [g.is_open for g in history]
 
-    ever = sum(any(loop(rng.normal(size=n), rng.random(n) < 0.5, True)) for _ in range(reps))
+    ever = sum(any(loop(rng.normal(size=n), rng.integers(0, 10, size=n), True)) for _ in range(reps))
     assert ever <= at_most(0.05, reps)
     # a procedure that pays 0.09 EUR a decision (sd 1: z about 3 on the first day's rows, 2 on a part)
     days_open = {True: 0, False: 0}
     for _ in range(40):
-        gain, sel = 0.09 + rng.normal(size=n), rng.random(n) < 0.5
+        gain, sel = 0.09 + rng.normal(size=n), rng.integers(0, 10, size=n)
         for monitor in (True, False):
             days_open[monitor] += sum(loop(gain, sel, monitor))
     assert days_open[True] > days_open[False] + 20
@@ -200,7 +206,7 @@ def test_monitors_by_hand():
     assert monitors([NO_GATE]) == (False, 0)  # no gate (threshold 0) is not a confirmed procedure
     # a monitored decision: open while the gain is positive, whatever its bound; closed when it is not
     rng = np.random.default_rng(6)
-    score, sel = rng.normal(size=4000), rng.random(4000) < 0.5
+    score, sel = rng.normal(size=4000), rng.integers(0, 10, size=4000)
     small = decide(score, np.where(score > 0, 0.05, 0.0) + rng.normal(size=4000), sel, 0.95, 3, monitor=True)
     assert small.mode == "monitor" and small.test_index == 3 and small.gain > 0 and small.lower < 0 and small.is_open
     assert small.describe().startswith("open above") and "kept open while positive" in small.describe()
@@ -238,11 +244,12 @@ def test_folds_hold_every_row_out_once_and_do_not_follow_the_other_splits():
     # the same row gets the same fold whatever the shards, and another seed gives other folds
     np.testing.assert_array_equal(fold_ids(ids[3000:], 5, seed=7), fold[3000:])
     assert (fold_ids(ids, 5, seed=8) != fold).mean() > 0.7
-    # independent of the validation split and of the selection part: each fold holds its share of both
-    val, sel = validation_mask(ids, 0.1, 7), selection_mask(ids, 0.5, 7)
+    # independent of the validation split and of the chunks: each fold holds its share of both
+    val, chunk = validation_mask(ids, 0.1, 7), chunk_ids(ids, 10, 7)
     assert all(abs(val[fold == k].mean() - 0.1) < 0.025 for k in range(5))
-    assert all(abs(sel[fold == k].mean() - 0.5) < 0.04 for k in range(5))
-    assert abs(sel.mean() - 0.5) < 0.02 and abs(selection_mask(ids, 0.3, 7).mean() - 0.3) < 0.02
+    assert set(np.unique(chunk)) == set(range(10)) and all(abs((chunk == j).mean() - 0.1) < 0.015 for j in range(10))
+    assert all(abs((chunk[fold == k] == 0).mean() - 0.1) < 0.025 for k in range(5))
+    np.testing.assert_array_equal(chunk_ids(ids[3000:], 10, 7), chunk[3000:])
     # no cross-fitting: one fold
     assert (fold_ids(ids, 1, seed=7) == 0).all() and (fold_ids(ids, 0, seed=7) == 0).all()
 
@@ -338,8 +345,8 @@ def test_best_option_gains_by_hand_and_exploration_support():
     assert len(s3) == 3
 
 
-def test_too_few_rows_in_a_part_keep_the_gate_closed():
+def test_too_few_rows_in_a_chunk_keep_the_gate_closed():
     # 150 rows with a large gain, but 75 in each part (fewer than 100): closed without a test
     g = decide(np.ones(150), np.full(150, 5.0), np.arange(150) % 2 == 0, 0.95, folds=5)
-    assert not g.is_open and g.rows == 150 and not g.tested and "fewer than 100 in a part" in g.describe()
+    assert not g.is_open and g.rows == 150 and not g.tested and "fewer than 100 in the first chunk" in g.describe()
     assert next_test_index([g]) == 1

@@ -197,3 +197,45 @@ def test_ensemble_loss_sums_the_heads_on_their_bootstrap_weights() -> None:
     # evaluation: each row once, the heads' mean
     plain = np.mean([float(h.compute_loss(batch, normalizer=n, training=False)) for h in model.heads])
     assert abs(float(model.compute_loss(batch, normalizer=n, training=False)) - plain) < 1e-6
+
+
+def test_out_of_bag_heads_per_row_by_a_second_method(tmp_path) -> None:
+    """``score_profit`` with a head mask: each user's mean and sd over its own heads, checked row by row against
+    the heads scored apart; an all-true mask is the plain pool; the gate's mask holds out what trained on a row."""
+    from coupon_spark.model.data import bootstrap_weights
+    from coupon_spark.model.gate import oob_head_mask
+
+    stats = [{"feature": "uf_x", "kind": "numeric", "transform": "standard", "center": 0.0, "scale": 1.0}]
+    t = FeatureTransform.from_stats(stats)
+    spec = ModelSpec(user_dim=t.user_dim, coupon_dim=t.coupon_dim, embedding_dim=3, hidden_units=[4],
+                     id_embedding_dim=2, coupon_ids=["c1", "c2"], heads=2)  # fmt: skip
+    rng = np.random.default_rng(8)
+    shapes = {k: v.shape for k, v in export_weights(build_model(spec, seed=0)).items()}
+    w = [{k: rng.normal(size=v).astype(np.float32) * 0.6 for k, v in shapes.items()} for _ in range(3)]
+    pooled = NumpyScorer(spec, t, w[0], members=[NumpyScorer(spec, t, x) for x in w[1:]]).pooled()
+    users = USERS.assign(uf_x=[0.5, -1.0, 2.0])
+    value, cost = np.array([12.0, 30.0, 8.0]), COUPONS["cf_face_value"].to_numpy()
+    per_head = [h.score_frames(users, COUPONS) for h in pooled.heads]
+    profits = np.stack([o["uplift"] * value[:, None] - o["p_redeem"] * cost[None, :] for o in per_head])
+    mask = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], bool)  # [6 heads, 3 users]
+    out, lowered = pooled.score_profit(users, COUPONS, None, value, cost, z=0.5, head_mask=mask)
+    for i in range(3):
+        mine = profits[mask[:, i], i]
+        np.testing.assert_allclose(lowered[i], mine.mean(0) - 0.5 * mine.std(0, ddof=1), rtol=1e-4, atol=1e-5)
+        want = np.mean([per_head[h]["p_purchase_none"][i] for h in np.flatnonzero(mask[:, i])])
+        assert out["p_purchase_none"][i] == pytest.approx(want, rel=1e-5)
+    _, everything = pooled.score_profit(users, COUPONS, None, value, cost, z=0.5, head_mask=np.ones((6, 3), bool))
+    _, plain = pooled.score_profit(users, COUPONS, None, value, cost, z=0.5)
+    np.testing.assert_allclose(everything, plain, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one head"):
+        pooled.score_profit(users, COUPONS, None, value, cost, head_mask=np.zeros((6, 3), bool))
+    # the gate's mask: heads 0-1 published, 2-3 fold model 0, 4-5 fold model 1
+    ids = pd.Series([f"i{k}" for k in range(400)])
+    fold = np.arange(400) % 2
+    m = oob_head_mask(ids, fold, heads=2, folds=2, seed=3)
+    zero = bootstrap_weights(ids, 2, 3) == 0
+    assert m.shape == (6, 400)
+    np.testing.assert_array_equal(m[0:2], zero.T)  # the published heads: where the bootstrap left the row out
+    np.testing.assert_array_equal(m[2:4], zero.T | (fold == 0)[None, :])  # fold model 0 never saw fold 0
+    np.testing.assert_array_equal(m[4:6], zero.T | (fold == 1)[None, :])
+    assert m.sum(0).min() >= 2 and 0.3 < zero.mean() < 0.45  # Poisson(1) leaves e^-1 = 37% out

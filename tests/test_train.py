@@ -146,7 +146,7 @@ def test_the_gate_is_cross_fitted_on_every_randomised_row_and_spends_its_error_o
     from coupon_spark.config import EvaluateConfig
     from coupon_spark.model import train as train_module
     from coupon_spark.model.data import validation_mask
-    from coupon_spark.model.gate import selection_mask
+    from coupon_spark.model.gate import chunk_ids
 
     world = make_world(3000, days=3)
     write_world(spark, lake, world)
@@ -166,7 +166,7 @@ def test_the_gate_is_cross_fitted_on_every_randomised_row_and_spends_its_error_o
     registry, name = Registry.from_config(cfg), cfg.train.model_name
     d = registry.read_json(name, out.version, "decision.json")
     ids = world.examples["issuance_id"]
-    n_sel = int(selection_mask(ids, 0.5, seed=5).sum())
+    n_sel = int((chunk_ids(ids, 10, seed=5) == 0).sum())
     # every row was logged at random and every coupon is live and eligible: all 3000 are out-of-fold decisions
     assert (d["folds"], d["rows"], d["rows_selection"], d["rows_confirmation"]) == (3, 3000, n_sel, 3000 - n_sel)
     assert (d["test_index"], d["alpha"], d["alpha_spent"]) == (1, pytest.approx(0.025), pytest.approx(0.025))

@@ -14,6 +14,7 @@ coupons are embedded separately, then every user is scored against every coupon 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
@@ -110,9 +111,7 @@ class NumpyScorer:
                     w = {k.split("/", 1)[1]: npz[k] for k in npz.files if k.split("/", 1)[0] == f}
                     members.append(cls(spec, transform, w))
         scorer = cls(spec, transform, weights, gate.threshold, members)
-        if pool_members and scorer.heads and members:
-            scorer.heads = [*scorer.heads, *(h for m in members for h in (m.heads or [m]))]
-        return scorer
+        return scorer.pooled() if pool_members else scorer
 
     def profit_spread(
         self, users: pd.DataFrame, coupon_frame: pd.DataFrame, value: np.ndarray, cost: np.ndarray
@@ -144,6 +143,7 @@ class NumpyScorer:
         value: np.ndarray,
         cost: np.ndarray,
         z: float = 0.0,
+        head_mask: np.ndarray | None = None,
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """:meth:`score_frames` and the expected incremental profit ``uplift * value - p_redeem * cost``
         (``[n, m]`` float32) lowered by ``z`` standard deviations over the heads, every head evaluated once
@@ -157,6 +157,8 @@ class NumpyScorer:
             cost: ``[m]`` coupon costs.
             z: Standard deviations to subtract (``score.uncertainty_z``); a model of one head takes the spread
                 of its :attr:`members`.
+            head_mask: ``[len(heads), n]`` bool: the heads that count for each user (the decision gate's
+                out-of-bag heads of a row); None: all. Every user needs at least one (two for a spread).
         """
         value = np.asarray(value, np.float32)[:, None]
         cost = np.asarray(cost, np.float32)[None, :]
@@ -168,10 +170,35 @@ class NumpyScorer:
         c = self.coupon_embed(coupons) if coupon_emb is None else coupon_emb
         outs = self._head_outputs(self.user_embed(users), c, self.pair_x(users, coupons))
         profits = np.stack([o["uplift"] * value - o["p_redeem"] * cost for o in outs])
-        profit = profits.mean(axis=0)
-        if z > 0 and len(outs) >= 2:
-            profit -= np.float32(z) * profits.std(axis=0, ddof=1)
-        return _mean_of(outs), profit.astype(np.float32, copy=False)
+        if head_mask is None:
+            profit = profits.mean(axis=0)
+            if z > 0 and len(outs) >= 2:
+                profit -= np.float32(z) * profits.std(axis=0, ddof=1)
+            return _mean_of(outs), profit.astype(np.float32, copy=False)
+        w = np.asarray(head_mask, np.float32)  # [H, n]
+        count = w.sum(axis=0)
+        if (count < 1).any():
+            raise ValueError("head_mask: every user needs at least one head")
+        mean = np.einsum("hn,hnm->nm", w, profits) / count[:, None]
+        if z > 0:
+            dev = profits - mean[None]
+            var = np.einsum("hn,hnm->nm", w, dev * dev) / np.maximum(count - 1, 1)[:, None]
+            mean = mean - np.float32(z) * np.sqrt(var)
+        avg = {
+            "p_purchase": np.einsum("hn,hnm->nm", w, np.stack([o["p_purchase"] for o in outs])) / count[:, None],
+            "p_redeem": np.einsum("hn,hnm->nm", w, np.stack([o["p_redeem"] for o in outs])) / count[:, None],
+            "p_purchase_none": np.einsum("hn,hn->n", w, np.stack([o["p_purchase_none"] for o in outs])) / count,
+        }
+        avg["uplift"] = avg["p_purchase"] - avg["p_purchase_none"][:, None]
+        return avg, mean.astype(np.float32, copy=False)
+
+    def pooled(self) -> NumpyScorer:
+        """This model with its :attr:`members`' heads joined to its own (what :meth:`load` does with
+        ``pool_members``): the published model's heads first, then each member's in order."""
+        out = copy.copy(self)
+        if self.heads and self.members:
+            out.heads = [*self.heads, *(h for m in self.members for h in (m.heads or [m]))]
+        return out
 
     @property
     def embedding_dim(self) -> int:

@@ -495,24 +495,61 @@ def decision_gate(
     an earlier test confirmed, kept open while its gain is positive). The fold models' weights are appended to
     ``fold_models_out`` (published with the version: the ensemble of ``score.uncertainty_z``).
     """
-    from coupon_spark.model.gate import best_option_gains, decide, fold_ids, live_on, selection_mask
-    from coupon_spark.model.scorer import NumpyScorer
+    from coupon_spark.model.gate import chunk_ids, decide
 
     tc = cfg.train
     fold_models_out = [] if fold_models_out is None else fold_models_out
     folds = tc.gate_folds if tc.gate_folds >= 2 and fold_task is not None else 0
+    rows = gate_rows(read_files(files, gate_columns(transform)), cfg, folds)
+    chunk = chunk_ids(rows["issuance_id"], tc.gate_chunks, tc.seed)
+    nothing = np.zeros(len(rows))
+    if min((chunk == 0).sum(), (chunk > 0).sum()) < MIN_ROWS:  # closed whatever the model: train nothing
+        return decide(nothing, nothing, chunk, tc.decision_confidence, test_index, folds, monitor=monitor)
+    models = fold_models(fold_task, folds) if folds and fold_task is not None else []
+    fold_models_out.extend(models)
+    return gate_of_models(lake, cfg, rows, spec, transform, weights, models, test_index, monitor)
+
+
+def gate_columns(transform: FeatureTransform) -> list[str]:
+    """The columns of the training examples the gate reads."""
     outcomes = ["issue_date", "policy", "propensity", "revenue_eur", "coupon_cost_eur"]
-    cols = [*ID_COLUMNS, *outcomes, *transform.user_columns]
-    rows = read_files(files, cols)
+    return [*ID_COLUMNS, *outcomes, *transform.user_columns]
+
+
+def gate_rows(rows: pd.DataFrame, cfg: Config, folds: int) -> pd.DataFrame:
+    """The training examples the gate replays the model on: those a randomised logging policy chose (the logged
+    days' ``evaluate.ope_policies``, and with ``train.gate_on_import`` the imported promotion's), with a known
+    propensity; without cross-fitting (``folds`` < 2) only the validation split."""
+    tc = cfg.train
     policies = [*cfg.evaluate.ope_policies, *(cfg.features.import_policies if tc.gate_on_import else [])]
     keep = rows["policy"].isin(policies).to_numpy() & (rows["propensity"] > 0).to_numpy()
-    if not folds:
+    if folds < 2:
         keep &= validation_mask(rows["issuance_id"], tc.validation_share, tc.seed)
-    rows = rows[keep].reset_index(drop=True)
-    in_selection = selection_mask(rows["issuance_id"], tc.gate_selection_share, tc.seed)
-    nothing = np.zeros(len(rows))
-    if min(in_selection.sum(), (~in_selection).sum()) < MIN_ROWS:  # closed whatever the model: train nothing
-        return decide(nothing, nothing, in_selection, tc.decision_confidence, test_index, folds, monitor=monitor)
+    return rows[keep].reset_index(drop=True)
+
+
+def gate_of_models(
+    lake: Lake,
+    cfg: Config,
+    rows: pd.DataFrame,
+    spec: ModelSpec,
+    transform: FeatureTransform,
+    weights: dict[str, np.ndarray],
+    models: list[dict[str, np.ndarray]],
+    test_index: int = 1,
+    monitor: bool = False,
+) -> Gate:
+    """The gate of a published model (``weights``) and its fold models (``models``, fold ``k`` trained without
+    the rows of fold ``k``; empty: the published model alone) on the :func:`gate_rows` ``rows``: every row scored
+    out of fold (by the out-of-bag pool, ``train.gate_out_of_bag``, or by its fold model), then
+    :func:`coupon_spark.model.gate.decide`. Also what ``bench/gate_replay.py`` calls on a saved version."""
+    from coupon_spark.model.gate import best_option_gains, chunk_ids, decide, fold_ids, live_on, oob_head_mask
+    from coupon_spark.model.scorer import NumpyScorer
+
+    tc = cfg.train
+    folds = len(models) if len(models) >= 2 else 0
+    chunk = chunk_ids(rows["issuance_id"], tc.gate_chunks, tc.seed)
+    rows = rows.copy()
     rows["issue_date"] = pd.to_datetime(rows["issue_date"]).dt.date
     dates = sorted(set(rows["issue_date"]))
     cf = lake.read("coupon_features", where={"as_of_date": dates}).toPandas()
@@ -520,18 +557,26 @@ def decision_gate(
     by_date = {d: g.reset_index(drop=True) for d, g in cf[live_on(cf)].groupby("as_of_date")}
     score_cfg = dataclasses.replace(cfg.score, frequency_cap=10**9)  # the logged decisions were made anyway
     options = exploration_options(lake, rows)
-    models = fold_models(fold_task, folds) if folds and fold_task is not None else [weights]
     fold = fold_ids(rows["issuance_id"], folds, tc.seed)
     scores, gains, parts = [], [], []
     # each row is scored by the fold model that did not see it, lowered (score.uncertainty_z) by the spread of
     # all fold models, as the score job lowers the published model's estimates by the same ensemble's spread
-    ensemble = [NumpyScorer(spec, transform, w) for w in models] if len(models) > 1 else []
-    if len(models) > 1:
-        fold_models_out.extend(models)
+    ensemble = [NumpyScorer(spec, transform, w) for w in models] if folds else []
+    models = models if folds else [weights]
+    if ensemble and spec.heads > 1 and tc.gate_out_of_bag:  # the published pool less the heads that saw a row
+        pooled = NumpyScorer(spec, transform, weights, members=ensemble).pooled()
+        mask = oob_head_mask(rows["issuance_id"], fold, spec.heads, len(ensemble), tc.seed)
+        for part in range(tc.gate_chunks):
+            mine = chunk == part
+            s, g = best_option_gains(pooled, rows[mine], by_date, score_cfg, options, head_mask=mask[:, mine])
+            scores.append(s)
+            gains.append(g)
+            parts.append(np.full(len(s), part))
+        models = []
     for k, w in enumerate(models):
         scorer = NumpyScorer(spec, transform, w, members=ensemble)
-        for part in (True, False):
-            mine = rows[(fold == k) & (in_selection == part)].reset_index(drop=True)
+        for part in range(tc.gate_chunks):
+            mine = rows[(fold == k) & (chunk == part)].reset_index(drop=True)
             s, g = best_option_gains(scorer, mine, by_date, score_cfg, options)
             scores.append(s)
             gains.append(g)
