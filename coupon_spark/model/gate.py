@@ -245,6 +245,12 @@ class Gate:
             f"{1 - self.alpha:.4%} bound, test {self.test_index} of the loop: {self.alpha_spent:.3g} of its "
             f"{1 - self.confidence:.3g} error spent"
         )
+        if not self.part_thresholds and not self.is_open:  # a gate before the online test: chosen on one half
+            return (
+                f"closed: the threshold {self.selected_threshold:.3f} EUR chosen on {self.rows_selection} {where} "
+                f"shows on {self.rows_confirmation} others a gain of {self.gain:+.3f} EUR/decision, lower bound "
+                f"{self.lower:+.3f} ({test})"
+            )
         if not self.is_open:
             return (
                 f"closed: {self.rows_confirmation} {where}, each judged at the threshold chosen on the chunks "
