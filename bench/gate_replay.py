@@ -13,40 +13,20 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np
-import pandas as pd
 from deltalake import DeltaTable
 
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
 from coupon_spark.model.gate import Gate, monitors, next_test_index
 from coupon_spark.model.registry import Registry
-from coupon_spark.model.scorer import FOLD_WEIGHTS_FILE, SPEC_FILE, TRANSFORM_FILE, WEIGHTS_FILE
-from coupon_spark.model.spec import ModelSpec
+from coupon_spark.model.scorer import read_version
 from coupon_spark.model.train import gate_columns, gate_of_models, gate_rows
-from coupon_spark.model.transform import FeatureTransform
 from coupon_spark.session import build_spark_session
-
-
-def load_version(d: Path) -> tuple[ModelSpec, FeatureTransform, dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
-    """A version folder's spec, transform, published weights and fold models."""
-    spec = ModelSpec.from_json((d / SPEC_FILE).read_text())
-    transform = FeatureTransform.from_json((d / TRANSFORM_FILE).read_text())
-    with np.load(d / WEIGHTS_FILE) as npz:
-        weights = {k: npz[k] for k in npz.files}
-    models: list[dict[str, np.ndarray]] = []
-    if (d / FOLD_WEIGHTS_FILE).exists():
-        with np.load(d / FOLD_WEIGHTS_FILE) as npz:
-            for f in sorted({k.split("/", 1)[0] for k in npz.files}, key=int):
-                models.append({k.split("/", 1)[1]: npz[k] for k in npz.files if k.split("/", 1)[0] == f})
-    return spec, transform, weights, models
 
 
 def main() -> None:
@@ -65,21 +45,20 @@ def main() -> None:
     for v in sorted(registry.versions(name)):
         started = time.perf_counter()
         run_date = dt.date.fromisoformat(registry.manifest(name, v)["run_date"][:10])
-        spec, transform, weights, models = load_version(Path(registry.local_dir(name, v)))
+        version = read_version(registry.local_dir(name, v))
+        spec, transform, weights, models = version.spec, version.transform, version.weights, version.fold_weights
         rows = examples.to_pandas(columns=gate_columns(transform), filters=[("issue_date", "<", run_date)])
         rows = gate_rows(rows, cfg, len(models))
         monitor, by = monitors(replayed, cfg.train.gate_monitor)
         test_index = by if monitor else next_test_index(replayed)
         gate = gate_of_models(lake, cfg, rows, spec, transform, weights, models, test_index, monitor)
         replayed.append(gate)
-        logged = json.loads(Path(registry.local_dir(name, v), "decision.json").read_text())
         print(f"v{v} ({run_date}, {time.perf_counter() - started:.0f} s)")
-        print(f"  as published: {Gate.from_json(logged).describe()}")
+        print(f"  as published: {version.gate.describe()}")
         print(f"  replayed:     {gate.describe()}")
     print(f"gate_open_days: {sum(g.is_open for g in replayed)} of {len(replayed)}")
     spark.stop()
 
 
 if __name__ == "__main__":
-    pd.set_option("display.width", 160)
     main()

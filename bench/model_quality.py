@@ -539,14 +539,13 @@ def main() -> None:
     params = DeltaTable(f"{truth_root}/coupons").to_pandas().set_index("coupon_id").loc[coupons.frame["coupon_id"]]
     users = users[users["user_id"].isin(traits.index)].reset_index(drop=True)
 
-    out = scorer.score_frames(users, coupons.frame, coupons.embeddings)
-    value = (cfg.score.margin_rate * user_basket(users, cfg.score))[:, None]
-    pred = out["uplift"] * value - out["p_redeem"] * coupons.cost[None, :]
-    spread = scorer.profit_spread(users, coupons.frame, value, coupons.cost) if cfg.score.uncertainty_z > 0 else None
-    if spread is not None:  # what the score job decides on: the estimate less z sd of the model's ensemble
+    value = cfg.score.margin_rate * user_basket(users, cfg.score)
+    z = cfg.score.uncertainty_z
+    # what the score job decides on: the estimate less z sd of the model's ensemble (the same kernel)
+    out, pred = scorer.score_profit(users, coupons.frame, coupons.embeddings, value, coupons.cost, z)
+    if z > 0:
         spread_of = f"its {len(scorer.heads)} heads" if scorer.heads else f"{len(scorer.members)} fold models"
-        print(f"decisions on the lower bound: estimate - {cfg.score.uncertainty_z:g} sd of {spread_of}")
-        pred = pred - cfg.score.uncertainty_z * spread
+        print(f"decisions on the lower bound: estimate - {z:g} sd of {spread_of}")
     eligible = np.isfinite(mask_ineligible(np.zeros_like(pred, dtype=np.float64), users, coupons, cfg.score))
     truth = response_matrix(
         UserTraits.from_pandas(traits.loc[users["user_id"]].reset_index()),

@@ -120,24 +120,23 @@ def test_numpy_scorer_matches_tensorflow_with_pair_features(heads: int) -> None:
         np.testing.assert_allclose(lowered, want, rtol=1e-4, atol=1e-5)
 
 
+def tiny_ensembles(seed: int) -> tuple[FeatureTransform, ModelSpec, list[dict[str, np.ndarray]]]:
+    """A one-feature transform, a 2-head spec, and three random weight sets of it (a published model and two
+    fold models)."""
+    stats = [{"feature": "uf_x", "kind": "numeric", "transform": "standard", "center": 0.0, "scale": 1.0}]
+    t = FeatureTransform.from_stats(stats)
+    spec = ModelSpec(user_dim=t.user_dim, coupon_dim=t.coupon_dim, embedding_dim=3, hidden_units=[4],
+                     id_embedding_dim=2, coupon_ids=["c1", "c2"], heads=2)  # fmt: skip
+    rng = np.random.default_rng(seed)
+    shapes = {k: v.shape for k, v in export_weights(build_model(spec, seed=0)).items()}
+    return t, spec, [{k: rng.normal(size=v).astype(np.float32) * 0.6 for k, v in shapes.items()} for _ in range(3)]
+
+
 def test_a_loaded_version_pools_its_fold_models_heads(tmp_path) -> None:
     """``NumpyScorer.load``: the fold models' heads join the published model's (``score.pool_fold_models``); the
     estimate is the mean over every head of every model, the spread their sd; without pooling the published
     heads alone."""
-    stats = [{"feature": "uf_x", "kind": "numeric", "transform": "standard", "center": 0.0, "scale": 1.0}]
-    t = FeatureTransform.from_stats(stats)
-    spec = ModelSpec(
-        user_dim=t.user_dim,
-        coupon_dim=t.coupon_dim,
-        embedding_dim=3,
-        hidden_units=[4],
-        id_embedding_dim=2,
-        coupon_ids=["c1", "c2"],
-        heads=2,
-    )
-    rng = np.random.default_rng(4)
-    shapes = {k: v.shape for k, v in export_weights(build_model(spec, seed=0)).items()}
-    models = [{k: rng.normal(size=v).astype(np.float32) * 0.6 for k, v in shapes.items()} for _ in range(3)]
+    t, spec, models = tiny_ensembles(seed=4)
     np.savez(tmp_path / "weights.npz", **models[0])
     np.savez(tmp_path / "fold_weights.npz", **{f"{m}/{k}": a for m, w in enumerate(models[1:]) for k, a in w.items()})
     (tmp_path / "spec.json").write_text(spec.to_json())
@@ -205,13 +204,7 @@ def test_out_of_bag_heads_per_row_by_a_second_method(tmp_path) -> None:
     from coupon_spark.model.data import bootstrap_weights
     from coupon_spark.model.gate import oob_head_mask
 
-    stats = [{"feature": "uf_x", "kind": "numeric", "transform": "standard", "center": 0.0, "scale": 1.0}]
-    t = FeatureTransform.from_stats(stats)
-    spec = ModelSpec(user_dim=t.user_dim, coupon_dim=t.coupon_dim, embedding_dim=3, hidden_units=[4],
-                     id_embedding_dim=2, coupon_ids=["c1", "c2"], heads=2)  # fmt: skip
-    rng = np.random.default_rng(8)
-    shapes = {k: v.shape for k, v in export_weights(build_model(spec, seed=0)).items()}
-    w = [{k: rng.normal(size=v).astype(np.float32) * 0.6 for k, v in shapes.items()} for _ in range(3)]
+    t, spec, w = tiny_ensembles(seed=8)
     pooled = NumpyScorer(spec, t, w[0], members=[NumpyScorer(spec, t, x) for x in w[1:]]).pooled()
     users = USERS.assign(uf_x=[0.5, -1.0, 2.0])
     value, cost = np.array([12.0, 30.0, 8.0]), COUPONS["cf_face_value"].to_numpy()

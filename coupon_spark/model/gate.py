@@ -489,7 +489,6 @@ def best_option_gains(
         part = part.reset_index(drop=True)
         coupons = prepare_coupons(frame, scorer, cfg)
         value = (cfg.margin_rate * user_basket(part, cfg))[:, None]
-        lowered = None
         if head_mask is not None:  # the out-of-bag pool: each row's own heads, their mean and spread
             z, mask = cfg.uncertainty_z, head_mask[:, at]
             out, lowered = scorer.score_profit(
@@ -499,14 +498,15 @@ def best_option_gains(
             out = scorer.score_frames(part, coupons.frame, coupons.embeddings)
         mu = out["p_purchase"] * value - out["p_redeem"] * coupons.cost[None, :]
         mu_none = out["p_purchase_none"] * value[:, 0]
-        profit = (mu - mu_none[:, None]).astype(np.float64)
         spread_of = getattr(scorer, "profit_spread", None)  # a scorer without an ensemble has no spread
-        if lowered is not None:
+        if head_mask is not None:
             profit = lowered.astype(np.float64)
-        elif cfg.uncertainty_z > 0 and spread_of is not None:  # the score job's lower bound (the fold models)
-            spread = spread_of(part, coupons.frame, value, coupons.cost)
-            if spread is not None:
-                profit -= cfg.uncertainty_z * spread
+        else:
+            profit = (mu - mu_none[:, None]).astype(np.float64)
+            if cfg.uncertainty_z > 0 and spread_of is not None:  # the score job's lower bound (the fold models)
+                spread = spread_of(part, coupons.frame, value, coupons.cost)
+                if spread is not None:
+                    profit -= cfg.uncertainty_z * spread
         profit = mask_ineligible(profit, part, coupons, cfg)
         n = np.arange(len(part))
         best = profit.argmax(axis=1)

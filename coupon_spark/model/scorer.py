@@ -47,6 +47,42 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Version:
+    """What a model version folder holds (:func:`read_version`)."""
+
+    spec: ModelSpec
+    transform: FeatureTransform
+    weights: dict[str, np.ndarray]
+    fold_weights: list[dict[str, np.ndarray]]
+    gate: Gate
+
+
+def read_version(model_dir: str | Path) -> Version:
+    """A version folder of the registry (a local path): spec, transform, published weights, the gate's fold
+    models (``fold_weights.npz``, keys ``<fold>/<name>``; none when absent) and its gate (``NO_GATE`` when
+    absent)."""
+    d = Path(model_dir)
+    with np.load(d / WEIGHTS_FILE) as npz:
+        weights = {k: npz[k] for k in npz.files}
+    fold_weights: list[dict[str, np.ndarray]] = []
+    if (d / FOLD_WEIGHTS_FILE).exists():
+        with np.load(d / FOLD_WEIGHTS_FILE) as npz:
+            by_fold: dict[str, dict[str, np.ndarray]] = {}
+            for k in npz.files:
+                fold, name = k.split("/", 1)
+                by_fold.setdefault(fold, {})[name] = npz[k]
+            fold_weights = [by_fold[f] for f in sorted(by_fold, key=int)]
+    decision = d / DECISION_FILE
+    return Version(
+        spec=ModelSpec.from_json((d / SPEC_FILE).read_text()),
+        transform=FeatureTransform.from_json((d / TRANSFORM_FILE).read_text()),
+        weights=weights,
+        fold_weights=fold_weights,
+        gate=Gate.from_json(json.loads(decision.read_text())) if decision.exists() else NO_GATE,
+    )
+
+
 class NumpyScorer:
     """Two towers and heads in numpy.
 
@@ -97,20 +133,9 @@ class NumpyScorer:
         subsets of the rows, so their disagreement with the published model is noise the decisions should
         discount, and their mean is a bagged estimate (measured on the demo: published heads alone earned
         5.0% / 25.6% / 25.9% of the oracle on the three loop days, pooled 23.8% / 26.8% / 26.0%)."""
-        d = Path(model_dir)
-        with np.load(d / WEIGHTS_FILE) as npz:
-            weights = {k: npz[k] for k in npz.files}
-        gate = Gate.from_json(json.loads((d / DECISION_FILE).read_text())) if (d / DECISION_FILE).exists() else NO_GATE
-        spec = ModelSpec.from_json((d / SPEC_FILE).read_text())
-        transform = FeatureTransform.from_json((d / TRANSFORM_FILE).read_text())
-        members: list[NumpyScorer] = []
-        if (d / FOLD_WEIGHTS_FILE).exists():
-            with np.load(d / FOLD_WEIGHTS_FILE) as npz:
-                folds = sorted({k.split("/", 1)[0] for k in npz.files}, key=int)
-                for f in folds:
-                    w = {k.split("/", 1)[1]: npz[k] for k in npz.files if k.split("/", 1)[0] == f}
-                    members.append(cls(spec, transform, w))
-        scorer = cls(spec, transform, weights, gate.threshold, members)
+        v = read_version(model_dir)
+        members = [cls(v.spec, v.transform, w) for w in v.fold_weights]
+        scorer = cls(v.spec, v.transform, v.weights, v.gate.threshold, members)
         return scorer.pooled() if pool_members else scorer
 
     def profit_spread(

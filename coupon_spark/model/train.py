@@ -562,25 +562,25 @@ def gate_of_models(
     # each row is scored by the fold model that did not see it, lowered (score.uncertainty_z) by the spread of
     # all fold models, as the score job lowers the published model's estimates by the same ensemble's spread
     ensemble = [NumpyScorer(spec, transform, w) for w in models] if folds else []
-    models = models if folds else [weights]
+    groups: list[tuple[NumpyScorer, int, np.ndarray, np.ndarray | None]]
     if ensemble and spec.heads > 1 and tc.gate_out_of_bag:  # the published pool less the heads that saw a row
         pooled = NumpyScorer(spec, transform, weights, members=ensemble).pooled()
         mask = oob_head_mask(rows["issuance_id"], fold, spec.heads, len(ensemble), tc.seed)
-        for part in range(tc.gate_chunks):
-            mine = chunk == part
-            s, g = best_option_gains(pooled, rows[mine], by_date, score_cfg, options, head_mask=mask[:, mine])
-            scores.append(s)
-            gains.append(g)
-            parts.append(np.full(len(s), part))
-        models = []
-    for k, w in enumerate(models):
-        scorer = NumpyScorer(spec, transform, w, members=ensemble)
-        for part in range(tc.gate_chunks):
-            mine = rows[(fold == k) & (chunk == part)].reset_index(drop=True)
-            s, g = best_option_gains(scorer, mine, by_date, score_cfg, options)
-            scores.append(s)
-            gains.append(g)
-            parts.append(np.full(len(s), part))
+        groups = [(pooled, part, chunk == part, mask) for part in range(tc.gate_chunks)]
+    else:  # each row by the one model that did not see it (the published one without folds)
+        scorers = [NumpyScorer(spec, transform, w, members=ensemble) for w in (models if folds else [weights])]
+        groups = [
+            (sc, part, (fold == k) & (chunk == part), None)
+            for k, sc in enumerate(scorers)
+            for part in range(tc.gate_chunks)
+        ]
+    for scorer, part, mine, head_mask in groups:
+        s, g = best_option_gains(
+            scorer, rows[mine], by_date, score_cfg, options, None if head_mask is None else head_mask[:, mine]
+        )
+        scores.append(s)
+        gains.append(g)
+        parts.append(np.full(len(s), part))
     return decide(
         np.concatenate(scores),
         np.concatenate(gains),
