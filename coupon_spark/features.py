@@ -492,7 +492,9 @@ def training_examples(
     o = orders.select(
         F.col("user_id").alias("o_user"),
         "ordered_at",
-        (F.col("amount_eur") - F.coalesce(F.col("discount_eur"), F.lit(0))).cast("double").alias("net"),
+        # at list price: a price-off coupon's discount is its cost to the shop (coupon_cost_eur), counted once in
+        # the reward revenue * margin - cost; the net amount would count it twice (as margin lost and as cost)
+        F.col("amount_eur").cast("double").alias("gross"),
     )
     purchases = (
         iss.alias("i")
@@ -504,7 +506,7 @@ def training_examples(
             how="inner",
         )
         .groupBy("issuance_id")
-        .agg(F.lit(1).alias("purchased"), F.sum("net").alias("revenue_eur"))
+        .agg(F.lit(1).alias("purchased"), F.sum("gross").alias("revenue_eur"))
     )
     cost = coupons.groupBy("coupon_id").agg(F.max(F.col("cost_eur").cast("double")).alias("unit_cost"))
     redeemed = (

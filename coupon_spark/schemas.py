@@ -291,9 +291,10 @@ TRAINING_EXAMPLES_KEYS = StructType(
 columns exactly as in ``user_features`` as of ``issue_date`` (nothing after the issue can leak in), and the
 treatment's ``cf_*``/``cc_*`` columns as in ``coupon_features`` as of ``issue_date`` (0.0 / "none" for the
 control arm). Outcomes over ``[issued_at, issue_date + outcome_window_days)`` (00:00 UTC): ``purchased`` (any
-order, 0/1), ``redeemed`` (this issuance's coupon redeemed, 0/1), ``revenue_eur`` (order amounts less discounts),
-``coupon_cost_eur`` (what the redemption cost the shop). ``propensity`` is the logging policy's probability of
-this action for this user, in (0, 1]."""
+order, 0/1), ``redeemed`` (this issuance's coupon redeemed, 0/1), ``revenue_eur`` (order amounts at list price,
+before coupon discounts), ``coupon_cost_eur`` (what the redemption cost the shop; for a price-off coupon, its
+discount). The reward ``revenue_eur * margin - coupon_cost_eur`` so counts a discount once, as the coupon's cost.
+``propensity`` is the logging policy's probability of this action for this user, in (0, 1]."""
 
 FEATURE_STATS = StructType(
     [

@@ -20,6 +20,7 @@ from coupon_spark.datagen.response import (
     NO_COUPON,
     CouponParams,
     UserTraits,
+    expected_top_up,
     response_frame,
     response_matrix,
     response_pairs,
@@ -73,8 +74,16 @@ def test_response_model_by_hand() -> None:
     p_b = 1 / (1 + math.exp(0.495))
     np.testing.assert_allclose(r.p_purchase, [[0.5, p_a, p_b]], rtol=1e-12)
     np.testing.assert_allclose(r.p_redeem, [[0.0, 0.9 * p_a, 0.9 * p_b]], rtol=1e-12)
+    # a redeemer of A tops a basket below 20.5 EUR up to it: E[max(A, 20.5)] - 40 for A log-normal around 40,
+    # by Monte Carlo here (the code has it in closed form); B has no minimum spend, so no top-up
+    draw = 40.0 * np.exp(0.5 * np.random.default_rng(0).standard_normal(4_000_000) - 0.125)
+    top_up = float(np.mean(np.maximum(draw, 20.5) - draw))
+    assert expected_top_up(np.array([40.0]), np.array([20.0]))[0] == pytest.approx(top_up, rel=0.01)
+    assert 0.5 < top_up < 0.7 and expected_top_up(np.array([40.0]), np.array([0.0]))[0] < 1e-9
     np.testing.assert_allclose(
-        r.expected_profit, [[5.0, p_a * 10 - 0.9 * p_a * 10, p_b * 10 - 0.9 * p_b * 3.5]], rtol=1e-12
+        r.expected_profit,
+        [[5.0, p_a * 10 + 0.9 * p_a * (0.25 * top_up - 10), p_b * 10 - 0.9 * p_b * 3.5]],
+        rtol=2e-3,
     )
     assert list(uplift_type(r.p_purchase[0, 0], r.p_purchase[0, 1:])) == ["persuadable", "sleeping_dog"]
 
@@ -224,3 +233,39 @@ def test_simulate_day_takes_any_issuances(spark: SparkSession) -> None:
     # common random numbers: users without a coupon behave identically under both policies
     untreated = lambda d: {r.order_id for r in d.orders.collect() if r.user_id not in set(given)}  # noqa: E731
     assert untreated(out) == untreated(none)
+
+
+def test_realised_profit_is_the_truths_expected_profit(spark: SparkSession) -> None:
+    """What the shop's records say a coupon earned (orders at list price * margin - the redeemed coupon's cost)
+    averages to the truth's expected profit: the top-up to the minimum spend included, the discount counted
+    once. Counting the discount also as revenue lost (net amounts) is off by many standard errors here."""
+    from coupon_spark.datagen.simulate import active_users
+    from coupon_spark.datagen.world import season_logit
+
+    shop = ShopConfig(users=30000, partitions=2)
+    users = active_users(users_frame(spark, shop), DAY)
+    live = live_coupons(coupons_pandas(shop), DAY)
+    # the costliest price-off coupon: its minimum spend binds for many baskets, and its discount is large
+    coupon = live[live["kind"] == "price_off"].sort_values("face_value_eur").iloc[-1]
+    issued = users.select(
+        F.concat(F.lit("X"), "user_id").alias("issuance_id"), "user_id", F.lit(coupon["coupon_id"]).alias("coupon_id"),
+        F.lit(dt.datetime(2026, 11, 2, 0, 1)).alias("issued_at"), F.lit("test").alias("policy"),
+        F.lit(1.0).alias("propensity"),
+    )  # fmt: skip
+    out = simulate_day(users, coupons_pandas(shop), DAY, issued, shop)
+    traits = users.toPandas().set_index("user_id")
+    orders = out.orders.groupBy("user_id").agg(
+        F.sum("amount_eur").alias("gross"), F.sum("discount_eur").alias("discount")
+    ).toPandas().set_index("user_id").reindex(traits.index, fill_value=0.0)  # fmt: skip
+    redeemed = {r.user_id for r in out.redemptions.select("user_id").collect()}
+    cost = np.where(traits.index.isin(list(redeemed)), float(coupon["cost_eur"]), 0.0)
+    margin = traits["margin_rate"].to_numpy()
+    realised = orders["gross"].to_numpy() * margin - cost
+    net = (orders["gross"] - orders["discount"]).to_numpy() * margin - cost
+    params = CouponParams.from_pandas(pd.DataFrame([coupon]))
+    truth = response_pairs(
+        UserTraits.from_pandas(traits.reset_index()), params, np.zeros(len(traits), np.int64), season_logit(DAY)
+    ).expected_profit
+    se = (realised - truth).std(ddof=1) / math.sqrt(len(realised))  # the draws' noise, not the users' spread
+    assert abs(realised.mean() - truth.mean()) < 3.5 * se, (realised.mean(), truth.mean(), se)
+    assert truth.mean() - net.mean() > 4 * se  # the net amounts would make the coupon look worse than it is

@@ -158,7 +158,13 @@ def _hand_increment(u: dict, c: dict, season: float) -> tuple[float, float, floa
     tau = u["kind_response"][kind] * value * match
     p0, p = sig(u["alpha"] + season), sig(u["alpha"] + season + tau)
     use = 0.9 * (1.0 if sitewide else min(1.0, k * taste)) * min(1.0, u["basket_eur"] / c["min_spend_eur"])
-    profit = p * u["margin_rate"] * u["basket_eur"] - p * use * c["cost_eur"]
+    # a redeemer tops the basket up to 0.5 EUR above the minimum spend: E[max(A, s)] - b for an amount A
+    # log-normal around b (log-sd 0.5), here by quadrature over the normal draw
+    z = np.linspace(-9.0, 9.0, 36001)
+    amount = u["basket_eur"] * np.exp(0.5 * z - 0.125)
+    density = np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    top_up = float(np.sum((np.maximum(amount, c["min_spend_eur"] + 0.5) - amount) * density) * (z[1] - z[0]))
+    profit = p * u["margin_rate"] * u["basket_eur"] + p * use * (u["margin_rate"] * top_up - c["cost_eur"])
     return p - p0, p * use, profit - p0 * u["margin_rate"] * u["basket_eur"]
 
 

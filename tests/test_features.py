@@ -208,7 +208,8 @@ def test_training_examples_control_rows_outcomes_and_no_leakage(shop, cfg, spark
     assert set(ex) == {"i1", "i2", "i3"}
     i1, i2, i3 = ex["i1"], ex["i2"], ex["i3"]
     # treated: o3 (Oct 30, 30 - 5 discount) within [Oct 28 09:00, Nov 4 00:00); redeemed; cost of c1 is 5
-    assert (i1["purchased"], i1["redeemed"], i1["revenue_eur"], i1["coupon_cost_eur"]) == (1, 1, 25.0, 5.0)
+    # revenue at list price (30, not 30 - 5): the discount is the coupon's cost, counted once in coupon_cost_eur
+    assert (i1["purchased"], i1["redeemed"], i1["revenue_eur"], i1["coupon_cost_eur"]) == (1, 1, 30.0, 5.0)
     assert (i1["cc_category"], i1["cf_face_value"], i1["cf_min_spend"]) == ("grocery", 5.0, 20.0)
     assert i1["cf_discount_ratio"] == pytest.approx(0.25)
     assert i1["cf_days_left"] == 14.0  # valid to Nov 10, as of Oct 28: Oct 28..Nov 10

@@ -53,7 +53,7 @@ from pyspark.sql.types import ArrayType, DateType, DoubleType, IntegerType, Stri
 from coupon_spark.cleanse import MANIFEST
 from coupon_spark.config import Config, ShopConfig
 from coupon_spark.datagen.landing import _fs, day_folder, dirty_lines, write_landing
-from coupon_spark.datagen.response import CouponParams, UserTraits, logit_shift_and_use
+from coupon_spark.datagen.response import BASKET_LOG_SD, TOP_UP_EUR, CouponParams, UserTraits, logit_shift_and_use
 from coupon_spark.datagen.shop import render_coupons, render_issuances, render_orders, render_redemptions, render_users
 from coupon_spark.datagen.simulate import (
     ISSUANCE_COLUMNS,
@@ -245,8 +245,8 @@ def backfill_frames(
     )
     # basket: log-normal around the user's typical basket, a redeemer tops up to the minimum spend
     z = F.sqrt(F.lit(-2.0) * F.log("u_a1")) * F.cos(F.lit(2 * math.pi) * F.col("u_a2"))
-    amount = F.least(F.col("basket_eur") * F.exp(F.lit(0.5) * z - F.lit(0.125)), F.lit(5000.0))
-    amount = F.when(F.col("redeem"), F.greatest(amount, _pick(min_spend, F.col("idx")) + 0.5)).otherwise(amount)
+    amount = F.least(F.col("basket_eur") * F.exp(F.lit(BASKET_LOG_SD) * z - F.lit(BASKET_LOG_SD**2 / 2)), F.lit(5000.0))
+    amount = F.when(F.col("redeem"), F.greatest(amount, _pick(min_spend, F.col("idx")) + TOP_UP_EUR)).otherwise(amount)
     cat_idx = F.least(F.size(F.filter("taste_cum", lambda c: c < F.col("u_cat"))), F.lit(len(CATEGORIES) - 1))
     category = F.element_at(F.array(*[F.lit(c) for c in CATEGORIES]), cat_idx + 1)
     # an order comes after the coupon on a day one arrived, else at any time of the day

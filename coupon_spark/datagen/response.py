@@ -15,9 +15,15 @@ minimum spend ``m``, cost ``cost`` and category scope (``all`` or one category `
     p        = sigmoid(alpha + season + tau)                              p(purchase | c)
     use      = 0.9 * min(1, K * taste[j] or 1) * min(1, b / m)            p(uses c | purchases with c)
     p_redeem = p * use
-    profit   = p * g * b - p_redeem * cost                                expected profit (EUR) of the day
+    top_up   = E[max(A, m + 0.5)] - b,  A ~ b * lognormal(sd 0.5, mean 1)  what a redeemer adds to reach m
+    profit   = p * g * b + p_redeem * (g * top_up - cost)                 expected profit (EUR) of the day
 
 A coupon acts on the day it is issued only (it expires at the end of that UTC day).
+
+The profit is the shop's: the margin ``g`` on what the user buys at list price (the basket ``A``, log-normal
+around ``b`` with log-sd :data:`BASKET_LOG_SD`, topped up by a redeemer to :data:`TOP_UP_EUR` above the
+minimum spend, as the generator draws it), less what the coupon costs the shop when redeemed. A price-off
+coupon's discount *is* its cost: counted once, not also as revenue lost (see ``training_examples.revenue_eur``).
 """
 
 from __future__ import annotations
@@ -30,11 +36,16 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
+from scipy.special import ndtr
 
 from coupon_spark.datagen.world import CATEGORIES, COUPON_KINDS
 
 NO_COUPON = -1
 K = len(CATEGORIES)
+BASKET_LOG_SD = 0.5
+"""Log-sd of an order's amount around the user's typical basket (its mean): ``b * exp(0.5 z - 0.125)``."""
+TOP_UP_EUR = 0.5
+"""A redeemer below the minimum spend tops the basket up to this much above it."""
 UPLIFT_TYPES: tuple[str, ...] = ("persuadable", "sure_thing", "lost_cause", "sleeping_dog")
 
 
@@ -105,6 +116,18 @@ class Response:
     expected_profit: np.ndarray
 
 
+def expected_top_up(basket: np.ndarray, min_spend: np.ndarray) -> np.ndarray:
+    """``E[max(A, s)] - b`` for an amount ``A`` log-normal with mean ``b`` = ``basket`` and log-sd
+    :data:`BASKET_LOG_SD`, ``s = min_spend +`` :data:`TOP_UP_EUR`: ``s * Phi(d) - b * Phi(d - sd)`` with
+    ``d = (ln s - ln b) / sd + sd / 2`` (the value of a put on ``A`` struck at ``s``). The amount cap of the
+    generator (5,000 EUR) is left out: it binds on no basket near a minimum spend."""
+    sd = BASKET_LOG_SD
+    b = np.maximum(np.asarray(basket, np.float64), 1e-9)
+    s = np.asarray(min_spend, np.float64) + TOP_UP_EUR
+    d = (np.log(s) - np.log(b)) / sd + sd / 2
+    return s * ndtr(d) - b * ndtr(d - sd)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow
 
@@ -134,7 +157,8 @@ def _respond(
         * np.minimum(1.0, basket / np.maximum(min_spend, 1e-9))
     )
     p_redeem = np.where(has_coupon, p * use, 0.0)
-    profit = p * margin * basket - p_redeem * np.where(has_coupon, cost, 0.0)
+    per_redemption = np.where(has_coupon, margin * expected_top_up(basket, min_spend) - cost, 0.0)
+    profit = p * margin * basket + p_redeem * per_redemption
     return Response(p_purchase=p, p_redeem=p_redeem, expected_profit=profit)
 
 

@@ -27,7 +27,7 @@ from pyspark.sql.types import (
 )
 
 from coupon_spark.config import ShopConfig
-from coupon_spark.datagen.response import CouponParams, UserTraits, response_pairs
+from coupon_spark.datagen.response import BASKET_LOG_SD, TOP_UP_EUR, CouponParams, UserTraits, response_pairs
 from coupon_spark.datagen.world import (
     CATEGORIES,
     PRICE_LEVEL_EUR,
@@ -177,7 +177,7 @@ def _orders_udf(coupons: pd.DataFrame, season: float):
             redeems = buys & (idx >= 0) & (pdf["u_redeem"].to_numpy() < use)
             # basket: lognormal around the user's typical basket; a redeemer tops up to the minimum spend
             z = np.sqrt(-2 * np.log(pdf["u_amount1"].to_numpy())) * np.cos(2 * np.pi * pdf["u_amount2"].to_numpy())
-            amount = np.minimum(traits.basket_eur * np.exp(0.5 * z - 0.125), 5000.0)
+            amount = np.minimum(traits.basket_eur * np.exp(BASKET_LOG_SD * z - BASKET_LOG_SD**2 / 2), 5000.0)
             ci = np.where(idx >= 0, idx, 0)
             if len(params.coupon_id):
                 min_spend, face = params.min_spend_eur[ci], params.face_value_eur[ci]
@@ -185,7 +185,7 @@ def _orders_udf(coupons: pd.DataFrame, season: float):
             else:
                 min_spend = face = np.zeros(len(pdf))
                 coupon_cat = np.full(len(pdf), -1)
-            amount = np.where(redeems, np.maximum(amount, min_spend + 0.5), amount)
+            amount = np.where(redeems, np.maximum(amount, min_spend + TOP_UP_EUR), amount)
             cum = np.cumsum(traits.taste, axis=1) if len(pdf) else np.zeros((0, len(CATEGORIES)))
             taste_cat = (cum < pdf["u_order_cat"].to_numpy()[:, None]).sum(axis=1).clip(0, len(CATEGORIES) - 1)
             cat = np.where(redeems & (coupon_cat >= 0), coupon_cat, taste_cat)

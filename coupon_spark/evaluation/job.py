@@ -572,14 +572,14 @@ def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: d
 
 
 def realised_rewards(lake: Lake, cfg: Config, allocations: DataFrame, day: dt.date) -> pd.DataFrame:
-    """Per user of the allocation: arm, purchased on ``day`` (0/1) and reward ``(amount - discount) * margin -
-    coupon cost of the day's redemptions``, from the silver orders and redemptions."""
+    """Per user of the allocation: arm, purchased on ``day`` (0/1) and reward ``amount * margin - coupon cost of
+    the day's redemptions`` (amounts at list price: a discount is the coupon's cost, counted once), from the
+    silver orders and redemptions."""
     late = dt.timedelta(days=cfg.cleanse.max_lateness_days)
     ingest = {"ingest_date": [d for d in _partition_dates(lake, "orders", "ingest_date") if day <= d <= day + late]}
     orders = (
         lake.read("orders", where=ingest).where(F.to_date("ordered_at") == F.lit(day))
-        .groupBy("user_id").agg((F.sum(F.col("amount_eur") - F.coalesce("discount_eur", F.lit(0)))).cast("double")
-                                .alias("revenue"))
+        .groupBy("user_id").agg(F.sum("amount_eur").cast("double").alias("revenue"))
     )  # fmt: skip
     users = allocations.groupBy("user_id").agg(F.first("policy").alias("arm"))
     out = users.join(orders, on="user_id", how="left")
