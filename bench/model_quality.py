@@ -68,7 +68,14 @@ from coupon_spark.model.pair import pair_matrix, pair_rows
 from coupon_spark.model.registry import Registry
 from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.transform import FeatureTransform
-from coupon_spark.scoring import SEGMENT_COLUMN, LiveCoupons, mask_ineligible, prepare_coupons, user_basket
+from coupon_spark.scoring import (
+    SEGMENT_COLUMN,
+    LiveCoupons,
+    mask_ineligible,
+    prepare_coupons,
+    redemption_cost,
+    user_basket,
+)
 
 KIND_COLUMN = "cc_kind"
 LEARNERS = ("LightGBM S-learner", "LightGBM T-learner per kind", "LightGBM DR-learner per kind")
@@ -299,7 +306,8 @@ def model_effect(scorer: NumpyScorer, score_cfg: ScoreConfig) -> Effect:
         coupons = prepare_coupons(frame, scorer, score_cfg)
         out = scorer.score_frames(users, coupons.frame, coupons.embeddings)
         value = (score_cfg.margin_rate * user_basket(users, score_cfg))[:, None]
-        return np.asarray(out["uplift"] * value - out["p_redeem"] * coupons.cost[None, :], np.float64)
+        cost = redemption_cost(users, coupons, score_cfg)
+        return np.asarray(out["uplift"] * value - out["p_redeem"] * cost, np.float64)
 
     return effect
 
@@ -542,7 +550,8 @@ def main() -> None:
     value = cfg.score.margin_rate * user_basket(users, cfg.score)
     z = cfg.score.uncertainty_z
     # what the score job decides on: the estimate less z sd of the model's ensemble (the same kernel)
-    out, pred = scorer.score_profit(users, coupons.frame, coupons.embeddings, value, coupons.cost, z)
+    cost = redemption_cost(users, coupons, cfg.score)
+    out, pred = scorer.score_profit(users, coupons.frame, coupons.embeddings, value, cost, z)
     if z > 0:
         spread_of = f"its {len(scorer.heads)} heads" if scorer.heads else f"{len(scorer.members)} fold models"
         print(f"decisions on the lower bound: estimate - {z:g} sd of {spread_of}")

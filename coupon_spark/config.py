@@ -346,6 +346,10 @@ class ScoreConfig:
         pool_fold_models: The decision gate's fold models (published with the version) join the published
             model's heads: estimates are the mean of all heads, the uncertainty their spread
             (:meth:`coupon_spark.model.scorer.NumpyScorer.load`).
+        top_up: A redemption brings the spend up to the coupon's minimum: its cost to the shop is counted net
+            of the margin on the expected top-up of the user's basket (:func:`coupon_spark.scoring.redemption_cost`).
+        basket_cv: Coefficient of variation of a user's order amounts where their history cannot tell (fewer
+            than two orders), and the prior their own is shrunk toward.
     """
 
     top_k: int = 10
@@ -357,8 +361,27 @@ class ScoreConfig:
     frequency_cap_days: int = 7
     targeting: dict[str, list[str]] = field(default_factory=dict)
     batch_rows: int = 4096
-    uncertainty_z: float = 0.5
+    uncertainty_z: float = 0.25
     pool_fold_models: bool = True
+    top_up: bool = True
+    basket_cv: float = 0.5
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("top_k", self.top_k >= 1, "an integer >= 1"),
+            ("model_version", self.model_version >= 0, ">= 0 (0: the latest)"),
+            ("margin_rate", 0.0 < self.margin_rate <= 1.0, "in (0, 1]"),
+            ("default_basket_eur", self.default_basket_eur > 0, "> 0"),
+            ("min_spend_factor", self.min_spend_factor > 0, "> 0"),
+            ("frequency_cap", self.frequency_cap >= 1, "an integer >= 1"),
+            ("frequency_cap_days", self.frequency_cap_days >= 1, "an integer >= 1"),
+            ("batch_rows", self.batch_rows >= 1, "an integer >= 1"),
+            ("uncertainty_z", 0.0 <= self.uncertainty_z <= 10.0, "in [0, 10]"),
+            ("basket_cv", 0.0 < self.basket_cv <= 5.0, "in (0, 5]"),
+        ]
+        for key, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"score.{key}: must be {want}, found {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)

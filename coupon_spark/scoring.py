@@ -8,10 +8,12 @@ user (by expected incremental profit) leave the task; nothing is collected to th
 
 Expected incremental profit of coupon c for user u, against giving nothing (the synthetic shop's definition)::
 
-    expected_profit = uplift * margin_rate * basket_u - p_redeem * coupon_cost_c
+    expected_profit = uplift * margin_rate * basket_u - p_redeem * (coupon_cost_c - margin_rate * top_up_uc)
 
 with ``basket_u`` the user's average basket over the longest window (``score.default_basket_eur`` without
-history) and ``margin_rate`` the shop's gross margin (``score.margin_rate``). Positive values at or below the
+history), ``margin_rate`` the shop's gross margin (``score.margin_rate``) and ``top_up_uc`` what a redeeming
+order adds to reach the coupon's minimum spend, from the spread of the user's order amounts
+(:func:`redemption_cost`, ``score.top_up``). Positive values at or below the
 model's decision threshold (:mod:`coupon_spark.model.gate`: what held-out randomised logs could not show to
 pay) are written as 0, so the allocator issues none of them on the model's behalf; the candidates stay, for
 the exploration arm and for analysts (``uplift``, ``p_redeem`` and ``expected_cost`` keep the raw estimates).
@@ -128,6 +130,56 @@ def mask_ineligible(values: np.ndarray, users: pd.DataFrame, coupons: LiveCoupon
     return values
 
 
+CV_PRIOR_ORDERS = 4.0
+"""A user's coefficient of variation of order amounts is shrunk toward ``score.basket_cv`` as if that had been
+seen on this many more orders."""
+
+
+def basket_cv(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
+    """Each user's coefficient of variation of order amounts: from the year's orders (``uf_hist_basket_sd`` /
+    ``uf_hist_basket`` on ``uf_hist_orders_*``) shrunk toward ``score.basket_cv``; that alone where the
+    history has fewer than two orders or the columns are missing."""
+    prior = np.full(len(users), float(cfg.basket_cv))
+    counts = [c for c in users.columns if c.startswith("uf_hist_orders_")]
+    if not counts or "uf_hist_basket_sd" not in users or "uf_hist_basket" not in users:
+        return prior
+    n = users[counts[0]].to_numpy(np.float64, na_value=0.0)
+    mean = users["uf_hist_basket"].to_numpy(np.float64, na_value=0.0)
+    sd = users["uf_hist_basket_sd"].to_numpy(np.float64, na_value=0.0)
+    own = np.divide(sd, mean, out=np.zeros_like(sd), where=mean > 0)
+    w = np.clip(n - 1.0, 0.0, None)  # degrees of freedom of the user's own variance
+    cv2 = (w * own**2 + CV_PRIOR_ORDERS * prior**2) / (w + CV_PRIOR_ORDERS)
+    return np.where((n >= 2) & (mean > 0), np.sqrt(cv2), prior)
+
+
+def expected_top_up(basket: np.ndarray, cv: np.ndarray, min_spend: np.ndarray) -> np.ndarray:
+    """``[n, m]`` EUR: ``E[max(A, s)] - E[A]``, what a redeeming order adds to reach a minimum spend ``s``, for an
+    amount ``A`` log-normal with mean ``basket`` and coefficient of variation ``cv`` (per user, ``[n]``):
+    ``s Phi(d) - b Phi(d - sd)``, ``sd^2 = ln(1 + cv^2)``, ``d = (ln s - ln b) / sd + sd / 2``. 0 without a
+    minimum spend."""
+    from scipy.special import ndtr
+
+    b = np.maximum(np.asarray(basket, np.float64), 1e-9)[:, None]
+    sd = np.sqrt(np.log1p(np.asarray(cv, np.float64) ** 2))[:, None]
+    s = np.asarray(min_spend, np.float64)[None, :]
+    with np.errstate(divide="ignore"):
+        d = (np.log(np.maximum(s, 1e-300)) - np.log(b)) / sd + sd / 2
+    return np.where(s > 0, s * ndtr(d) - b * ndtr(d - sd), 0.0)
+
+
+def redemption_cost(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
+    """``[n, m]`` float32: what a redemption of each coupon by each user costs the shop, net of the margin on
+    the spend it adds. A redeeming order reaches the coupon's minimum spend by the coupon's terms, so a user
+    whose basket would fall short tops it up (:func:`expected_top_up`; ``score.top_up``); the cost of the
+    coupon itself is ``coupons.cost``. Used wherever an expected profit is computed from the model's
+    probabilities: ``uplift * margin * basket - p_redeem * redemption_cost``."""
+    cost = np.broadcast_to(coupons.cost[None, :], (len(users), len(coupons.cost))).astype(np.float64)
+    if cfg.top_up and len(users) and len(coupons.cost):
+        basket = user_basket(users, cfg)
+        cost = cost - cfg.margin_rate * expected_top_up(basket, basket_cv(users, cfg), coupons.min_spend)
+    return cost.astype(np.float32)
+
+
 def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
     """Each user's basket (EUR): :func:`coupon_spark.model.pair.basket_of` with ``cfg.default_basket_eur`` for a
     user without orders."""
@@ -157,7 +209,7 @@ def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: Score
     value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
     # decisions on a lower bound (score.uncertainty_z): the ensemble's disagreement counts against an estimate
     out, profit = scorer.score_profit(
-        users, coupons.frame, coupons.embeddings, value, coupons.cost.astype(np.float32), cfg.uncertainty_z
+        users, coupons.frame, coupons.embeddings, value, redemption_cost(users, coupons, cfg), cfg.uncertainty_z
     )
     p, p_none, p_redeem, uplift = out["p_purchase"], out["p_purchase_none"], out["p_redeem"], out["uplift"]
     gate = scorer.decision_threshold

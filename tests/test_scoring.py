@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -111,6 +112,18 @@ def tf_predictions(model, scorer: NumpyScorer, users: pd.DataFrame) -> dict[tupl
     }
 
 
+def top_up_by_quadrature(basket: float, cv: float, min_spend: float) -> float:
+    """``E[max(A, s)] - E[A]`` for ``A`` log-normal with mean ``basket`` and coefficient of variation ``cv``, by
+    quadrature over the normal draw (the code has it in closed form)."""
+    if min_spend <= 0:
+        return 0.0
+    sd = math.sqrt(math.log1p(cv * cv))
+    z = np.linspace(-9.0, 9.0, 18001)
+    amount = basket * np.exp(sd * z - sd * sd / 2)
+    density = np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    return float(np.sum((np.maximum(amount, min_spend) - amount) * density) * (z[1] - z[0]))
+
+
 def brute_force_top_k(users: pd.DataFrame, preds: dict, cfg: ScoreConfig) -> dict[tuple[str, str], tuple[int, float]]:
     """Every eligible pair's profit, ranked per user with sorted(): {(user, coupon): (rank, profit)}."""
     out = {}
@@ -126,7 +139,9 @@ def brute_force_top_k(users: pd.DataFrame, preds: dict, cfg: ScoreConfig) -> dic
             if allowed is not None and u.uc_segment not in allowed:
                 continue
             p = preds[(u.user_id, c.coupon_id)]
-            profit = (p["p_purchase"] - p["p_purchase_none"]) * cfg.margin_rate * basket - p["p_redeem"] * c.cf_cost
+            # a redeemer tops the basket up to the minimum spend: the margin on it lowers what a redemption costs
+            cost = c.cf_cost - (cfg.margin_rate * top_up_by_quadrature(basket, cfg.basket_cv, c.cf_min_spend))
+            profit = (p["p_purchase"] - p["p_purchase_none"]) * cfg.margin_rate * basket - p["p_redeem"] * cost
             scored.append((profit, c.coupon_id))
         best = sorted(scored, key=lambda pc: (-pc[0], pc[1]))[: cfg.top_k]  # ties: the smaller coupon id first
         for rank, (profit, cid) in enumerate(best, start=1):
@@ -248,7 +263,9 @@ def test_decisions_on_the_ensemble_lower_bound(model_and_scorer, tmp_path):
     members = [export_weights(build_model(spec, seed=s)) for s in (11, 12, 13)]
     members = [{k: (v * 1.5 if "dense" in k else v) for k, v in w.items()} for w in members]
     users = make_users().head(12)
-    cfg = dataclasses.replace(CFG, uncertainty_z=2.0, frequency_cap=10**6, targeting={})
+    cfg = dataclasses.replace(
+        CFG, uncertainty_z=2.0, frequency_cap=10**6, targeting={}, top_up=False
+    )  # the top-up: see brute_force_top_k
     # by hand: each member's profit per pair from TF, their sample sd, then profit - 2 sd
     per_member = [tf_predictions(build_model(spec, weights=w), scorer, users) for w in members]
     own = tf_predictions(model, scorer, users)
@@ -285,3 +302,23 @@ def test_decisions_on_the_ensemble_lower_bound(model_and_scorer, tmp_path):
     plain = scoring.score_chunk(users, ens, coupons, dataclasses.replace(cfg, uncertainty_z=0.0, top_k=6))
     for r in plain.itertuples():
         assert r.expected_profit >= want[(r.user_id, r.coupon_id)] - 2e-4
+
+
+def test_basket_cv_shrinks_a_users_own_spread_toward_the_prior():
+    """cv^2 = ((n - 1) own^2 + 4 prior^2) / (n - 1 + 4); the prior alone under two orders or without history."""
+    users = pd.DataFrame(
+        {
+            "uf_hist_orders_365d": [0.0, 1.0, 5.0, 101.0],
+            "uf_hist_basket": [0.0, 30.0, 50.0, 40.0],
+            "uf_hist_basket_sd": [0.0, 0.0, 50.0, 8.0],
+        }
+    )
+    cfg = dataclasses.replace(CFG, basket_cv=0.5)
+    # n = 5: own 1.0 -> (4 * 1 + 4 * 0.25) / 8 = 0.625; n = 101: own 0.2 -> (100 * 0.04 + 1) / 104
+    want = [0.5, 0.5, math.sqrt(0.625), math.sqrt(5.0 / 104)]
+    np.testing.assert_allclose(scoring.basket_cv(users, cfg), want, rtol=1e-12)
+    np.testing.assert_allclose(scoring.basket_cv(users[["uf_hist_basket"]], cfg), [0.5] * 4)
+    # the top-up grows as the minimum spend rises above the basket, and is 0 without one
+    top = scoring.expected_top_up(np.array([40.0]), np.array([0.5]), np.array([0.0, 20.0, 40.0, 80.0]))[0]
+    assert top[0] == 0.0 and 0 < top[1] < top[2] < top[3] and top[3] > 80.0 - 40.0
+    assert top[2] == pytest.approx(top_up_by_quadrature(40.0, 0.5, 40.0), rel=1e-4)

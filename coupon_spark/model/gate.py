@@ -15,7 +15,8 @@ Langford and Li, 2011) of its gain over issuing nothing is the mean of::
 
 where ``c_i`` is the model's best coupon for the user, ``a_i`` the logged arm, ``r_i = revenue * margin -
 coupon cost`` the logged reward and ``mu`` the model's own reward prediction (``p(purchase | c) * margin *
-basket - p(redeem | c) * cost``; no cost without a coupon). The estimate is unbiased whatever ``mu`` is,
+basket - p(redeem | c) * cost``, the cost net of the margin on the top-up to the coupon's minimum spend:
+:func:`coupon_spark.scoring.redemption_cost`; no cost without a coupon). The estimate is unbiased whatever ``mu`` is,
 because the propensities are known and the logging policy could have chosen ``c_i`` (rows of coupon-spark's
 own exploration arm, which draws among the user's candidates of the day, count only where ``c_i`` was one of
 them); ``mu`` only lowers its variance.
@@ -45,8 +46,9 @@ EUR/decision (z 2.85), and it tests a policy that is what is published, not one 
 **Threshold selection without reuse: an online test.** The out-of-fold rows are put in a random order by another
 hash of ``issuance_id`` and cut into ``train.gate_chunks`` chunks (:func:`chunk_ids`, independent of the folds).
 The rows of chunk ``j >= 1`` are judged at the threshold chosen on chunks ``0 .. j-1`` only: of the candidates
-(0, then quantiles of the positive ``S``), the one with the largest test statistic there (gain / standard
-error: the power of the test it will face). Each row's term ``1[S_i > t_j] G_i`` then has a conditional mean
+(0, then quantiles of the positive ``S``), the one with the largest gain among those whose bound is positive
+there, else the one with the largest test statistic (gain / standard error: the power of the test it will face;
+:func:`best_threshold`). Each row's term ``1[S_i > t_j] G_i`` then has a conditional mean
 given the earlier chunks that is the true gain at ``t_j``, at most 0 when no threshold pays, so their sum is a
 martingale under the null and the self-normalised sum (each chunk's terms centred on its own mean) is
 asymptotically normal: the gate opens iff the one-sided lower bound of the mean term is positive. This is the
@@ -59,7 +61,10 @@ and tested on the other half only; judging each half at the other's choice uses 
 when both halves favour the same threshold by chance, their sums rise together (a null simulation opened 7%
 of the time at a stated 2.5%). Choosing by the best lower bound, where every bound is negative, picks the
 threshold that issues least and throws the gain away (on the demo's day-3 lake one half chose the top 1% and
-the gate saw +0.009 EUR/decision where threshold 0 had +0.026), hence the test statistic. The exactness is that
+the gate saw +0.009 EUR/decision where threshold 0 had +0.026), hence the test statistic where no bound is
+positive; where some are, the one of them with the largest gain (on the demo's day-1 lake the statistic chose
+the top 11% of the scores, +0.085 EUR/decision, z 7.5, where threshold 0 showed +0.119, z 6.6: the rule is
+the procedure's either way, chosen on earlier chunks only, so the test stays valid). The exactness is that
 of cross-fitting: a fold model that scored a chunk was trained on rows of other chunks in other folds, a
 dependence of one row among hundreds of thousands that the theory of cross-fitting (stable learners) neglects.
 
@@ -136,8 +141,7 @@ class Gate:
         rows: Held-out randomised decisions the gate rests on (every chunk).
         confidence: ``train.decision_confidence``: the level over every test of the loop (see ``alpha``).
         curve: The candidate thresholds with their gain, standard error, bound (at ``1 - alpha``) and issued
-            share on all the rows (the published threshold is the one of this curve with the largest
-            ``gain / se``).
+            share on all the rows (the published threshold is this curve's :func:`best_threshold`).
         folds: Cross-fitting folds (0: the published model on its validation split).
         rows_selection: Decisions of the first chunk (thresholds were chosen on them, none tested).
         rows_confirmation: Decisions tested (every later chunk, each at the threshold of the chunks before it).
@@ -351,7 +355,12 @@ def threshold_curve(
 
 
 def best_threshold(curve: Sequence[Mapping[str, float]]) -> float:
-    """The candidate with the largest test statistic ``gain / se`` (a threshold that issues nothing has none)."""
+    """Of the candidates whose lower bound is positive, the one with the largest gain (the most profit the rows
+    can vouch for); where none is, the one with the largest test statistic ``gain / se`` (the power of the test
+    it will face; a threshold that issues nothing has none)."""
+    shown = [c for c in curve if c["se"] > 0 and c["lower"] > 0]
+    if shown:
+        return float(max(shown, key=lambda c: c["gain"])["threshold"])
     stat = [c["gain"] / c["se"] if c["se"] > 0 else -math.inf for c in curve]
     return float(curve[int(np.argmax(stat))]["threshold"])
 
@@ -477,7 +486,7 @@ def best_option_gains(
         ``(best_score, gain)``, one entry per row whose issue date had a live coupon, whose user had an
         eligible one, and whose logging policy could have chosen the model's best coupon.
     """
-    from coupon_spark.scoring import mask_ineligible, prepare_coupons, user_basket
+    from coupon_spark.scoring import mask_ineligible, prepare_coupons, redemption_cost, user_basket
 
     scores, gains = [], []
     rows = rows.reset_index(drop=True)
@@ -489,14 +498,13 @@ def best_option_gains(
         part = part.reset_index(drop=True)
         coupons = prepare_coupons(frame, scorer, cfg)
         value = (cfg.margin_rate * user_basket(part, cfg))[:, None]
+        cost = redemption_cost(part, coupons, cfg)  # [n, m]: the score job's cost of a redemption
         if head_mask is not None:  # the out-of-bag pool: each row's own heads, their mean and spread
             z, mask = cfg.uncertainty_z, head_mask[:, at]
-            out, lowered = scorer.score_profit(
-                part, coupons.frame, coupons.embeddings, value[:, 0], coupons.cost, z, mask
-            )
+            out, lowered = scorer.score_profit(part, coupons.frame, coupons.embeddings, value[:, 0], cost, z, mask)
         else:
             out = scorer.score_frames(part, coupons.frame, coupons.embeddings)
-        mu = out["p_purchase"] * value - out["p_redeem"] * coupons.cost[None, :]
+        mu = out["p_purchase"] * value - out["p_redeem"] * cost
         mu_none = out["p_purchase_none"] * value[:, 0]
         spread_of = getattr(scorer, "profit_spread", None)  # a scorer without an ensemble has no spread
         if head_mask is not None:
@@ -504,7 +512,7 @@ def best_option_gains(
         else:
             profit = (mu - mu_none[:, None]).astype(np.float64)
             if cfg.uncertainty_z > 0 and spread_of is not None:  # the score job's lower bound (the fold models)
-                spread = spread_of(part, coupons.frame, value, coupons.cost)
+                spread = spread_of(part, coupons.frame, value, cost)
                 if spread is not None:
                     profit -= cfg.uncertainty_z * spread
         profit = mask_ineligible(profit, part, coupons, cfg)

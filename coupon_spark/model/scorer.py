@@ -149,15 +149,16 @@ class NumpyScorer:
             users: Raw user features.
             coupon_frame: The live coupons' raw features, in the order of ``cost``.
             value: ``[n, 1]`` EUR of a purchase to the shop (margin x basket).
-            cost: ``[m]`` coupon costs.
+            cost: ``[m]`` coupon costs, or ``[n, m]`` per user (:func:`coupon_spark.scoring.redemption_cost`).
         """
         models = self.heads if len(self.heads) >= 2 else self.members
         if len(models) < 2:
             return None
+        cost = _per_pair(cost)
         profits = []
         for m in models:
             out = m.score_frames(users, coupon_frame)
-            profits.append(out["uplift"] * value - out["p_redeem"] * cost[None, :])
+            profits.append(out["uplift"] * value - out["p_redeem"] * cost)
         return np.std(np.stack(profits), axis=0, ddof=1).astype(np.float32)
 
     def score_profit(
@@ -179,18 +180,19 @@ class NumpyScorer:
             coupons: The live coupons' raw features, in the order of ``cost``.
             coupon_emb: Their :meth:`coupon_embed`, when already computed.
             value: ``[n]`` EUR of a purchase to the shop (margin x basket).
-            cost: ``[m]`` coupon costs.
+            cost: ``[m]`` coupon costs, or ``[n, m]``: what a redemption costs per user
+                (:func:`coupon_spark.scoring.redemption_cost`).
             z: Standard deviations to subtract (``score.uncertainty_z``); a model of one head takes the spread
                 of its :attr:`members`.
             head_mask: ``[len(heads), n]`` bool: the heads that count for each user (the decision gate's
                 out-of-bag heads of a row); None: all. Every user needs at least one (two for a spread).
         """
         value = np.asarray(value, np.float32)[:, None]
-        cost = np.asarray(cost, np.float32)[None, :]
+        cost = _per_pair(np.asarray(cost, np.float32))
         if not self.heads:
             out = self.score_frames(users, coupons, coupon_emb)
             profit = out["uplift"] * value - out["p_redeem"] * cost
-            spread = self.profit_spread(users, coupons, value, cost[0]) if z > 0 else None
+            spread = self.profit_spread(users, coupons, value, cost) if z > 0 else None
             return out, profit if spread is None else profit - np.float32(z) * spread
         c = self.coupon_embed(coupons) if coupon_emb is None else coupon_emb
         outs = self._head_outputs(self.user_embed(users), c, self.pair_x(users, coupons))
@@ -356,6 +358,12 @@ class NumpyScorer:
             "p_redeem": p * sigmoid(logit_use) * treated,
             "uplift": p - p_none,
         }
+
+
+def _per_pair(cost: np.ndarray) -> np.ndarray:
+    """A cost per coupon ``[m]`` as a row ``[1, m]``; a cost per user and coupon ``[n, m]`` as it is."""
+    cost = np.asarray(cost)
+    return cost[None, :] if cost.ndim == 1 else cost
 
 
 def _head_weights(weights: Mapping[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
