@@ -56,6 +56,7 @@ def main() -> None:
         print(f"v{v} ({run_date}, {time.perf_counter() - started:.0f} s)")
         print(f"  as published: {version.gate.describe()}")
         print(f"  replayed:     {gate.describe()}")
+        print(f"  effective rows of the tested terms: {gate.effective_rows:,.0f}")
     print(f"gate_open_days: {sum(g.is_open for g in replayed)} of {len(replayed)}")
     spark.stop()
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from coupon_spark.model.gate import (
+    MIN_EFFECTIVE_ROWS,
     NO_GATE,
     Gate,
     alpha_of_test,
@@ -154,8 +155,9 @@ def test_spending_keeps_the_level_over_a_loop_that_retests_on_overlapping_logs()
         for j in range(1, days + 1):
             m = n0 + j * step
             score = rng.normal(size=m)  # the day's model
-            opened |= decide(score, gain[:m], sel[:m], 0.95, test_index=j).is_open
-            opened_unspent |= decide(score, gain[:m], sel[:m], 0.95, test_index=1).is_open
+            # min_effective_rows=0: the level of the spending alone, not the guard against few large terms
+            opened |= decide(score, gain[:m], sel[:m], 0.95, test_index=j, min_effective_rows=0).is_open
+            opened_unspent |= decide(score, gain[:m], sel[:m], 0.95, test_index=1, min_effective_rows=0).is_open
         ever += opened
         ever_unspent += opened_unspent
     assert ever <= at_most(0.05, reps)
@@ -178,7 +180,15 @@ def test_monitoring_a_confirmed_procedure_keeps_the_level_and_gains_power():
             m = n0 + j * step
             on, by = monitors(history, monitor)
             history.append(
-                decide(rng.normal(size=m), gain[:m], sel[:m], 0.95, by if on else next_test_index(history), monitor=on)
+                decide(
+                    rng.normal(size=m),
+                    gain[:m],
+                    sel[:m],
+                    0.95,
+                    by if on else next_test_index(history),
+                    monitor=on,
+                    min_effective_rows=0,  # the spending and monitoring alone
+                )
             )
         return [g.is_open for g in history]
 
@@ -350,3 +360,23 @@ def test_too_few_rows_in_a_chunk_keep_the_gate_closed():
     g = decide(np.ones(150), np.full(150, 5.0), np.arange(150) % 2 == 0, 0.95, folds=5)
     assert not g.is_open and g.rows == 150 and not g.tested and "fewer than 100 in the first chunk" in g.describe()
     assert next_test_index([g]) == 1
+
+
+def test_a_gain_that_a_few_large_terms_decide_keeps_the_gate_closed():
+    """Kish's effective number of the tested terms, (sum |x|)^2 / sum x^2: 40,000 rows whose gain is 0 except
+    on 40 rows with +300 EUR (inverse-propensity terms of a rare arm) have a mean of +0.3 and a tight-looking
+    bound, but only ~40 effective rows: closed. The same mean spread over every row opens."""
+    n = 40_000
+    rng = np.random.default_rng(5)
+    score = rng.uniform(1.0, 2.0, n)  # every row issued at every candidate threshold
+    chunk = rng.integers(0, 10, size=n)
+    gain = np.zeros(n)
+    gain[rng.choice(n, 40, replace=False)] = 300.0
+    spiky = decide(score, gain, chunk, confidence=0.95)
+    x = gain[chunk > 0]
+    assert spiky.effective_rows == pytest.approx(np.abs(x).sum() ** 2 / np.sum(x * x)) and spiky.effective_rows < 50
+    assert spiky.lower > 0 and not spiky.is_open  # the normal bound alone would have opened it
+    assert "effective rows" in spiky.describe()
+    assert Gate.from_json(spiky.to_json()).effective_rows == pytest.approx(spiky.effective_rows)
+    smooth = decide(score, 0.3 + rng.normal(scale=1.0, size=n), chunk, confidence=0.95)
+    assert smooth.is_open and smooth.effective_rows > MIN_EFFECTIVE_ROWS
