@@ -575,6 +575,16 @@ def main() -> None:
         f"ungated: {n_give} coupons, predicted {p_est:+,.0f} EUR, true {p_true:+,.0f} EUR; "
         f"oracle {oracle:+,.0f} EUR ({n_oracle} coupons); ungated_vs_oracle: {p_true / oracle:.3f}"
     )
+    # the decision rule's settings, ungated: the lower bound's z (score.uncertainty_z), with and without the top-up
+    sweep = []
+    for top_up in (True, False):
+        rule = dataclasses.replace(cfg.score, top_up=top_up)
+        for zz in (0.0, 0.25, 0.5, 1.0):
+            _, alt = scorer.score_profit(
+                users, coupons.frame, coupons.embeddings, value, redemption_cost(users, coupons, rule), zz
+            )
+            sweep.append(f"{'top-up' if top_up else 'no top-up'} z {zz:g} {policy_value(alt, e, true)[1] / oracle:.1%}")
+    print(f"decision rule, ungated, % of the oracle: {'; '.join(sweep)}")
 
     x = scorer.transform.user_matrix(users)
     fo, fo_oracle = feature_oracle(x, true, e, a.seed)

@@ -34,6 +34,14 @@ class ConfigError(InputError, ValueError):
     label = "configuration error"
 
 
+def require(section: str, obj: object, checks: list[tuple[str, bool, str]]) -> None:
+    """Raise :class:`ConfigError` for the first ``(key, ok, wanted)`` of ``checks`` that is not ok, naming
+    ``section.key``, what it must be and the value found on ``obj``."""
+    for key, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"{section}.{key}: must be {want}, found {getattr(obj, key)!r}")
+
+
 @dataclass(frozen=True)
 class SparkConfig:
     """How the SparkSession is built.
@@ -318,9 +326,7 @@ class FeaturesConfig:
             ("import_min_history_days", self.import_min_history_days >= 0, ">= 0"),
             ("outcome_window_days", self.outcome_window_days >= 1, ">= 1"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"features.{key}: must be {want}, found {getattr(self, key)!r}")
+        require("features", self, checks)
 
 
 @dataclass(frozen=True)
@@ -379,9 +385,7 @@ class ScoreConfig:
             ("uncertainty_z", 0.0 <= self.uncertainty_z <= 10.0, "in [0, 10]"),
             ("basket_cv", 0.0 < self.basket_cv <= 5.0, "in (0, 5]"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"score.{key}: must be {want}, found {getattr(self, key)!r}")
+        require("score", self, checks)
 
 
 @dataclass(frozen=True)
@@ -466,9 +470,7 @@ class AllocationConfig:
             ("grid_points", self.grid_points >= 2, ">= 2"),
             ("block_rows", self.block_rows >= 1, ">= 1"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"allocation.{key}: must be {want}, found {getattr(self, key)!r}")
+        require("allocation", self, checks)
         limits = [("budget", self.budget), *((f"campaign_budgets.{c}", v) for c, v in self.campaign_budgets.items())]
         for key, lim in limits:
             for kind in ("amount", "count"):
@@ -587,9 +589,7 @@ class TrainConfig:
             ("gate_chunks", self.gate_chunks >= 2, ">= 2"),
             ("model_name", bool(self.model_name) and "/" not in self.model_name, "a non-empty name without '/'"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"train.{key}: must be {want}, found {getattr(self, key)!r}")
+        require("train", self, checks)
 
 
 @dataclass(frozen=True)
@@ -635,9 +635,7 @@ class EvaluateConfig:
             ("truth_sample_share", 0.0 < self.truth_sample_share <= 1.0, "in (0, 1]"),
             ("history_days", self.history_days >= 1, ">= 1"),
         ]
-        for key, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"evaluate.{key}: must be {want}, found {getattr(self, key)!r}")
+        require("evaluate", self, checks)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from coupon_spark.basket import log_normal_top_up
 from coupon_spark.config import Config, ScoreConfig
 from coupon_spark.errors import CouponSparkError, UpstreamNotReady
 from coupon_spark.lake import Lake
@@ -153,18 +154,11 @@ def basket_cv(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
 
 
 def expected_top_up(basket: np.ndarray, cv: np.ndarray, min_spend: np.ndarray) -> np.ndarray:
-    """``[n, m]`` EUR: ``E[max(A, s)] - E[A]``, what a redeeming order adds to reach a minimum spend ``s``, for an
-    amount ``A`` log-normal with mean ``basket`` and coefficient of variation ``cv`` (per user, ``[n]``):
-    ``s Phi(d) - b Phi(d - sd)``, ``sd^2 = ln(1 + cv^2)``, ``d = (ln s - ln b) / sd + sd / 2``. 0 without a
-    minimum spend."""
-    from scipy.special import ndtr
-
-    b = np.maximum(np.asarray(basket, np.float64), 1e-9)[:, None]
-    sd = np.sqrt(np.log1p(np.asarray(cv, np.float64) ** 2))[:, None]
-    s = np.asarray(min_spend, np.float64)[None, :]
-    with np.errstate(divide="ignore"):
-        d = (np.log(np.maximum(s, 1e-300)) - np.log(b)) / sd + sd / 2
-    return np.where(s > 0, s * ndtr(d) - b * ndtr(d - sd), 0.0)
+    """``[n, m]`` EUR: what a redeeming order adds to reach each minimum spend ``[m]``, for amounts log-normal
+    with mean ``basket`` and coefficient of variation ``cv`` (per user, ``[n]``; log-sd ``sqrt(ln(1 + cv^2))``):
+    :func:`coupon_spark.basket.log_normal_top_up`. 0 without a minimum spend."""
+    sd = np.sqrt(np.log1p(np.asarray(cv, np.float64) ** 2))
+    return log_normal_top_up(np.asarray(basket)[:, None], sd[:, None], np.asarray(min_spend)[None, :])
 
 
 def redemption_cost(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:

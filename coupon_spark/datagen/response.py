@@ -36,8 +36,8 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StringType, StructField, StructType
-from scipy.special import ndtr
 
+from coupon_spark.basket import log_normal_top_up
 from coupon_spark.datagen.world import CATEGORIES, COUPON_KINDS
 
 NO_COUPON = -1
@@ -117,15 +117,10 @@ class Response:
 
 
 def expected_top_up(basket: np.ndarray, min_spend: np.ndarray) -> np.ndarray:
-    """``E[max(A, s)] - b`` for an amount ``A`` log-normal with mean ``b`` = ``basket`` and log-sd
-    :data:`BASKET_LOG_SD`, ``s = min_spend +`` :data:`TOP_UP_EUR`: ``s * Phi(d) - b * Phi(d - sd)`` with
-    ``d = (ln s - ln b) / sd + sd / 2`` (the value of a put on ``A`` struck at ``s``). The amount cap of the
-    generator (5,000 EUR) is left out: it binds on no basket near a minimum spend."""
-    sd = BASKET_LOG_SD
-    b = np.maximum(np.asarray(basket, np.float64), 1e-9)
-    s = np.asarray(min_spend, np.float64) + TOP_UP_EUR
-    d = (np.log(s) - np.log(b)) / sd + sd / 2
-    return s * ndtr(d) - b * ndtr(d - sd)
+    """``E[max(A, s)] - b`` for the generator's amount ``A`` (log-normal with mean ``b`` = ``basket`` and log-sd
+    :data:`BASKET_LOG_SD`), ``s = min_spend +`` :data:`TOP_UP_EUR` (:func:`coupon_spark.basket.log_normal_top_up`).
+    The generator's amount cap (5,000 EUR) is left out: it binds on no basket near a minimum spend."""
+    return log_normal_top_up(basket, BASKET_LOG_SD, np.asarray(min_spend, np.float64) + TOP_UP_EUR)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -130,9 +130,10 @@ MIN_ROWS = 100
 MIN_EFFECTIVE_ROWS = 1000.0
 """The normal bound needs many comparable terms: where the Kish effective number of the tested terms,
 ``(sum |x|)^2 / sum x^2``, is below this, a few large inverse-propensity terms decide the sum and the gate stays
-closed. On the demo's lake it was 16,095 at threshold 0 and 4,220 at the top 11%; on a 1,500-user shop of
-another world (``tests/test_second_world.py``) 57 to 187, where 1% of the rows carried 59-88% of ``sum |x|`` and
-a bound of +0.014 EUR/decision opened a gate whose policy truly lost money."""
+closed. ``bench/gate_replay.py`` prints it: 29,209 / 26,921 / 22,614 on the three gates of the demo's lake; on a
+1,500-user shop of another world (``tests/test_second_world.py``, a one-off diagnosis) it was 57 to 187, 1% of
+the rows carried 59-88% of ``sum |x|``, and a bound of +0.014 EUR/decision had opened a gate whose policy truly
+lost money."""
 _HASH_SHARE = 1_000_000
 
 

@@ -1,0 +1,23 @@
+"""Order amounts as a log-normal around a basket: what a minimum spend adds to a redeeming order.
+
+One formula for two owners: the synthetic shop's truth (:func:`coupon_spark.datagen.response.expected_top_up`,
+with the generator's own spread) and the score job's cost of a redemption
+(:func:`coupon_spark.scoring.redemption_cost`, with each user's spread estimated from their orders).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import ndtr
+
+
+def log_normal_top_up(mean: np.ndarray, sd_log: np.ndarray | float, level: np.ndarray) -> np.ndarray:
+    """``E[max(A, s)] - E[A]`` for ``A`` log-normal with mean ``mean`` and log-sd ``sd_log``, ``s = level``
+    (broadcast): ``s Phi(d) - b Phi(d - sd)`` with ``d = (ln s - ln b) / sd + sd / 2``, the value of a put on
+    ``A`` struck at ``s``. 0 where ``level <= 0``."""
+    b = np.maximum(np.asarray(mean, np.float64), 1e-9)
+    sd = np.asarray(sd_log, np.float64)
+    s = np.asarray(level, np.float64)
+    with np.errstate(divide="ignore"):
+        d = (np.log(np.maximum(s, 1e-300)) - np.log(b)) / sd + sd / 2
+    return np.where(s > 0, s * ndtr(d) - b * ndtr(d - sd), 0.0)
