@@ -414,6 +414,11 @@ class AllocationConfig:
         campaign_budgets: campaign_id -> its budget (``amount`` and/or ``count``).
         budgets_table: When set, a table (logical name or path) with ``campaign_id, budget_amount,
             budget_count`` (``*`` = overall) replaces ``budget`` and ``campaign_budgets``.
+        campaign_pacing: How the catalogue's campaign budgets (``coupons.campaign_budget``, less what the
+            campaign's redemptions have cost so far) limit the run: ``even`` (what remains over the days the
+            campaign has left), ``asap`` (all that remains, today), ``off`` (not applied by the allocation; a
+            spent campaign's coupons are still not scored). A configured budget of the same campaign also
+            applies: the tighter wins.
         holdout_share: Share of users who never get a coupon, by ``blake2b(holdout_salt:user_id)``.
         holdout_salt: Salt of the holdout hash; a user stays in or out as long as it does not change.
         exploration_share: Share of the other users given a uniformly random option (a coupon or none).
@@ -444,6 +449,7 @@ class AllocationConfig:
     budget: Limit = field(default_factory=Limit)
     campaign_budgets: dict[str, Limit] = field(default_factory=dict)
     budgets_table: str = ""
+    campaign_pacing: Literal["even", "asap", "off"] = "even"
     holdout_share: float = 0.05
     holdout_salt: str = "coupon-spark-holdout-v1"
     exploration_share: float = 0.02
@@ -463,6 +469,7 @@ class AllocationConfig:
     def __post_init__(self) -> None:
         checks = [
             ("max_per_user", self.max_per_user >= 1, "an integer >= 1"),
+            ("campaign_pacing", self.campaign_pacing in ("even", "asap", "off"), "one of even, asap, off"),
             ("holdout_share", 0.0 <= self.holdout_share < 1.0, "in [0, 1)"),
             ("exploration_share", 0.0 <= self.exploration_share < 1.0, "in [0, 1)"),
             ("exploration_max_budget_fraction", 0.0 <= self.exploration_max_budget_fraction <= 1.0, "in [0, 1]"),

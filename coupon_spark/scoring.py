@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.basket import log_normal_top_up
@@ -72,6 +72,30 @@ class LiveCoupons:
     allowed_segments: list[frozenset[str] | None]  # per coupon: None = every segment
 
 
+def valid_today() -> Column:
+    """True on the ``coupon_features`` rows whose coupon is valid on the snapshot date."""
+    return (F.col("cf_days_left") >= 1) & (F.col("cf_days_since_start") >= 0)
+
+
+def campaign_spend(redemptions: DataFrame, coupons: DataFrame) -> DataFrame:
+    """``(campaign_id, spent)``: what each campaign's redeemed coupons have cost the shop so far (EUR).
+
+    Args:
+        redemptions: silver ``redemptions`` (``coupon_id`` per redemption).
+        coupons: silver ``coupons`` (``campaign_id`` and ``cost_eur`` of each coupon; one row per coupon and
+            ingest date is fine).
+    """
+    cost = coupons.groupBy("coupon_id").agg(
+        F.max("campaign_id").alias("campaign_id"), F.max(F.col("cost_eur").cast("double")).alias("unit_cost")
+    )
+    return (
+        redemptions.select("coupon_id")
+        .join(cost, on="coupon_id", how="inner")
+        .groupBy("campaign_id")
+        .agg(F.sum("unit_cost").alias("spent"))
+    )
+
+
 def live_coupons(coupon_features: DataFrame, redemptions: DataFrame | None, coupons: DataFrame | None) -> DataFrame:
     """Coupons valid on the snapshot date whose campaign still has budget left.
 
@@ -81,15 +105,10 @@ def live_coupons(coupon_features: DataFrame, redemptions: DataFrame | None, coup
             None to skip the budget check.
         coupons: silver ``coupons`` (the cost of each redeemed coupon).
     """
-    valid = coupon_features.where((F.col("cf_days_left") >= 1) & (F.col("cf_days_since_start") >= 0))
+    valid = coupon_features.where(valid_today())
     if redemptions is None or coupons is None:
         return valid
-    cost = coupons.groupBy("coupon_id").agg(
-        F.max("campaign_id").alias("r_campaign"), F.max(F.col("cost_eur").cast("double")).alias("unit_cost")
-    )
-    spent = (
-        redemptions.join(cost, on="coupon_id", how="inner").groupBy("r_campaign").agg(F.sum("unit_cost").alias("spent"))
-    )
+    spent = campaign_spend(redemptions, coupons).withColumnRenamed("campaign_id", "r_campaign")
     return (
         valid.join(spent, valid["campaign_id"] == spent["r_campaign"], how="left")
         .where(

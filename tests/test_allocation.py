@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_matrix
 
@@ -26,6 +26,7 @@ from coupon_spark.allocation import (
     make_budget,
 )
 from coupon_spark.allocation.core import Budget
+from coupon_spark.allocation.job import catalogue_budgets, merge_budgets, paced_limit
 from coupon_spark.allocation.job import run as run_allocate
 from coupon_spark.config import AllocationConfig, Config, ConfigError
 from coupon_spark.lake import Lake
@@ -309,3 +310,87 @@ def test_job_writes_tables_replaces_the_date_and_exports(spark: SparkSession, la
     assert channels == expected
     exported = pd.concat([pd.read_csv(f) for f in export.glob("channel=*/*.csv")])
     assert len(exported) == len(issued)
+
+
+# ---- the catalogue's campaign budgets, paced -------------------------------------------------------------------
+
+
+def test_paced_limit_and_merge_by_hand() -> None:
+    assert paced_limit(100.0, 30.0, 7, "even") == pytest.approx(10.0)  # 70 left over 7 days
+    assert paced_limit(100.0, 30.0, 7, "asap") == pytest.approx(70.0)
+    assert paced_limit(100.0, 130.0, 3, "even") == 0.0  # overspent: nothing more
+    assert paced_limit(100.0, 0.0, 0, "even") == pytest.approx(100.0)  # last day (or a stale snapshot)
+    with pytest.raises(ValueError, match="pacing"):
+        paced_limit(100.0, 0.0, 3, "off")
+    configured = [make_budget(None, "amount", 500.0), make_budget("a", "amount", 5.0), make_budget("b", "amount", 50)]
+    catalogue = [make_budget("a", "amount", 8.0), make_budget("b", "amount", 20.0), make_budget("c", "amount", 3.0)]
+    merged = {b.name: b.limit for b in merge_budgets(configured, catalogue)}
+    assert merged == {"overall:amount": 500.0, "campaign a:amount": 5.0, "campaign b:amount": 20.0,
+                      "campaign c:amount": 3.0}  # fmt: skip
+
+
+def _catalogue_tables(spark: SparkSession) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """coupon_features of RUN_DATE, silver coupons and redemptions: k1 has 100 EUR, 30 spent (3 x c1 at 10 EUR),
+    4 days left; k2 has no budget; k0's coupons expired yesterday."""
+    cf = spark.createDataFrame(
+        [
+            (RUN_DATE, "c1", "k1", 100.0, 4.0, 10.0),
+            (RUN_DATE, "c4", "k1", 100.0, 2.0, 10.0),  # the campaign lasts as long as its last coupon
+            (RUN_DATE, "c2", "k2", 0.0, 9.0, 3.0),
+            (RUN_DATE, "c0", "k0", 40.0, 0.0, 20.0),
+        ],
+        "as_of_date date, coupon_id string, campaign_id string, cf_campaign_budget double, cf_days_left double, "
+        "cf_days_since_start double",
+    )
+    coupons = spark.createDataFrame(
+        [("c1", "k1", 10.0), ("c1", "k1", 10.0), ("c0", "k0", 5.0)],  # c1 on two ingest dates: charged once
+        "coupon_id string, campaign_id string, cost_eur double",
+    )
+    redemptions = spark.createDataFrame([("r1", "c1"), ("r2", "c1"), ("r3", "c1"), ("r4", "c0")],
+                                        "redemption_id string, coupon_id string")  # fmt: skip
+    return cf, coupons, redemptions
+
+
+def test_catalogue_budgets_spread_what_remains_over_the_days_left(spark: SparkSession) -> None:
+    from coupon_spark.scoring import campaign_spend
+
+    cf, coupons, redemptions = _catalogue_tables(spark)
+    spent = {r["campaign_id"]: r["spent"] for r in campaign_spend(redemptions, coupons).collect()}
+    assert spent == {"k1": pytest.approx(30.0), "k0": pytest.approx(5.0)}
+    even = catalogue_budgets(cf, campaign_spend(redemptions, coupons), "even")
+    assert even == [make_budget("k1", "amount", 70.0 / 4)]
+    assert catalogue_budgets(cf, campaign_spend(redemptions, coupons), "asap") == [make_budget("k1", "amount", 70.0)]
+    assert catalogue_budgets(cf, None, "even") == [make_budget("k1", "amount", 25.0)]
+
+
+@pytest.mark.parametrize("pacing", ["even", "off"])
+def test_the_job_keeps_each_campaign_within_its_paced_budget(spark: SparkSession, lake: Lake, pacing: str) -> None:
+    df = instance(23, n_users=300)
+    lake.write(
+        spark.createDataFrame(df[CANDIDATES_SCHEMA.fieldNames()], CANDIDATES_SCHEMA),
+        "candidates",
+        mode="replace_partitions",
+        partition_by=["run_date"],
+    )
+    cf, coupons, redemptions = _catalogue_tables(spark)
+    lake.write(cf, "coupon_features", mode="replace_partitions", partition_by=["as_of_date"])
+    lake.write(coupons, "coupons", mode="overwrite")
+    lake.write(redemptions, "redemptions", mode="overwrite")
+    base = Config.from_file("conf/base.yaml")
+    cfg = dataclasses.replace(
+        base,
+        lake=lake.cfg,
+        allocation=dataclasses.replace(
+            base.allocation, budget=AllocationConfig.Limit(), campaign_pacing=pacing, exploration_share=0.0,
+            partitions=2,
+        ),
+    )  # fmt: skip
+    assert run_allocate(spark, cfg, RUN_DATE) == 0
+    alloc = lake.read("allocations", where={"run_date": RUN_DATE}).toPandas()
+    k1 = alloc[alloc["campaign_id"] == "k1"]["expected_cost"].sum()
+    budgets = {b["name"]: b["limit"] for b in lake.read("allocation_runs").first()["budgets"]}
+    if pacing == "even":
+        assert budgets == {"campaign k1:amount": pytest.approx(17.5)}
+        assert 17.5 * 0.9 < k1 <= 17.5  # binds: unpaced, k1 spends far more (below)
+    else:
+        assert budgets == {} and k1 > 100.0

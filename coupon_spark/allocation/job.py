@@ -24,6 +24,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,9 @@ from coupon_spark.allocation.plan import AllocationParams, Plan, check_spend, ma
 from coupon_spark.config import AllocationConfig, Config
 from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.schemas import ALLOCATION_RUNS_SCHEMA, ALLOCATIONS_SCHEMA, CANDIDATES_SCHEMA
+
+if TYPE_CHECKING:
+    from coupon_spark.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,80 @@ def budgets_from_frame(df: DataFrame) -> list[Budget]:
         if r["budget_count"] is not None:
             out.append(make_budget(campaign, "count", float(r["budget_count"])))
     return out
+
+
+# ---- the catalogue's campaign budgets, paced over each campaign's remaining days --------------------------------
+
+PACING_MODES = ("even", "asap", "off")
+
+
+def paced_limit(budget: float, spent: float, days_left: float, pacing: str) -> float:
+    """What a campaign may spend today out of its catalogue budget.
+
+    ``even``: what remains (``budget - spent``, at least 0) spread evenly over the days the campaign has left,
+    today included, so that a campaign that runs for two more weeks is not spent on its first day; each day
+    recomputes from the redemptions so far, so under- and over-spending are corrected on the next day.
+    ``asap``: all that remains may be spent today.
+    """
+    if pacing not in PACING_MODES[:2]:
+        raise ValueError(f"pacing must be one of {PACING_MODES[:2]}, not {pacing!r}")
+    remaining = max(float(budget) - float(spent), 0.0)
+    return remaining if pacing == "asap" else remaining / max(float(days_left), 1.0)
+
+
+def catalogue_budgets(coupon_features: DataFrame, spent: DataFrame | None, pacing: str) -> list[Budget]:
+    """One money budget per campaign of the run date's catalogue that has a budget (``cf_campaign_budget`` > 0)
+    and a coupon valid that day: :func:`paced_limit` of what its redemptions have spent so far.
+
+    Args:
+        coupon_features: The run date's ``coupon_features`` snapshot.
+        spent: ``(campaign_id, spent)`` (:func:`coupon_spark.scoring.campaign_spend`), or None: nothing spent.
+        pacing: ``even`` or ``asap`` (see :func:`paced_limit`).
+    """
+    from coupon_spark.scoring import valid_today
+
+    campaigns = (
+        coupon_features.where(valid_today() & (F.col("cf_campaign_budget") > 0))
+        .groupBy("campaign_id")
+        .agg(F.max("cf_campaign_budget").alias("budget"), F.max("cf_days_left").alias("days_left"))
+    )
+    if spent is not None:
+        campaigns = campaigns.join(spent.select("campaign_id", "spent"), on="campaign_id", how="left")
+    else:
+        campaigns = campaigns.withColumn("spent", F.lit(0.0))
+    rows = campaigns.orderBy("campaign_id").collect()
+    return [
+        make_budget(r["campaign_id"], "amount", paced_limit(r["budget"], r["spent"] or 0.0, r["days_left"], pacing))
+        for r in rows
+    ]
+
+
+def merge_budgets(configured: Sequence[Budget], catalogue: Sequence[Budget]) -> list[Budget]:
+    """The configured budgets and the catalogue's; where both limit the same campaign's money, the tighter."""
+    out = {(b.campaign_id, b.kind): b for b in configured}
+    for b in catalogue:
+        key = (b.campaign_id, b.kind)
+        if key not in out or b.limit < out[key].limit:
+            out[key] = b
+    return list(out.values())
+
+
+def run_budgets_for(lake: Lake, cfg: AllocationConfig, run_date: dt.date) -> list[Budget]:
+    """The run's budgets: the configured ones (``budgets_table`` or ``budget`` / ``campaign_budgets``) and,
+    unless ``campaign_pacing`` is ``off``, each live campaign's paced catalogue budget (the tighter wins)."""
+    budgets = budgets_from_frame(lake.read(cfg.budgets_table)) if cfg.budgets_table else budgets_from_config(cfg)
+    if cfg.campaign_pacing == "off":
+        return budgets
+    cf = lake.read("coupon_features", where={"as_of_date": run_date}) if lake.exists("coupon_features") else None
+    if cf is None or cf.isEmpty():
+        log.warning("no coupon_features snapshot of %s: the catalogue's campaign budgets are not applied", run_date)
+        return budgets
+    spent = None
+    if lake.exists("redemptions") and lake.exists("coupons"):
+        from coupon_spark.scoring import campaign_spend
+
+        spent = campaign_spend(lake.read("redemptions"), lake.read("coupons"))
+    return merge_budgets(budgets, catalogue_budgets(cf, spent, cfg.campaign_pacing))
 
 
 def params_from_config(cfg: AllocationConfig) -> AllocationParams:
@@ -660,7 +738,7 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
 
     lake = Lake.from_config(spark, cfg.lake)
     acfg = cfg.allocation
-    budgets = budgets_from_frame(lake.read(acfg.budgets_table)) if acfg.budgets_table else budgets_from_config(acfg)
+    budgets = run_budgets_for(lake, acfg, run_date)
     candidates = lake.read("candidates", where={"run_date": run_date})
     result = allocate(
         spark,
