@@ -227,13 +227,121 @@ def test_a_failed_commit_names_the_table(spark, lake, monkeypatch):
     assert lake.version("orders") == 0
 
 
-def test_not_null_column_with_nulls_fails_without_commit(spark, lake):
+def test_not_null_column_with_nulls_is_refused_by_the_lake_and_leaves_no_file(spark, lake):
     strict = StructType([StructField("k", LongType(), nullable=False), StructField("v", StringType())])
     lake.write(spark.createDataFrame([(1, "a")], strict), "t")
-    loose = spark.createDataFrame([(None, "b")], "k long, v string")
-    with pytest.raises(Exception, match="NOT NULL"):
+    before = data_files(Path(lake.location("t")))
+    loose = spark.createDataFrame([(None, "b"), (2, "c"), (None, "d")] + [(i, "e") for i in range(3, 40)],
+                                  "k long, v string").repartition(3)  # fmt: skip
+    with pytest.raises(SchemaMismatchError, match=r"NOT NULL columns of the table have nulls .*: k \(2 rows\)"):
         lake.write(loose, "t")
     assert lake.version("t") == 0
+    assert data_files(Path(lake.location("t"))) == before  # the tasks that had rows to write left nothing
+
+
+# ---- two writers, one date -----------------------------------------------------------------------------------
+
+
+def race(monkeypatch, other) -> None:
+    """Run ``other()`` (a complete write by a second writer) after this write has read the table and written
+    its files, before it commits: the interleaving of two jobs started at the same time, made deterministic."""
+    from coupon_spark.lake.bridge import BridgeBackend
+
+    original = BridgeBackend._run_write_tasks
+    state = {"raced": False}
+
+    def run_then_let_the_other_commit(self, files):
+        out = original(self, files)
+        if not state["raced"]:
+            state["raced"] = True
+            other()
+        return out
+
+    monkeypatch.setattr(BridgeBackend, "_run_write_tasks", run_then_let_the_other_commit)
+
+
+def assert_no_orphans(lake: Lake, table: str, before: set[str]) -> None:
+    """Every data file is one the table had before the race (the replaced ones stay until a vacuum) or one the
+    log refers to now: the writer that did not commit left nothing behind."""
+    root = Path(lake.location(table))
+    committed = {str(Path(u.removeprefix("file://")).relative_to(root)) for u in log_files(lake, table)}
+    assert data_files(root) - before == committed - before
+
+
+@pytest.mark.parametrize("date_exists", [False, True], ids=["new date", "existing date"])
+def test_two_replaces_of_one_date_never_double_it(spark, lake, monkeypatch, date_exists):
+    from coupon_spark.lake import ConcurrentWriteError
+
+    lake.write(frame(spark, rows(D1, range(4))), "orders", partition_by=["day"])
+    if date_exists:
+        lake.write(frame(spark, rows(D2, range(50, 52))), "orders", mode="replace_partitions", partition_by=["day"])
+    version = lake.version("orders")
+    day2 = frame(spark, rows(D2, range(10, 15)))
+    before = data_files(Path(lake.location("orders")))
+    race(monkeypatch, lambda: lake.write(day2, "orders", mode="replace_partitions", partition_by=["day"]))
+    with pytest.raises(ConcurrentWriteError, match="another writer replaced or added to the same partitions") as err:
+        lake.write(day2, "orders", mode="replace_partitions", partition_by=["day"])
+    assert err.value.exit_code == 75 and "Rerun the stage" in str(err.value)
+    assert lake.version("orders") == version + 1  # the other writer's commit only
+    got = lake.read("orders", where={"day": D2}).toPandas()
+    assert sorted(got["order_id"]) == list(range(10, 15))  # once, not twice
+    assert lake.read("orders", where={"day": D1}).count() == 4
+    assert_no_orphans(lake, "orders", before)
+    monkeypatch.undo()
+    lake.write(day2, "orders", mode="replace_partitions", partition_by=["day"])  # the rerun replaces the date
+    assert lake.read("orders", where={"day": D2}).count() == 5
+
+
+def test_a_replace_lands_on_top_of_a_writer_of_other_partitions(spark, lake, monkeypatch):
+    lake.write(frame(spark, rows(D1, range(4))), "orders", partition_by=["day"])
+    day3 = frame(spark, rows(D3, range(20, 23)))
+    before = data_files(Path(lake.location("orders")))
+    d1_files = len(before)
+    race(monkeypatch, lambda: lake.write(day3, "orders", mode="append"))
+    res = lake.write(frame(spark, rows(D1, range(30, 32))), "orders", mode="replace_partitions", partition_by=["day"])
+    assert (res.version, res.removed_files) == (2, d1_files)
+    counts = lake.read("orders").groupBy("day").count().toPandas().set_index("day")["count"].to_dict()
+    assert counts == {D1: 2, D3: 3}
+    assert_no_orphans(lake, "orders", before)
+
+
+def test_a_run_the_other_writer_committed_is_skipped_not_doubled(spark, lake, monkeypatch):
+    lake.write(frame(spark, rows(D1, range(4))), "orders", partition_by=["day"])
+    day2 = frame(spark, rows(D2, range(10, 15)))
+    key = Txn("cleanse", 20261102)
+    before = data_files(Path(lake.location("orders")))
+    race(monkeypatch, lambda: lake.write(day2, "orders", mode="append", txn=key))
+    res = lake.write(day2, "orders", mode="append", txn=key)
+    assert res.skipped and res.version == 1
+    assert lake.read("orders", where={"day": D2}).count() == 5
+    assert_no_orphans(lake, "orders", before)
+
+
+def test_writers_in_two_threads_leave_one_copy_of_the_date(spark, lake):
+    import threading
+
+    from coupon_spark.lake import ConcurrentWriteError
+
+    lake.write(frame(spark, rows(D1, range(4))), "orders", partition_by=["day"])
+    day2 = frame(spark, rows(D2, range(10, 40))).repartition(2)
+    outcomes: list[str] = []
+    before = data_files(Path(lake.location("orders")))
+
+    def writer() -> None:
+        try:
+            lake.write(day2, "orders", mode="replace_partitions", partition_by=["day"])
+            outcomes.append("committed")
+        except ConcurrentWriteError:
+            outcomes.append("lost the race")
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "committed" in outcomes and len(outcomes) == 2  # whatever the interleaving
+    assert lake.read("orders", where={"day": D2}).count() == 30
+    assert_no_orphans(lake, "orders", before)
 
 
 def test_empty_dataframe_creates_an_empty_table_with_its_schema(spark, lake):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from coupon_spark.lake.api import (
     CommitError,
+    ConcurrentWriteError,
     Lake,
     LakeError,
     SchemaMismatchError,
@@ -16,6 +17,7 @@ from coupon_spark.lake.api import (
 
 __all__ = [
     "CommitError",
+    "ConcurrentWriteError",
     "Lake",
     "LakeError",
     "SchemaMismatchError",

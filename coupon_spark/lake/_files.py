@@ -184,7 +184,8 @@ def make_task_writer(
     Args:
         table_uri: Table location.
         target_schema_ipc: The table's Arrow schema (serialised), data and partition columns, in table order;
-            every batch is cast to it, and a null in a non-nullable column fails the task.
+            every batch is cast to it. Nulls in a non-nullable column are counted, not written: the task then
+            returns, beside its files, a row with an empty path and ``stats`` = ``{column: nulls}``.
         partition_by: Partition columns: not stored in the files, but in folder names and the Delta log.
         max_rows_per_file: Roll over to a new file after this many rows.
         compression: Parquet codec.
@@ -209,14 +210,16 @@ def make_task_writer(
         def finish(key: tuple[str | None, ...]) -> None:
             done.append(open_files.pop(key).close(pvals_of[key]))
 
+        nulls: dict[str, int] = {}
         for batch in batches:
             if batch.num_rows == 0:
                 continue
             for name in non_null:
-                if batch.column(batch.schema.get_field_index(name)).null_count:
-                    raise ValueError(
-                        f"column {name!r} is NOT NULL in the Delta table but the data has nulls: nothing was committed"
-                    )
+                n = batch.column(batch.schema.get_field_index(name)).null_count
+                if n:
+                    nulls[name] = nulls.get(name, 0) + n
+            if nulls:
+                continue  # the write is refused: count the rest, write nothing more
             tbl = pa.Table.from_batches([batch]).select(target.names)
             if tbl.schema != target:
                 tbl = tbl.cast(target)
@@ -254,6 +257,17 @@ def make_task_writer(
                             finish(key)
         for key in list(open_files):
             finish(key)
+        if nulls:  # reported as a row without a path: the driver refuses the write and deletes the files
+            done.append(
+                {
+                    "path": "",
+                    "size": 0,
+                    "partition_values": "{}",
+                    "num_records": 0,
+                    "stats": json.dumps(nulls),
+                    "modification_time": 0,
+                }
+            )
         if done:
             yield pa.RecordBatch.from_pylist(
                 done,

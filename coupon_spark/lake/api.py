@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 from pyspark.sql import DataFrame, SparkSession
 
 from coupon_spark.config import LakeConfig
-from coupon_spark.errors import CouponSparkError, InputError, UpstreamNotReady, one_line
+from coupon_spark.errors import EX_TEMPFAIL, CouponSparkError, InputError, UpstreamNotReady, one_line
 from coupon_spark.session import resolve_backend
 
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
@@ -52,6 +52,15 @@ class UnsupportedTableError(InputError, LakeError):
 class CommitError(LakeError):
     """Writing a table failed (its data files or its Delta commit); the message names the table, the cause is
     chained (``__cause__``)."""
+
+
+class ConcurrentWriteError(LakeError):
+    """Another writer committed to the partitions this write replaces while it ran: nothing was committed (and
+    the data files it had written were deleted). Rerunning replaces the date (or, with an idempotency key the
+    other writer committed, does nothing)."""
+
+    exit_code = EX_TEMPFAIL
+    advice = "another writer changed the same partitions, rerun (the date is replaced, never doubled)"
 
 
 @dataclass(frozen=True)

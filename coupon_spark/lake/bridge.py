@@ -25,6 +25,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,8 +43,9 @@ from deltalake.transaction import (
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-from coupon_spark.lake._files import FILE_META_DDL, make_task_writer, partition_value_to_str
+from coupon_spark.lake._files import FILE_META_DDL, filesystem_for, make_task_writer, partition_value_to_str
 from coupon_spark.lake.api import (
+    ConcurrentWriteError,
     PartitionPredicate,
     SchemaMismatchError,
     SchemaMode,
@@ -59,6 +61,17 @@ from coupon_spark.lake.api import (
 log = logging.getLogger(__name__)
 
 _PARTITION_TYPES = {"string", "date", "long", "integer", "short", "byte", "boolean"}
+_COMMIT_ATTEMPTS = 20
+
+
+def _delete_files(location: str, files: list[dict[str, Any]]) -> None:
+    """Delete the data files of a write that did not commit (best effort: ``vacuum`` removes what is left)."""
+    fs, base = filesystem_for(location)
+    for f in files:
+        try:
+            fs.delete_file(f"{base.rstrip('/')}/{f['path']}")
+        except OSError as exc:  # pragma: no cover - a file system hiccup: vacuum removes it later
+            log.warning("%s: could not delete uncommitted file %s (%s); vacuum removes it", location, f["path"], exc)
 
 
 def _delta_fields(schema: DeltaSchema) -> list[dict[str, Any]]:
@@ -265,6 +278,19 @@ class BridgeBackend:
         files = [r.asDict() for r in rows]
         for f in files:
             f["partition_values"] = json.loads(f["partition_values"])
+        null_rows = [f for f in files if not f["path"]]  # the tasks' reports of nulls in NOT NULL columns
+        files = [f for f in files if f["path"]]
+        if null_rows:
+            _delete_files(location, files)
+            counts: dict[str, int] = {}
+            for f in null_rows:
+                for name, n in json.loads(f["stats"]).items():
+                    counts[name] = counts.get(name, 0) + int(n)
+            raise SchemaMismatchError(
+                f"{location}: NOT NULL columns of the table have nulls in the DataFrame: "
+                + ", ".join(f"{c} ({n} rows)" for c, n in sorted(counts.items()))
+                + "; nothing was written (fill or filter them first)"
+            )
         adds = [
             AddAction(f["path"], f["size"], f["partition_values"], f["modification_time"], True, f["stats"])
             for f in files
@@ -274,6 +300,7 @@ class BridgeBackend:
         if where is not None:
             outside = {json.dumps(f["partition_values"]) for f in files if not _matches(f["partition_values"], where)}
             if outside:
+                _delete_files(location, files)
                 raise ValueError(
                     f"{location}: replace_where={replace_where} but the data has rows in other partitions "
                     f"{sorted(outside)[:5]}; nothing was committed"
@@ -281,37 +308,109 @@ class BridgeBackend:
         props = CommitProperties(
             custom_metadata={"userMetadata": description} if description else None,
             app_transactions=[Transaction(txn.app_id, txn.version)] if txn is not None else None,
+            max_commit_retries=0,  # a commit lands on the snapshot it read, or _commit decides what to do
         )
-        replaced = 0
-        actions: list[AddAction | RemoveAction] = [*adds]
-        if table is None:
-            create_table_with_add_actions(
-                location, target, adds, mode="error", partition_by=parts or None, commit_properties=props
-            )
-        elif mode == "append":
-            table.create_write_transaction(actions, "append", target, parts or None, commit_properties=props)
-        elif mode == "overwrite" and where is None:
-            replaced = len(table.get_add_actions(flatten=True))  # delta-rs derives the removes itself
-            table.create_write_transaction(actions, "overwrite", target, parts or None, commit_properties=props)
+        if mode == "append":
+            selector = None
+        elif mode == "replace_partitions":
+            present = {tuple(f["partition_values"].get(c) for c in parts) for f in files}
+            selector = lambda pv: tuple(pv.get(c) for c in parts) in present  # noqa: E731
+        elif where is not None:
+            selector = lambda pv: _matches(pv, where)  # noqa: E731
         else:
-            if mode == "replace_partitions":
-                present = {tuple(f["partition_values"].get(c) for c in parts) for f in files}
-                selector = lambda pv: tuple(pv.get(c) for c in parts) in present  # noqa: E731
-            else:
-                assert where is not None
-                selector = lambda pv: _matches(pv, where)  # noqa: E731
-            now = int(time.time() * 1000)
-            removes = [
-                RemoveAction(path, True, now, size, pv) for path, size, pv in self._files(table, parts) if selector(pv)
-            ]
-            replaced = len(removes)
-            table.create_write_transaction(
-                [*actions, *removes], "append", target, parts or None, commit_properties=props
-            )
+            selector = lambda pv: True  # noqa: E731  (the whole table)
+        try:
+            whole = mode == "overwrite" and where is None
+            replaced = self._commit(location, table, whole, selector, adds, target, parts, props, txn)
+        except ConcurrentWriteError:
+            _delete_files(location, files)
+            raise
+        if replaced is None:
+            _delete_files(location, files)
+            assert txn is not None
+            log.info("%s: %s v%s committed by another writer meanwhile", location, txn.app_id, txn.version)
+            return WriteResult(location, DeltaTable(location).version(), skipped=True)
         after = DeltaTable(location)
         result = WriteResult(location, after.version(), len(adds), num_rows, replaced)
         log.info("%s (%s, %.1fs%s)", result, mode, time.perf_counter() - started, ", schema evolved" if evolved else "")
         return result
+
+    def _commit(
+        self,
+        location: str,
+        table: DeltaTable | None,
+        whole_table: bool,
+        selector: Callable[[dict[str, str | None]], bool] | None,
+        adds: list[AddAction],
+        target: DeltaSchema,
+        parts: list[str],
+        props: CommitProperties,
+        txn: Txn | None,
+    ) -> int | None:
+        """Commit ``adds`` (and, unless ``selector`` is None, the removal of the files it selects) on top of the
+        snapshot ``table`` this write read (None: the table did not exist); ``whole_table``: an overwrite of every
+        partition (delta-rs derives the removes and may take a new schema).
+
+        Optimistic concurrency with delta-rs's own retries off: when another writer committed first, the
+        latest snapshot is read. Where the files this write replaces are the same there (the other writer
+        touched other partitions, or appended), the commit is made again on top of it; where they differ (it
+        wrote the same date), :class:`ConcurrentWriteError`: two replaces of one date never both land, so a
+        date is never doubled. An append (``selector`` None) is retried on top (appends compose).
+
+        Returns:
+            Files replaced, or None when ``txn`` was committed by another writer meanwhile (nothing written).
+        """
+
+        def selected(t: DeltaTable | None) -> set[str]:
+            if t is None or selector is None:
+                return set()
+            return {p for p, _, pv in self._files(t, parts) if selector(pv)}
+
+        before = selected(table)
+        added: list[AddAction | RemoveAction] = [*adds]
+        for _ in range(_COMMIT_ATTEMPTS):
+            try:
+                if table is None:
+                    create_table_with_add_actions(
+                        location, target, adds, mode="error", partition_by=parts or None, commit_properties=props
+                    )
+                    return 0
+                if selector is None:
+                    table.create_write_transaction(added, "append", target, parts or None, commit_properties=props)
+                    return 0
+                if whole_table:
+                    # the whole table: delta-rs derives the removes itself (and takes a new schema)
+                    table.create_write_transaction(added, "overwrite", target, parts or None, commit_properties=props)
+                    return len(before)
+                now = int(time.time() * 1000)
+                removes = [
+                    RemoveAction(path, True, now, size, pv)
+                    for path, size, pv in self._files(table, parts)
+                    if selector(pv)
+                ]
+                actions = [*added, *removes]
+                table.create_write_transaction(actions, "append", target, parts or None, commit_properties=props)
+                return len(removes)
+            except Exception as exc:
+                latest = self._open(location)
+                if latest is None or (table is not None and latest.version() == table.version()):
+                    raise  # not a lost race: the commit itself failed
+                if adds and unquote(adds[0].path) in {unquote(p) for p, _, _ in self._files(latest, parts)}:
+                    return len(before)  # it did land (a later step of the commit failed): keep it
+                log.info("%s: another writer committed version %s first (%s)", location, latest.version(), exc)
+                if txn is not None and (latest.transaction_version(txn.app_id) or -1) >= txn.version:
+                    return None
+                if selector is not None and selected(latest) != before:
+                    raise ConcurrentWriteError(
+                        f"{location}: another writer replaced or added to the same partitions while this write "
+                        f"ran (table version {latest.version()}); nothing was committed and this write's "
+                        f"{len(adds)} data files were deleted. Rerun the stage: it replaces the date (or skips "
+                        "it when the other writer committed the same run)"
+                    ) from exc
+                table = latest
+        raise ConcurrentWriteError(
+            f"{location}: {_COMMIT_ATTEMPTS} commits in a row lost to other writers; nothing was committed, rerun"
+        )
 
     def _run_write_tasks(self, files: DataFrame) -> list[Any]:
         """Run the writing tasks. Their Arrow batches are made larger than the session's default for UDFs
