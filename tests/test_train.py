@@ -15,6 +15,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 from test_model_data import COUPONS, RUN_DATE, STATS, make_world, write_world
 
 from coupon_spark.cli import STAGES
@@ -27,7 +28,7 @@ from coupon_spark.model.pair import pair_rows
 from coupon_spark.model.registry import Registry, read_npz
 from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.spec import ModelSpec
-from coupon_spark.model.train import RankTask, rank_main, run, train
+from coupon_spark.model.train import RankTask, content_digest, rank_main, run, train
 from coupon_spark.model.transform import FeatureTransform
 
 TINY = dict(
@@ -120,9 +121,23 @@ def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys)
     decision = registry.read_json(name, 1, "decision.json")
     assert decision["rows"] == 0 and decision["open"] is False and math.isinf(scorer.decision_threshold)
     assert metrics["decision"] == decision
-    # same inputs: nothing new; forced: version 2 becomes latest
+    # same inputs: nothing new, also when a rerun of the features rewrote the same rows as a new version
     assert train(spark, cfg, RUN_DATE).skipped and registry.versions(name) == [1]
+    same = lake.read("training_examples").repartition(3).cache()
+    lake.write(same, "training_examples", mode="overwrite")
+    lake.write(lake.read("feature_stats").cache(), "feature_stats", mode="overwrite")
+    assert lake.version("training_examples") == version + 1
+    assert train(spark, cfg, RUN_DATE).skipped and registry.versions(name) == [1]
+    # forced: version 2 becomes latest, and on one rank the same rows (in other files) train the same weights
     assert train(spark, cfg, RUN_DATE, force=True).version == 2 and registry.latest(name) == 2
+    assert max_diff(read_npz(f"{registry.version_uri(name, 1)}/weights.npz"),
+                    read_npz(f"{registry.version_uri(name, 2)}/weights.npz")) == 0.0  # fmt: skip
+    # one changed row: new inputs
+    changed = same.withColumn("purchased", F.when(F.col("issuance_id") == same.first()["issuance_id"],
+                                                  1 - F.col("purchased")).otherwise(F.col("purchased")))  # fmt: skip
+    assert content_digest(changed) != content_digest(same) and content_digest(same.repartition(5)) == content_digest(
+        same
+    )
 
 
 def write_coupon_features(spark, lake, days: int) -> None:  # type: ignore[no-untyped-def]

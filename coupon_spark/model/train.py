@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.config import Config, TrainConfig
@@ -214,8 +214,10 @@ def rank_main(task: RankTask) -> dict[str, Any]:
 def read_shard(
     files: list[DataFile], task: RankTask, spec: ModelSpec, transform: FeatureTransform
 ) -> tuple[Examples, np.ndarray]:
-    """One shard's examples (at most ``train.sample_rows`` rows) and their ``issuance_id``."""
-    pdf = read_files(files, task.columns)
+    """One shard's examples (at most ``train.sample_rows`` rows) and their ``issuance_id``, in ``issuance_id``
+    order: the batches then depend on the rows, not on how files lay them out (a rerun of the features that
+    rewrites the same rows trains the same model)."""
+    pdf = read_files(files, task.columns).sort_values("issuance_id", kind="stable", ignore_index=True)
     if task.train.sample_rows:
         pdf = pdf.head(task.train.sample_rows)
     ex = make_examples(pdf, transform, spec, task.train.validation_share, task.train.seed)
@@ -307,6 +309,13 @@ def load_transform(lake: Lake, run_date: dt.date) -> tuple[FeatureTransform, dic
         "as_of_date": str(last),
         "source_table": str(pdf["source_table"].iloc[0]),
         "source_version": transform.source_version,
+        # the transformation itself (not the version it was computed from): what the fingerprint needs
+        "digest": fingerprint(
+            [
+                {k: (list(v) if k == "vocabulary" and v is not None else v) for k, v in r.items()}
+                for r in pdf.drop(columns=["source_version"]).sort_values(["feature", "kind"]).to_dict("records")
+            ]
+        ),
     }
     return transform, info
 
@@ -324,6 +333,15 @@ def check_columns(names: list[str], transform: FeatureTransform) -> None:
 
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def content_digest(df: DataFrame) -> str:
+    """``rows:digest`` of a DataFrame's content, whatever its files, partitions and row order: the row count and
+    the sum of each row's ``xxhash64`` over every column (in name order). One pass in Spark."""
+    h = F.xxhash64(*[F.col(c) for c in sorted(df.columns)]).cast("decimal(38,0)")
+    got = df.select(h.alias("h")).agg(F.count("*"), F.sum("h")).first()
+    assert got is not None
+    return f"{got[0]}:{got[1] or 0}"
 
 
 def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = False) -> TrainOutcome:
@@ -386,11 +404,14 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         "files": len(files),
         "rows": sum(f.num_records for f in files),
     }
+    # by content, not by table versions: a rerun of the features that rewrites the same rows (new Delta
+    # versions) trains nothing new
     fp = fingerprint(
         {
             "train": dataclasses.asdict(tc),
-            "table": training_table,
-            "stats": stats_info,
+            "examples": content_digest(examples),
+            "since": since,
+            "stats": stats_info["digest"],
             "ranks": ranks,
             "run_date": run_date,
         }
