@@ -22,7 +22,7 @@ HOROVOD_BUILD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHO
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=GLOO MAKEFLAGS=-j2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-airflow demo test check bench package clean
+.PHONY: help setup setup-airflow setup-browser demo test check bench package clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -50,12 +50,21 @@ $(AIRFLOW_VENV)/.installed: requirements/airflow.txt
 
 setup-airflow: $(AIRFLOW_VENV)/.installed ## a separate venv with Airflow, to load dags/ in the tests
 
+setup-browser: ## Debian's chromium and chromedriver for the report's browser test (as root: apt-get; else it skips)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium chromium-driver >/dev/null \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	else echo "setup-browser: install the Debian packages chromium and chromium-driver to run the report's" \
+		"browser test (tests/test_pipeline.py skips it without them)"; fi
+
 demo: setup ## run the whole loop on a local Spark with the synthetic shop (lakehouse in ./lakehouse)
 	$(BIN)/coupon-spark doctor --conf $(CONF) --run-date $(RUN_DATE) --set lake.root=$(DEMO_LAKE)
 	time $(BIN)/coupon-spark pipeline --conf $(CONF) --run-date $(RUN_DATE) --days $(DAYS) \
 		--set lake.root=$(DEMO_LAKE) --set lake.landing=$(DEMO_LAKE)/landing --set shop.users=$(DEMO_USERS)
 
-test: setup setup-airflow ## run the test suite (real Spark, real Delta tables, the DAG loaded by Airflow)
+test: setup setup-airflow setup-browser ## run the test suite (real Spark, real Delta tables, the DAG loaded by Airflow)
 	$(BIN)/python -m pytest
 
 check: setup ## lint and type-check (ruff, mypy)

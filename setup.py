@@ -51,6 +51,7 @@ setup(
             "nbclient",  # the analyst notebook is executed by the tests
             "nbformat",
             "ipykernel",
+            "selenium>=4.20",  # the HTML report rendered in headless Chromium (Debian's chromium + chromedriver)
         ],
     },
     entry_points={"console_scripts": ["coupon-spark=coupon_spark.cli:main"]},

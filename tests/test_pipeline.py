@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,61 @@ def test_the_exploration_arm_is_valued_on_the_truth(loop):
     )
     assert len(got) == 1 and got[0].n == len(ex) > 0
     assert got[0].value == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def _chromium() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed: `make setup-browser` installs them")
+    return chromium, driver
+
+
+def _open_in_chromium(page: Path, chromium: str, driver_path: str):  # type: ignore[no-untyped-def]
+    """(images as [src, complete, naturalWidth], console entries, the driver) of ``page`` in headless Chromium."""
+    os.environ.setdefault("SE_AVOID_STATS", "true")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1600",
+    ):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    driver.get(page.as_uri())
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);"
+    )
+    return images, driver.get_log("browser"), driver
+
+
+def test_the_report_renders_in_a_real_browser(loop, tmp_path):
+    """reports/<date>/index.html in headless Chromium: every image loads (and the check sees a broken one), the
+    page logs no console error, and a screenshot is saved under the test's tmp dir."""
+    _, cfg, _ = loop
+    chromium, driver_path = _chromium()
+    report = Path(cfg.lake.root) / cfg.evaluate.report_dir / RUN_DATE.isoformat() / "index.html"
+    images, console, driver = _open_in_chromium(report, chromium, driver_path)
+    try:
+        shot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        title = driver.title
+    finally:
+        driver.quit()
+    assert RUN_DATE.isoformat() in title
+    assert len(images) >= 5 and [src for src, complete, width in images if not (complete and width > 0)] == []
+    assert [e for e in console if e["level"] in ("SEVERE", "ERROR")] == []
+    # the same checks see a page whose image is missing
+    broken = report.parent / "broken.html"
+    broken.write_text(report.read_text().replace(images[0][0], "missing.png", 1))
+    images, console, driver = _open_in_chromium(broken, chromium, driver_path)
+    driver.quit()
+    broken.unlink()
+    assert [src for src, complete, width in images if not (complete and width > 0)] == ["missing.png"]
+    assert any(e["level"] == "SEVERE" and "missing.png" in e["message"] for e in console)
