@@ -1,8 +1,10 @@
 """Bridge write vs plain Spark Parquet write of the same DataFrame, in one run.
 
 Prints ``bridge_write_vs_parquet: <ratio>`` (bridge time / Parquet time, median of the repeats; goal <= 1.15)
-and the rows/s of each. The DataFrame (~5M rows, 20 columns of mixed types) is cached first, so both
-writers are timed on the same in-memory rows and neither pays for generating them.
+for the default writer (Spark's Parquet writer, footers read by the driver), ``arrow_bridge_write_vs_parquet``
+for the pyarrow-in-the-tasks writer it replaced, and the rows/s of each. The DataFrame (~5M rows, 20 columns
+of mixed types) is cached first, so all writers are timed on the same in-memory rows and none pays for
+generating them.
 
     python bench/lake_write.py [--rows 5000000] [--repeats 3] [--partitioned]
 """
@@ -76,7 +78,11 @@ def main() -> None:
         )
     )
     work = Path(tempfile.mkdtemp(prefix="bench-lake-"))
-    lake = Lake(spark, LakeConfig(root=str(work), landing=str(work / "landing")), BridgeBackend(spark, 2_000_000))
+    cfg = LakeConfig(root=str(work), landing=str(work / "landing"))
+    lakes = {
+        "": Lake(spark, cfg, BridgeBackend(spark, 2_000_000, writer="spark")),
+        "arrow_": Lake(spark, cfg, BridgeBackend(spark, 2_000_000, writer="arrow")),
+    }
     df = make_frame(spark, args.rows).repartition(spark.sparkContext.defaultParallelism * 2).cache()
     n = df.count()
     print(
@@ -87,19 +93,24 @@ def main() -> None:
     variants = [("", None)] + ([("partitioned_", ["ingest_date"])] if args.partitioned else [])
     for label, parts in variants:
         plain: list[float] = []
-        bridge: list[float] = []
-        for r in range(args.repeats):
+        bridge: dict[str, list[float]] = {w: [] for w in lakes}
+        for r in range(args.repeats):  # interleaved, so that a noisy moment hits every writer alike
             out = work / f"plain{r}"
             writer = df.write.mode("overwrite")
             if parts:
                 writer = writer.partitionBy(*parts)
             plain.append(timed(lambda: writer.parquet(str(out))))  # noqa: B023
-            bridge.append(timed(lambda: lake.write(df, f"bridge{label}{r}", mode="overwrite", partition_by=parts)))  # noqa: B023
             shutil.rmtree(out, ignore_errors=True)
-        tp, tb = statistics.median(plain), statistics.median(bridge)
+            for w, lake in lakes.items():
+                table = f"bridge{label}{w}{r}"
+                bridge[w].append(timed(lambda: lake.write(df, table, mode="overwrite", partition_by=parts)))  # noqa: B023
+                shutil.rmtree(work / table, ignore_errors=True)
+        tp = statistics.median(plain)
         print(f"{label}parquet_rows_per_s: {n / tp:,.0f}  (median {tp:.2f}s of {[round(t, 2) for t in plain]})")
-        print(f"{label}bridge_rows_per_s: {n / tb:,.0f}  (median {tb:.2f}s of {[round(t, 2) for t in bridge]})")
-        print(f"{label}bridge_write_vs_parquet: {tb / tp:.3f}")
+        for w, times in bridge.items():
+            tb = statistics.median(times)
+            print(f"{label}{w}bridge_rows_per_s: {n / tb:,.0f}  (median {tb:.2f}s of {[round(t, 2) for t in times]})")
+            print(f"{label}{w}bridge_write_vs_parquet: {tb / tp:.3f}")
     shutil.rmtree(work, ignore_errors=True)
     spark.stop()
 

@@ -74,6 +74,9 @@ class LakeConfig:
             ``native``.
         target_file_rows: Bridge backend: the most rows per Parquet data file.
         compression: Bridge backend: Parquet codec.
+        bridge_writer: Bridge backend: who writes the data files. ``spark``: Spark's own Parquet writer (its
+            committer publishes them when the job succeeds; the driver reads their footers for the Delta
+            statistics); ``arrow``: pyarrow inside the Spark tasks (the rows cross into Python).
         tables: Logical table name -> path relative to ``root`` (or absolute).
     """
 
@@ -82,6 +85,7 @@ class LakeConfig:
     backend: Literal["auto", "bridge", "native"] = "auto"
     target_file_rows: int = 1_000_000
     compression: Literal["snappy", "zstd", "gzip", "none"] = "snappy"
+    bridge_writer: Literal["spark", "arrow"] = "spark"
     tables: dict[str, str] = field(default_factory=dict)
 
     def table_path(self, name: str) -> str:

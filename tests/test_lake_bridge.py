@@ -174,7 +174,13 @@ def test_rerun_with_same_idempotency_key_adds_no_version_and_no_rows(spark, lake
     assert other_app.version == 2
 
 
-def test_task_failing_mid_write_leaves_previous_version_and_vacuum_removes_its_files(spark, lake):
+@pytest.mark.parametrize("writer", ["spark", "arrow"])
+def test_task_failing_mid_write_leaves_previous_version_and_no_file_behind(spark, lake_cfg, writer):
+    """Spark's writer: its committer deletes what the failed job wrote. The pyarrow writer: the files of the
+    tasks that ran are invisible (not in the log) and ``vacuum`` deletes them."""
+    from coupon_spark.lake.bridge import BridgeBackend
+
+    lake = Lake(spark, lake_cfg, BridgeBackend(spark, target_file_rows=1000, writer=writer))
     lake.write(frame(spark, rows(D1, range(3))), "t")
     root = Path(lake.location("t"))
     committed = data_files(root)
@@ -193,11 +199,15 @@ def test_task_failing_mid_write_leaves_previous_version_and_vacuum_removes_its_f
         explode_at_900("id").alias("score"),
         F.lit(None).cast("timestamp").alias("ts"),
     )
-    with pytest.raises(CommitError, match=r"writing table 't' \(.*/t\) failed \(PythonException\): .*boom at row 900"):
+    with pytest.raises(CommitError, match=r"writing table 't' \(.*/t\) failed \(\w+\): .*boom at row 900"):
         lake.write(bad, "t")
     assert lake.version("t") == 0
     assert sorted(r.order_id for r in lake.read("t").collect()) == [0, 1, 2]
     orphans = data_files(root) - committed
+    if writer == "spark":  # no file, and no staging folder either
+        assert orphans == set()
+        assert {p.name for p in root.iterdir()} == {"_delta_log", *(f.split("/")[0] for f in committed)}
+        return
     assert orphans, "the tasks that ran before the failure wrote files (invisible: not in the log)"
     removed = lake.vacuum("t", retention_hours=0)
     assert len(removed) == len(orphans)
@@ -247,17 +257,17 @@ def race(monkeypatch, other) -> None:
     its files, before it commits: the interleaving of two jobs started at the same time, made deterministic."""
     from coupon_spark.lake.bridge import BridgeBackend
 
-    original = BridgeBackend._run_write_tasks
+    original = BridgeBackend._write_files
     state = {"raced": False}
 
-    def run_then_let_the_other_commit(self, files):
-        out = original(self, files)
+    def run_then_let_the_other_commit(self, *args):
+        out = original(self, *args)
         if not state["raced"]:
             state["raced"] = True
             other()
         return out
 
-    monkeypatch.setattr(BridgeBackend, "_run_write_tasks", run_then_let_the_other_commit)
+    monkeypatch.setattr(BridgeBackend, "_write_files", run_then_let_the_other_commit)
 
 
 def assert_no_orphans(lake: Lake, table: str, before: set[str]) -> None:

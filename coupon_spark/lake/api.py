@@ -169,7 +169,7 @@ class Lake:
             return cls(spark, cfg, NativeBackend(spark))
         from coupon_spark.lake.bridge import BridgeBackend
 
-        return cls(spark, cfg, BridgeBackend(spark, cfg.target_file_rows, cfg.compression))
+        return cls(spark, cfg, BridgeBackend(spark, cfg.target_file_rows, cfg.compression, writer=cfg.bridge_writer))
 
     @contextlib.contextmanager
     def _missing_says_what_to_run(self, table: str) -> Iterator[None]:

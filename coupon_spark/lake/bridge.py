@@ -20,16 +20,19 @@ and Spark reads exactly those files with the Delta schema.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import DeltaTable, Field
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError as DeltaRsTableNotFound
@@ -41,9 +44,17 @@ from deltalake.transaction import (
     create_table_with_add_actions,
 )
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-from coupon_spark.lake._files import FILE_META_DDL, filesystem_for, make_task_writer, partition_value_to_str
+from coupon_spark.lake._files import (
+    FILE_META_DDL,
+    HIVE_NULL,
+    filesystem_for,
+    footer_stats,
+    make_task_writer,
+    partition_value_to_str,
+)
 from coupon_spark.lake.api import (
     ConcurrentWriteError,
     PartitionPredicate,
@@ -62,6 +73,34 @@ log = logging.getLogger(__name__)
 
 _PARTITION_TYPES = {"string", "date", "long", "integer", "short", "byte", "boolean"}
 _COMMIT_ATTEMPTS = 20
+
+
+@contextlib.contextmanager
+def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set SQL settings for the duration of a block, then put back what was there."""
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, old in before.items():
+            if old is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, old)
+
+
+def _partition_values(folder: str, parts: list[str]) -> dict[str, str | None]:
+    """Delta partition values of a Hive-style folder Spark wrote (``day=2026-11-01/region=a%2Fb``)."""
+    out: dict[str, str | None] = {}
+    for piece in folder.split("/") if folder else []:
+        name, _, value = piece.partition("=")
+        out[unquote(name)] = None if value == HIVE_NULL else unquote(value)
+    missing = [c for c in parts if c not in out]
+    if missing:
+        raise RuntimeError(f"Spark wrote a file outside the partition folders of {missing}: {folder!r}")
+    return {c: out[c] for c in parts}
 
 
 def _delete_files(location: str, files: list[dict[str, Any]]) -> None:
@@ -165,11 +204,15 @@ class BridgeBackend:
         target_file_rows: int = 1_000_000,
         compression: str = "snappy",
         write_batch_rows: int = 100_000,
+        writer: str = "spark",
     ):
+        if writer not in ("spark", "arrow"):
+            raise ValueError(f"the bridge's file writer is 'spark' or 'arrow', not {writer!r}")
         self.spark = spark
         self.target_file_rows = target_file_rows
         self.compression = compression
         self.write_batch_rows = write_batch_rows
+        self.writer = writer
 
     # ---- opening -----------------------------------------------------------------------------------------
     def _open(
@@ -265,27 +308,10 @@ class BridgeBackend:
         target = DeltaSchema.from_json(json.dumps({"type": "struct", "fields": fields}))
         target_arrow = pa.schema(target.to_arrow())
         write_id = uuid.uuid4().hex[:16]
-        writer = make_task_writer(
-            location,
-            target_arrow.serialize().to_pybytes(),
-            parts,
-            self.target_file_rows,
-            self.compression,
-            write_id,
-        )
         columns = [f["name"] for f in fields if f["name"] in {x["name"] for x in incoming}]
-        rows = self._run_write_tasks(df.select(*columns).mapInArrow(writer, FILE_META_DDL))
-        files = [r.asDict() for r in rows]
-        for f in files:
-            f["partition_values"] = json.loads(f["partition_values"])
-        null_rows = [f for f in files if not f["path"]]  # the tasks' reports of nulls in NOT NULL columns
-        files = [f for f in files if f["path"]]
-        if null_rows:
+        files, counts = self._write_files(df.select(*columns), location, target_arrow, parts, write_id)
+        if counts:
             _delete_files(location, files)
-            counts: dict[str, int] = {}
-            for f in null_rows:
-                for name, n in json.loads(f["stats"]).items():
-                    counts[name] = counts.get(name, 0) + int(n)
             raise SchemaMismatchError(
                 f"{location}: NOT NULL columns of the table have nulls in the DataFrame: "
                 + ", ".join(f"{c} ({n} rows)" for c, n in sorted(counts.items()))
@@ -411,6 +437,103 @@ class BridgeBackend:
         raise ConcurrentWriteError(
             f"{location}: {_COMMIT_ATTEMPTS} commits in a row lost to other writers; nothing was committed, rerun"
         )
+
+    def _write_files(
+        self, df: DataFrame, location: str, target: pa.Schema, parts: list[str], write_id: str
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Write the data files of ``df`` (columns in table order) under ``location``, not yet committed.
+
+        Returns:
+            One dict per file (``path`` relative to the table, ``size``, ``partition_values``, ``num_records``,
+            ``stats``, ``modification_time``), and the nulls found per NOT NULL column (empty when none).
+        """
+        if self.writer == "spark":
+            return self._spark_files(df, location, target, parts, write_id)
+        writer = make_task_writer(
+            location, target.serialize().to_pybytes(), parts, self.target_file_rows, self.compression, write_id
+        )
+        files = [r.asDict() for r in self._run_write_tasks(df.mapInArrow(writer, FILE_META_DDL))]
+        counts: dict[str, int] = {}
+        for f in files:
+            f["partition_values"] = json.loads(f["partition_values"])
+            if not f["path"]:  # a task's report of nulls in NOT NULL columns
+                for name, n in json.loads(f["stats"]).items():
+                    counts[name] = counts.get(name, 0) + int(n)
+        return [f for f in files if f["path"]], counts
+
+    def _spark_files(
+        self, df: DataFrame, location: str, target: pa.Schema, parts: list[str], write_id: str
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Spark's own Parquet writer writes the files into ``staging-<write_id>/`` of the table (its committer
+        publishes them only when the whole job succeeds); the driver moves each into its partition folder
+        under a name carrying ``write_id`` and reads its footer for the Delta statistics. No row crosses from
+        the JVM to Python (bench/lake_write.py)."""
+        fs, base = filesystem_for(location)
+        base = base.rstrip("/")
+        staging = f"{base}/staging-{write_id}"
+        spark_schema = from_arrow_schema(target)
+        data = df.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in spark_schema.fields])
+        writer = (
+            data.write.mode("error")
+            .option("compression", self.compression)
+            .option("maxRecordsPerFile", self.target_file_rows)
+        )
+        if parts:
+            writer = writer.partitionBy(*parts)
+        uri = staging if "://" not in location else f"{location.rstrip('/')}/staging-{write_id}"
+        hadoop = self.spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+        success_marker = hadoop.get("mapreduce.fileoutputcommitter.marksuccessfuljobs")
+        hadoop.set("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
+        try:
+            with _session_conf(self.spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
+                writer.parquet(uri)
+        except Exception:
+            with contextlib.suppress(OSError):  # the committer aborted: only its empty folder is left
+                fs.delete_dir(staging)
+            raise
+        finally:
+            if success_marker is None:
+                hadoop.unset("mapreduce.fileoutputcommitter.marksuccessfuljobs")
+            else:
+                hadoop.set("mapreduce.fileoutputcommitter.marksuccessfuljobs", success_marker)
+        infos = fs.get_file_info(pafs.FileSelector(staging, recursive=True, allow_not_found=True))
+        written = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+        non_null = [f.name for f in target if not f.nullable]
+        files: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        now = int(time.time() * 1000)
+        made: set[str] = set()
+        for seq, path in enumerate(written):
+            folder = path[len(staging) + 1 :].rsplit("/", 1)[0] if "/" in path[len(staging) + 1 :] else ""
+            pvals = _partition_values(folder, parts)
+            rel = f"{folder}/" if folder else ""
+            rel += f"part-{seq:05d}-{write_id}.c000.{self.compression}.parquet"
+            if folder and folder not in made:
+                fs.create_dir(f"{base}/{folder}", recursive=True)
+                made.add(folder)
+            fs.move(path, f"{base}/{rel}")
+            with fs.open_input_file(f"{base}/{rel}") as fh:
+                pf = pq.ParquetFile(fh)
+                meta, schema = pf.metadata, pf.schema_arrow
+                size = fh.size()
+            stats = footer_stats(meta, schema)
+            nulls = json.loads(stats)["nullCount"]
+            for name in non_null:
+                n = nulls.get(name, 0) if name not in parts else (meta.num_rows if pvals[name] is None else 0)
+                if n:
+                    counts[name] = counts.get(name, 0) + int(n)
+            files.append(
+                {
+                    "path": rel,
+                    "size": size,
+                    "partition_values": pvals,
+                    "num_records": meta.num_rows,
+                    "stats": stats,
+                    "modification_time": now,
+                }
+            )
+        fs.delete_dir(staging)
+        return files, counts
 
     def _run_write_tasks(self, files: DataFrame) -> list[Any]:
         """Run the writing tasks. Their Arrow batches are made larger than the session's default for UDFs
