@@ -212,6 +212,7 @@ def test_task_failing_mid_write_leaves_previous_version_and_no_file_behind(spark
     removed = lake.vacuum("t", retention_hours=0)
     assert len(removed) == len(orphans)
     assert data_files(root) == committed
+    assert lake.vacuum("t", retention_hours=0) == []  # not the files the first vacuum deleted, again
 
 
 def test_a_failed_commit_names_the_table(spark, lake, monkeypatch):

@@ -637,8 +637,15 @@ class BridgeBackend:
         return dict(table.optimize.compact(partition_filters=filters, target_size=target_size))
 
     def vacuum(self, location: str, retention_hours: int, dry_run: bool) -> list[str]:
-        """Delete unreferenced files older than the retention, orphans of failed writes included."""
+        """Delete unreferenced files older than the retention, orphans of failed writes included; returns the
+        files deleted (delta-rs also lists removed files an earlier vacuum already deleted: those are left out)."""
         table = self._require(location)
-        return list(
-            table.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True)
-        )
+        kw = {"retention_hours": retention_hours, "enforce_retention_duration": False, "full": True}
+        fs, base = filesystem_for(location)
+        base = base.rstrip("/")
+        candidates = list(table.vacuum(dry_run=True, **kw))  # type: ignore[arg-type]
+        infos = fs.get_file_info([p if p.startswith("/") else f"{base}/{unquote(p)}" for p in candidates])
+        present = [p for p, i in zip(candidates, infos, strict=True) if i.type != pafs.FileType.NotFound]
+        if not dry_run and present:
+            table.vacuum(dry_run=False, **kw)  # type: ignore[arg-type]
+        return present
