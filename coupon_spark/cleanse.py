@@ -46,6 +46,7 @@ metrics keep the folder's date T. A rerun replaces every partition of ``[F, T]``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -926,10 +927,44 @@ class CleanseResult:
     sources: dict[str, SourceResult]
     versions: dict[str, int] = field(default_factory=dict)
     period: ImportPeriod | None = None
+    input_digest: str | None = None
+    skipped: bool = False  # the same landing files were cleansed already: nothing was written
 
 
-def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> CleanseResult:
+def input_digest(cfg: Config, day: dt.date) -> str:
+    """What a cleansing of ``day`` reads: the landing folder's files (relative names, sizes, modification times:
+    metadata only, so it costs the same for any size) and the cleanse settings, as a sha256."""
+    import hashlib
+
+    import pyarrow.fs as pafs
+
+    from coupon_spark.lake._files import filesystem_for
+
+    fs, folder = filesystem_for(f"{cfg.lake.landing.rstrip('/')}/{day.isoformat()}")
+    infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    files = sorted(
+        (i.path[len(folder.rstrip("/")) + 1 :], i.size, i.mtime_ns) for i in infos if i.type == pafs.FileType.File
+    )
+    settings = json.dumps(dataclasses.asdict(cfg.cleanse), sort_keys=True, default=str)
+    return hashlib.sha256(json.dumps([files, settings], default=str).encode()).hexdigest()
+
+
+def cleansed_as(lake: Lake, day: dt.date) -> tuple[str | None, str | None]:
+    """``(input_digest, run_id)`` of the run that wrote ``day``'s run metrics, or Nones."""
+    if not lake.exists("run_metrics"):
+        return None, None
+    df = lake.read("run_metrics", where={PARTITION: day})
+    if "input_digest" not in df.columns:
+        return None, None
+    rows = df.select("input_digest", "run_id").distinct().collect()
+    return (rows[0]["input_digest"], rows[0]["run_id"]) if len(rows) == 1 else (None, None)
+
+
+def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date, force: bool = False) -> CleanseResult:
     """Cleanse the landing folder of ``day`` into the silver tables, the quarantine and the run metrics.
+
+    A rerun over the same landing files and settings (:func:`input_digest`) writes nothing and returns a
+    result with ``skipped``; ``force`` cleanses again all the same.
 
     Raises:
         LandingFileMissingError: A source file is missing (nothing is written).
@@ -944,6 +979,11 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
             f"landing folder of {day} is incomplete; missing: {', '.join(missing)}. Expected the files "
             f"{', '.join(schemas.LANDING_FILES.values())} under {cfg.lake.landing}/{day}. Nothing was written."
         )
+    digest = input_digest(cfg, day)
+    done, done_by = cleansed_as(lake, day)
+    if digest == done and not force:
+        log.info("cleanse %s: %s cleansed the same landing files already; nothing written", day, done_by)
+        return CleanseResult(day, done_by or run_id, {}, input_digest=digest, skipped=True)
     folder = f"{cfg.lake.landing.rstrip('/')}/{day.isoformat()}"
     period = import_period(read_manifest(folder), day, f"{folder}/{MANIFEST}")
     refs: dict[str, DataFrame] = {}
@@ -987,7 +1027,7 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date) -> C
                 refs[kind] = _known_issuances(lake, cfg, day, result.accepted_df, _matched_fields(kind))
             elif kind:
                 refs[kind] = result.accepted_df.select(F.col(source.key_column).alias("key"), *_matched_fields(kind))
-        out = CleanseResult(day, run_id, results, period=period)
+        out = CleanseResult(day, run_id, results, period=period, input_digest=digest)
         _write_all(spark, lake, out, started)
         return out
     finally:
@@ -1056,6 +1096,7 @@ def _metrics(spark: SparkSession, result: CleanseResult, started: dt.datetime) -
             result.run_id,
             started,
             finished,
+            result.input_digest,
         )
         for r in result.sources.values()
     ]
@@ -1092,6 +1133,7 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
                 partition_by=[PARTITION],
                 replace_where=where[table],
                 description=f"{result.run_id}: ingest date {day}" + (" (import)" if result.period else ""),
+                schema_mode="add_columns" if table == "run_metrics" else "strict",  # input_digest, added later
             )
             result.versions[table] = res.version
     except BaseException:
@@ -1118,7 +1160,13 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
     """CLI stage: cleanse the landing folder of ``--run-date``; prints a per-source summary."""
     lake = Lake.from_config(spark, cfg.lake)
     t0 = time.perf_counter()
-    result = cleanse_day(spark, lake, cfg, run_date)
+    result = cleanse_day(spark, lake, cfg, run_date, force=bool(getattr(args, "force", False)))
+    if result.skipped:
+        print(
+            f"cleanse {run_date}: already cleansed from the same landing files by {result.run_id}; nothing "
+            "written (--force cleanses again)"
+        )
+        return 0
     print(f"cleanse {run_date} ({result.run_id}, {time.perf_counter() - t0:.1f}s):")
     for r in result.sources.values():
         print(r.summary())

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if stage.name == "train":
             p.add_argument("--force", action="store_true", help="train again on inputs already trained on")
+        if stage.name == "cleanse":
+            p.add_argument("--force", action="store_true", help="cleanse again landing files already cleansed")
         if stage.name == "pipeline":
             p.add_argument("--days", type=int, default=1, help="number of consecutive days to run")
         if stage.name == "generate":

@@ -223,11 +223,14 @@ RUN_METRICS = StructType(
         StructField("run_id", StringType(), False),
         StructField("started_at", TimestampType(), False),
         StructField("finished_at", TimestampType(), False),
+        StructField("input_digest", StringType(), True),
     ]
 )
 """``run_metrics``: one row per (``ingest_date``, ``source``) and cleansing run, partitioned by ``ingest_date``
 and replaced by a rerun. ``records_read = records_accepted + records_quarantined`` always holds for a row
-that was written: the job checks it and fails before writing anything when it does not."""
+that was written: the job checks it and fails before writing anything when it does not. ``input_digest``
+fingerprints what the run cleansed (the landing folder's files: names, sizes, modification times; and the
+cleanse settings): a rerun with the same digest commits nothing (``coupon-spark cleanse --force`` does)."""
 
 SILVER_TABLES: dict[str, StructType] = {
     "users": USERS,

@@ -152,7 +152,7 @@ def test_bulk_import_lands_each_fact_on_its_day_and_reruns_replace(spark: SparkS
     n_iss = lake.read("issuances").count()
     assert n_iss == counts["issuances"]
     # a rerun replaces every covered day: nothing doubles
-    cleanse_day(spark, lake, cfg, last)
+    cleanse_day(spark, lake, cfg, last, force=True)
     assert lake.read("orders").count() == counts["orders"] and lake.read("issuances").count() == n_iss
 
 

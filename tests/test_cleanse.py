@@ -102,7 +102,8 @@ class FixtureRun:
 
 @pytest.fixture(scope="module")
 def fixture_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> FixtureRun:
-    """The hand-written folder cleansed once, then once more (a rerun); shared by the read-only tests."""
+    """The hand-written folder cleansed once, retried (nothing to do), then once more (a forced rerun); shared by
+    the read-only tests."""
     root = tmp_path_factory.mktemp("cleanse")
     lake_cfg = LakeConfig(root=str(root / "lake"), landing=str(root / "landing"), backend="bridge")
     shutil.copytree(FIXTURE, lake_cfg.landing)
@@ -110,7 +111,12 @@ def fixture_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -
     lake = Lake(spark, lake_cfg, BridgeBackend(spark, target_file_rows=1000))
     result = cleanse_day(spark, lake, cfg, DAY)
     first = snapshot(lake)
-    cleanse_day(spark, lake, cfg, DAY)
+    versions = {t: lake.version(t) for t in (*TABLES, "run_metrics")}
+    again = cleanse_day(spark, lake, cfg, DAY)  # a retry over the same files: nothing to do
+    assert again.skipped and again.run_id == result.run_id and again.input_digest == result.input_digest
+    assert {t: lake.version(t) for t in versions} == versions
+    forced = cleanse_day(spark, lake, cfg, DAY, force=True)
+    assert not forced.skipped and {t: lake.version(t) - 1 for t in versions} == versions
     return FixtureRun(cfg, lake, result, first, snapshot(lake))
 
 
@@ -400,9 +406,9 @@ def test_a_fact_landing_again_on_a_later_date_is_a_duplicate(
     assert [(r.n_items, r.ingest_date) for r in lake.read("orders").where("order_id = 'O1'").collect()] == [(2, DAY)]
     # a rerun of NEXT is not a duplicate of itself; a rerun of DAY keeps DAY's copies (NEXT holds none of them)
     after_next = snapshot(lake)
-    cleanse_day(spark, lake, fixture_cfg, NEXT)
+    cleanse_day(spark, lake, fixture_cfg, NEXT, force=True)
     assert snapshot(lake) == after_next
-    cleanse_day(spark, lake, fixture_cfg, DAY)
+    cleanse_day(spark, lake, fixture_cfg, DAY, force=True)
     assert snapshot(lake) == after_next
     assert quarantined(lake, DAY) == EXPECTED_QUARANTINE
 
