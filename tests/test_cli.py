@@ -128,7 +128,8 @@ def test_verbose_adds_the_traceback_before_the_line(tmp_path, capsys, no_spark):
     assert err[0] == "Traceback (most recent call last):"
     assert err[-1] == (
         "coupon-spark doctor: configuration error: --set: unknown key 'lake.bakend'; lake accepts: backend, "
-        "compression, landing, root, tables, target_file_rows [exit 2: bad input or configuration, fix it and rerun]"
+        "bridge_writer, compression, landing, root, tables, target_file_rows [exit 2: bad input or configuration, "
+        "fix it and rerun]"
     )
 
 
