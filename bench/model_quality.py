@@ -21,9 +21,11 @@ Reads the Delta tables with delta-rs (no Spark) and the registry's model of the 
 - Qini coefficient and AUUC (:mod:`coupon_spark.evaluation.uplift_metrics`) of each learner's ranking on
   held-out randomised logs: the randomised rows of the last ``--qini-dates`` issue dates, with learners
   fitted anew on the rows before them; the model on those of them it did not train on (its validation split).
-- Summary lines: ``model_vs_oracle`` (the published model's policy, its gate applied, over the oracle, same
-  users, no budgets), ``model_vs_oracle_at_budget`` (from ``evaluation_metrics``, when the run was
-  evaluated), ``model_vs_best_baseline`` (over the best LightGBM learner) and ``feature_oracle_vs_oracle``.
+- Summary lines: ``model_vs_oracle`` (what the run's allocation truly earned, the published model with its
+  gate and threshold at the run's budgets, over the oracle's at the same budgets: ``evaluation_metrics`` of
+  the run date; where the run was not evaluated, the no-budget figure), ``model_vs_oracle_no_budgets`` (the
+  published model's policy, its gate applied, over the oracle, same users and coupons, no budgets),
+  ``model_vs_best_baseline`` (no budgets, over the best LightGBM learner) and ``feature_oracle_vs_oracle``.
 
     python bench/model_quality.py --lake ./lakehouse --run-date 2026-11-14
 """
@@ -648,13 +650,18 @@ def main() -> None:
 
     model = values[lines[0][0]]
     best = max(LEARNERS, key=lambda k: values[k])
-    print(f"\nmodel_vs_oracle: {ratio(model, oracle)} (model {model:+,.0f} EUR, oracle {oracle:+,.0f} EUR, no budgets)")
     at_budget = budget_values(cfg, run_date)
     if at_budget is not None:
         print(
-            f"model_vs_oracle_at_budget: {ratio(*at_budget)} (model {at_budget[0]:+,.0f} EUR, oracle "
-            f"{at_budget[1]:+,.0f} EUR; evaluation_metrics of {run_date})"
+            f"\nmodel_vs_oracle: {ratio(*at_budget)} (the run's allocation: model {at_budget[0]:+,.0f} EUR, oracle "
+            f"{at_budget[1]:+,.0f} EUR at the run's budgets; evaluation_metrics of {run_date})"
         )
+    else:
+        print(f"\nmodel_vs_oracle: {ratio(model, oracle)} (no evaluation of {run_date}: the no-budget figure below)")
+    print(
+        f"model_vs_oracle_no_budgets: {ratio(model, oracle)} (model {model:+,.0f} EUR, oracle {oracle:+,.0f} EUR, "
+        "every live coupon, no budgets)"
+    )
     print(
         f"model_vs_best_baseline: {ratio(model, values[best])} (best: {best}, {values[best]:+,.0f} EUR"
         f"{'; not positive: no ratio' if values[best] <= 0 else ''})"
