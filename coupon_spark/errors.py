@@ -55,6 +55,11 @@ class UpstreamNotReady(CouponSparkError):
     advice = "upstream not ready, retry later"
 
 
+class MissingColumnsError(InputError, ValueError):
+    """A table or frame lacks columns of its contract (``coupon_spark.schemas``): the message names them and the
+    stage that writes them. One class for every stage (the allocator's candidates, the trainer's examples)."""
+
+
 class NotWritableError(InputError):
     """A folder the stage writes to (the lake root, the landing folder) cannot be written."""
 

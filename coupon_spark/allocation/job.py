@@ -56,7 +56,7 @@ from coupon_spark.allocation.core import (
 )
 from coupon_spark.allocation.plan import AllocationParams, Plan, check_spend, make_plan
 from coupon_spark.config import AllocationConfig, Config
-from coupon_spark.errors import InputError, UpstreamNotReady
+from coupon_spark.errors import MissingColumnsError, UpstreamNotReady
 from coupon_spark.schemas import ALLOCATION_RUNS_SCHEMA, ALLOCATIONS_SCHEMA, CANDIDATES_SCHEMA
 
 if TYPE_CHECKING:
@@ -65,10 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BLOCKS_DDL = "block_id long, n_users int, n_options long, n_invalid long, user_ids binary, data binary"
-
-
-class MissingColumnsError(InputError, ValueError):
-    """The candidates lack columns of the contract (``coupon_spark.schemas.CANDIDATES_SCHEMA``)."""
 
 
 class NoCandidatesError(UpstreamNotReady, RuntimeError):

@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.config import Config, TrainConfig
-from coupon_spark.errors import InputError, UpstreamNotReady
+from coupon_spark.errors import MissingColumnsError, UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.model.data import (
     ID_COLUMNS,
@@ -64,11 +64,6 @@ log = logging.getLogger(__name__)
 TRAINING_TABLE = "training_examples"
 STATS_TABLE = "feature_stats"
 RANK_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-
-class MissingColumnsError(InputError, ValueError):
-    """The training table lacks columns of the contract (``coupon_spark.schemas.TRAINING_EXAMPLES_KEYS``) or
-    feature columns that ``feature_stats`` describes."""
 
 
 class NoTrainingDataError(UpstreamNotReady, RuntimeError):
