@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,22 @@ class Progress:
         self.seconds[label] = secs
         print(f"{label} done in {secs:.1f}s", flush=True)
         return out
+
+    def by_stage(self) -> list[tuple[str, int, float]]:
+        """``(stage, times run, seconds in all)`` in the order the stages first ran: the labels without their
+        dates and counters (``[2026-11-12] day 1/3 2/6 train`` is the loop's ``train``, ``[history
+        2026-11-01] 4/14 cleanse`` the history's ``cleanse``)."""
+        out: dict[str, list[float]] = {}
+        for label, secs in self.seconds.items():
+            m = _LABEL.match(label)
+            phase, name = (m.group(1).split()[0], m.group(2)) if m else ("", label)
+            phase = "loop" if phase[:1].isdigit() else phase
+            key = f"{phase} {name.split(' (')[0]}".strip()
+            out.setdefault(key, []).append(secs)
+        return [(k, len(v), sum(v)) for k, v in out.items()]
+
+
+_LABEL = re.compile(r"^\[([^\]]*)\]\s*(?:\d+ days\s+)?(?:day \d+/\d+\s+)?(?:\d+/\d+\s+)?(.*)$")
 
 
 def _stage_fn(name: str) -> Callable[..., int] | None:
@@ -160,7 +177,9 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
                 progress.stage(f"{head} 6/6 evaluate", partial(evaluate, spark, cfg, day, args))
     finally:
         world.close()
-    print(f"pipeline: {days} day(s) from {run_date} in {time.perf_counter() - started:.0f}s")
+    print(f"pipeline: {days} day(s) from {run_date} in {time.perf_counter() - started:.0f}s; wall time per stage:")
+    for name, n, secs in progress.by_stage():
+        print(f"  {name:<48} {secs:8.1f}s" + (f"  ({n} runs, {secs / n:.1f}s each)" if n > 1 else ""))
     print_policy_summary(lake, cfg, [run_date + dt.timedelta(days=n) for n in range(days)])
     print("tables:")
     for name in sorted(cfg.lake.tables):

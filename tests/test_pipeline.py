@@ -206,3 +206,25 @@ def test_the_report_renders_in_a_real_browser(loop, tmp_path):
     broken.unlink()
     assert [src for src, complete, width in images if not (complete and width > 0)] == ["missing.png"]
     assert any(e["level"] == "SEVERE" and "missing.png" in e["message"] for e in console)
+
+
+def test_the_wall_time_per_stage_adds_up_each_stage_over_days():
+    p = pipeline.Progress()
+    p.seconds = {
+        "[setup] the synthetic shop's hidden truth": 8.0,
+        "[past 2025-10-29 .. 2026-10-28] 365 days generate (orders, the 10%/day randomised promotion)": 55.0,
+        "[history 2026-10-29] 1/14 generate (random logging policy)": 20.0,
+        "[history 2026-10-29] 1/14 cleanse": 30.0,
+        "[history 2026-10-30] 2/14 generate (random logging policy)": 22.0,
+        "[2026-11-12] day 1/3 1/6 features": 400.0,
+        "[2026-11-12] day 1/3 5/6 cleanse": 38.0,
+        "[2026-11-13] day 2/3 1/6 features": 150.0,
+    }
+    assert p.by_stage() == [
+        ("setup the synthetic shop's hidden truth", 1, 8.0),
+        ("past generate", 1, 55.0),
+        ("history generate", 2, 42.0),
+        ("history cleanse", 1, 30.0),
+        ("loop features", 2, 550.0),
+        ("loop cleanse", 1, 38.0),
+    ]
