@@ -268,14 +268,15 @@ def test_missing_columns_are_named(spark: SparkSession) -> None:
         allocate(spark, df, [], AllocationParams(), RUN_DATE)
 
 
+def write_candidates(spark: SparkSession, lake: Lake, df: pd.DataFrame) -> pd.DataFrame:
+    """Write ``df`` as the run date's candidates (what the score stage leaves for the allocate job)."""
+    sdf = spark.createDataFrame(df[CANDIDATES_SCHEMA.fieldNames()], CANDIDATES_SCHEMA)
+    lake.write(sdf, "candidates", mode="replace_partitions", partition_by=["run_date"])
+    return df
+
+
 def test_job_writes_tables_replaces_the_date_and_exports(spark: SparkSession, lake: Lake, tmp_path: Path) -> None:
-    df = instance(21, n_users=200)
-    lake.write(
-        spark.createDataFrame(df[CANDIDATES_SCHEMA.fieldNames()], CANDIDATES_SCHEMA),
-        "candidates",
-        mode="replace_partitions",
-        partition_by=["run_date"],
-    )
+    df = write_candidates(spark, lake, instance(21, n_users=200))
     base = Config.from_file("conf/base.yaml")
     cfg = dataclasses.replace(
         base,
@@ -365,13 +366,7 @@ def test_catalogue_budgets_spread_what_remains_over_the_days_left(spark: SparkSe
 
 @pytest.mark.parametrize("pacing", ["even", "off"])
 def test_the_job_keeps_each_campaign_within_its_paced_budget(spark: SparkSession, lake: Lake, pacing: str) -> None:
-    df = instance(23, n_users=300)
-    lake.write(
-        spark.createDataFrame(df[CANDIDATES_SCHEMA.fieldNames()], CANDIDATES_SCHEMA),
-        "candidates",
-        mode="replace_partitions",
-        partition_by=["run_date"],
-    )
+    write_candidates(spark, lake, instance(23, n_users=300))
     cf, coupons, redemptions = _catalogue_tables(spark)
     lake.write(cf, "coupon_features", mode="replace_partitions", partition_by=["as_of_date"])
     lake.write(coupons, "coupons", mode="overwrite")

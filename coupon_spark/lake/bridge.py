@@ -387,12 +387,11 @@ class BridgeBackend:
             Files replaced, or None when ``txn`` was committed by another writer meanwhile (nothing written).
         """
 
-        def selected(t: DeltaTable | None) -> set[str]:
-            if t is None or selector is None:
-                return set()
-            return {p for p, _, pv in self._files(t, parts) if selector(pv)}
+        def replaced(listing: list[tuple[str, int, dict[str, str | None]]]) -> list[tuple[str, int, dict]]:
+            return [] if selector is None else [f for f in listing if selector(f[2])]
 
-        before = selected(table)
+        current = replaced(self._files(table, parts)) if table is not None else []  # one listing per snapshot
+        before = {p for p, _, _ in current}
         added: list[AddAction | RemoveAction] = [*adds]
         for _ in range(_COMMIT_ATTEMPTS):
             try:
@@ -409,11 +408,7 @@ class BridgeBackend:
                     table.create_write_transaction(added, "overwrite", target, parts or None, commit_properties=props)
                     return len(before)
                 now = int(time.time() * 1000)
-                removes = [
-                    RemoveAction(path, True, now, size, pv)
-                    for path, size, pv in self._files(table, parts)
-                    if selector(pv)
-                ]
+                removes = [RemoveAction(path, True, now, size, pv) for path, size, pv in current]
                 actions = [*added, *removes]
                 table.create_write_transaction(actions, "append", target, parts or None, commit_properties=props)
                 return len(removes)
@@ -421,12 +416,14 @@ class BridgeBackend:
                 latest = self._open(location)
                 if latest is None or (table is not None and latest.version() == table.version()):
                     raise  # not a lost race: the commit itself failed
-                if adds and unquote(adds[0].path) in {unquote(p) for p, _, _ in self._files(latest, parts)}:
+                listing = self._files(latest, parts)
+                if adds and unquote(adds[0].path) in {unquote(p) for p, _, _ in listing}:
                     return len(before)  # it did land (a later step of the commit failed): keep it
                 log.info("%s: another writer committed version %s first (%s)", location, latest.version(), exc)
                 if txn is not None and (latest.transaction_version(txn.app_id) or -1) >= txn.version:
                     return None
-                if selector is not None and selected(latest) != before:
+                current = replaced(listing)
+                if selector is not None and {p for p, _, _ in current} != before:
                     raise ConcurrentWriteError(
                         f"{location}: another writer replaced or added to the same partitions while this write "
                         f"ran (table version {latest.version()}); nothing was committed and this write's "
@@ -481,21 +478,13 @@ class BridgeBackend:
         if parts:
             writer = writer.partitionBy(*parts)
         uri = staging if "://" not in location else f"{location.rstrip('/')}/staging-{write_id}"
-        hadoop = self.spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-        success_marker = hadoop.get("mapreduce.fileoutputcommitter.marksuccessfuljobs")
-        hadoop.set("mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
-        try:
+        try:  # (the committer's _SUCCESS marker stays in the staging folder, which goes below)
             with _session_conf(self.spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
                 writer.parquet(uri)
         except Exception:
             with contextlib.suppress(OSError):  # the committer aborted: only its empty folder is left
                 fs.delete_dir(staging)
             raise
-        finally:
-            if success_marker is None:
-                hadoop.unset("mapreduce.fileoutputcommitter.marksuccessfuljobs")
-            else:
-                hadoop.set("mapreduce.fileoutputcommitter.marksuccessfuljobs", success_marker)
         infos = fs.get_file_info(pafs.FileSelector(staging, recursive=True, allow_not_found=True))
         written = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
         non_null = [f.name for f in target if not f.nullable]
@@ -540,15 +529,9 @@ class BridgeBackend:
         (``write_batch_rows``): the tasks only hand rows to the Parquet writer, and the per-batch cost of the
         JVM-to-Python transfer dominated the write at 20k-row batches (bench/lake_write.py)."""
         key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-        before = self.spark.conf.get(key, None)
-        self.spark.conf.set(key, str(max(self.write_batch_rows, int(before or 0))))
-        try:
+        batch = max(self.write_batch_rows, int(self.spark.conf.get(key, None) or 0))
+        with _session_conf(self.spark, {key: str(batch)}):
             return files.collect()
-        finally:
-            if before is None:
-                self.spark.conf.unset(key)
-            else:
-                self.spark.conf.set(key, before)
 
     @staticmethod
     def _files(table: DeltaTable, parts: list[str]) -> list[tuple[str, int, dict[str, str | None]]]:
