@@ -39,7 +39,19 @@ $(VENV)/.horovod: $(VENV)/.installed
 	$(BIN)/python -c "import horovod.tensorflow as hvd; assert hvd.gloo_built(), 'horovod built without Gloo'"
 	touch $@
 
-setup: $(VENV)/.horovod ## create .venv and install the pinned stack (horovod built from source: ~5 min once)
+# The Delta Spark connector (io.delta jars only: Spark ships Scala, Hadoop, Parquet, Jackson), fetched with Maven
+# (-C: the repository's checksums must match) and checked against the pinned SHA256SUMS. Without Maven or the
+# network it warns: the lake then uses the bridge backend, and the native backend's tests skip.
+.jars/.fetched: jars/pom.xml jars/SHA256SUMS
+	@rm -rf .jars.tmp; if ! command -v mvn >/dev/null; then \
+		echo "setup: no mvn (Maven 3): the Delta connector's jars are not fetched; the lake uses the bridge backend"; \
+	elif mvn -q -B -C -Dstyle.color=never -f jars/pom.xml dependency:copy-dependencies -DincludeGroupIds=io.delta \
+			-DoutputDirectory=$(CURDIR)/.jars.tmp && (cd .jars.tmp && sha256sum --quiet -c ../jars/SHA256SUMS); then \
+		rm -rf .jars && mv .jars.tmp .jars && touch $@; \
+	else rm -rf .jars.tmp; echo "setup: the Delta connector's jars could not be fetched or did not match" \
+		"jars/SHA256SUMS; the lake uses the bridge backend"; fi
+
+setup: $(VENV)/.horovod .jars/.fetched ## create .venv, install the pinned stack (horovod built from source: ~5 min once), fetch the Delta connector
 
 AIRFLOW_VENV := .venv-airflow
 $(AIRFLOW_VENV)/.installed: requirements/airflow.txt

@@ -53,6 +53,10 @@ class SparkConfig:
         arrow_batch_size: Rows per Arrow batch for pandas/Arrow UDFs.
         driver_memory: ``spark.driver.memory`` (only effective when the JVM is started by this process).
         conf: Extra Spark settings, passed through unchanged.
+        connector_jars: The Delta Spark connector's jars for a session this process starts on a ``local`` master:
+            ``auto`` takes the folder ``$COUPON_SPARK_JARS``, else the checkout's ``.jars/`` (``make setup``
+            fetches them with Maven); a folder or comma-separated jar paths; ``none``: no jars (the bridge
+            backend). On a cluster (``spark-submit --jars`` / ``--packages``, a Delta runtime) nothing is added.
     """
 
     master: str = "local[*]"
@@ -61,6 +65,7 @@ class SparkConfig:
     arrow_batch_size: int = 20000
     driver_memory: str = "4g"
     conf: dict[str, str] = field(default_factory=dict)
+    connector_jars: str = "auto"
 
 
 @dataclass(frozen=True)

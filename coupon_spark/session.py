@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Literal
 
 from pyspark.sql import SparkSession
@@ -17,7 +18,9 @@ from pyspark.sql import SparkSession
 from coupon_spark.config import LakeConfig, SparkConfig
 from coupon_spark.errors import InputError
 
-DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.1"
+DELTA_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
+DELTA_EXTENSION_CLASS = "io.delta.sql.DeltaSparkSessionExtension"
+JARS_ENV = "COUPON_SPARK_JARS"
 DELTA_CATALOG_CLASS = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 MIN_JAVA = 17
 
@@ -68,14 +71,50 @@ def java_version(java: str | None = None) -> int:
     return major
 
 
+def connector_jars(cfg: SparkConfig) -> list[str]:
+    """The Delta connector's jar files to put on a local session's classpath (:attr:`SparkConfig.connector_jars`):
+    none on a non-local master (the cluster's ``--jars`` / ``--packages`` or its Delta runtime provide them),
+    for ``none``, or where the folder holds no ``delta-spark`` jar.
+
+    Raises:
+        InputError: ``connector_jars`` names a folder or file that does not exist.
+    """
+    setting = (cfg.connector_jars or "none").strip()
+    if setting == "none" or not (cfg.master or "").startswith("local"):
+        return []
+    if setting == "auto":
+        env = os.environ.get(JARS_ENV)
+        if env:
+            folder = Path(env)
+        else:  # a source checkout: <root>/coupon_spark/session.py -> <root>/.jars (make setup)
+            root = Path(__file__).resolve().parents[1]
+            folder = root / ".jars"
+            if not (root / "pyproject.toml").exists() or not folder.is_dir():
+                return []
+        paths = [folder]
+    else:
+        paths = [Path(p.strip()) for p in setting.split(",") if p.strip()]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InputError(
+            f"spark.connector_jars: {', '.join(missing)} does not exist. Run `make setup` (it fetches the Delta "
+            f"connector's jars into .jars/), point {JARS_ENV} or spark.connector_jars at a folder of them, or set "
+            "spark.connector_jars: none to use the bridge backend."
+        )
+    jars = sorted(str(j) for p in paths for j in ([p] if p.is_file() else p.glob("*.jar")))
+    return jars if any(Path(j).name.startswith("delta-spark") for j in jars) else []
+
+
 def build_spark_session(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
     """Start (or join) the SparkSession described by ``cfg``.
 
     Sets ``PYSPARK_PYTHON`` to this interpreter when unset, so that Python workers see the same packages; UTC
     session time zone (all timestamps in the lake are UTC); Arrow for pandas conversions with the configured
-    batch size; the configured shuffle partitions. With ``lake.backend == "native"`` the Delta session
-    extension and catalog are configured (the connector jar itself must come from ``spark.jars.packages``
-    or the platform).
+    batch size; the configured shuffle partitions. On a local master the Delta connector's jars
+    (:func:`connector_jars`) join the classpath unless the lake is pinned to the bridge; with them, or with
+    ``lake.backend == "native"`` (the jars then come from ``spark.jars.packages`` or the platform), the Delta
+    session extension and catalog are configured, so ``lake.backend: auto`` picks the native backend and
+    tables can be queried in Spark SQL (``delta.`<path>```, ``DESCRIBE HISTORY``, ``VERSION AS OF``).
     """
     if not os.environ.get("SPARK_REMOTE") and not os.environ.get("SPARK_HOME"):
         java_version()  # a clear message instead of Py4J's "Java gateway process exited"
@@ -94,10 +133,14 @@ def build_spark_session(cfg: SparkConfig, lake: LakeConfig | None = None) -> Spa
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
-    if lake is not None and lake.backend == "native":
-        settings["spark.sql.extensions"] = "io.delta.sql.DeltaSparkSessionExtension"
+    jars = connector_jars(cfg) if lake is None or lake.backend != "bridge" else []
+    if jars or (lake is not None and lake.backend == "native"):
+        settings["spark.sql.extensions"] = DELTA_EXTENSION_CLASS
         settings["spark.sql.catalog.spark_catalog"] = DELTA_CATALOG_CLASS
     settings.update(cfg.conf)
+    if jars:  # after the configured settings: their own spark.jars are kept, the connector's added
+        given = cfg.conf.get("spark.jars", "")
+        settings["spark.jars"] = ",".join([*([given] if given else []), *jars])
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 from coupon_spark.config import LakeConfig, SparkConfig
 from coupon_spark.lake import Lake
 from coupon_spark.lake.bridge import BridgeBackend
-from coupon_spark.session import build_spark_session
+from coupon_spark.session import build_spark_session, delta_connector_available
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -50,3 +50,26 @@ def lake_cfg(tmp_path: Path) -> LakeConfig:
 def lake(spark: SparkSession, lake_cfg: LakeConfig) -> Lake:
     """A bridge-backed lake in a fresh folder; small files so that tests see several per write."""
     return Lake(spark, lake_cfg, BridgeBackend(spark, target_file_rows=1000))
+
+
+BACKENDS = ("bridge", "native")
+
+
+def backend_lake(spark: SparkSession, lake_cfg: LakeConfig, backend: str) -> Lake:
+    """A lake in a fresh folder on ``backend``; the native one skips where the Delta connector's jars are absent
+    (``make setup`` fetches them). The bridge writes small files so that tests see several per write."""
+    import dataclasses
+
+    if backend == "native":
+        if not delta_connector_available(spark):
+            pytest.skip("the Delta Spark connector is not on the classpath: `make setup` fetches it into .jars/")
+        from coupon_spark.lake.native import NativeBackend
+
+        return Lake(spark, dataclasses.replace(lake_cfg, backend="native"), NativeBackend(spark))
+    return Lake(spark, lake_cfg, BridgeBackend(spark, target_file_rows=1000))
+
+
+@pytest.fixture(params=BACKENDS)
+def any_lake(request: pytest.FixtureRequest, spark: SparkSession, lake_cfg: LakeConfig) -> Lake:
+    """The lake contract's tests run once per backend."""
+    return backend_lake(spark, lake_cfg, request.param)

@@ -28,7 +28,7 @@ def test_local_extends_base_and_overrides_only_what_it_sets():
 
 def test_gpu_cluster_merges_spark_conf_through_two_levels():
     cfg = Config.from_file(CONF / "gpu-cluster.yaml")
-    assert cfg.spark.conf["spark.jars.packages"] == "io.delta:delta-spark_4.2_2.13:4.4.1"  # cluster.yaml
+    assert cfg.spark.conf["spark.jars.packages"] == "io.delta:delta-spark_4.2_2.13:4.4.0"  # cluster.yaml
     assert cfg.spark.conf["spark.task.resource.gpu.amount"] == "1"  # gpu-cluster.yaml
     assert cfg.spark.master == ""
     assert cfg.lake.backend == "native"

@@ -59,7 +59,7 @@ def test_training_runs_on_the_gpu_pool_with_gpu_settings(dagbag):
     assert train["pool"] == "gpu"
     assert train["args"][:2] == ["--conf", "gpu-cluster.yaml"]
     assert train["conf"]["spark.task.resource.gpu.amount"] == "1"
-    assert train["conf"]["spark.jars.packages"] == "io.delta:delta-spark_4.2_2.13:4.4.1"  # from cluster.yaml
+    assert train["conf"]["spark.jars.packages"] == "io.delta:delta-spark_4.2_2.13:4.4.0"  # from cluster.yaml
     assert tasks["score"]["pool"] == "default_pool" and "spark.task.resource.gpu.amount" not in tasks["score"]["conf"]
     assert train["files"].count("cluster.yaml") == 2 and tasks["score"]["files"].count(".yaml") == 2
     assert dagbag["dags"]["coupon_daily"]["max_active_runs"] == 1

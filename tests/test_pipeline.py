@@ -44,9 +44,13 @@ def loop(spark, tmp_path_factory):
     return rc, cfg, Lake.from_config(spark, cfg.lake)
 
 
-def test_the_loop_runs_and_writes_every_table(loop):
+def test_the_loop_runs_and_writes_every_table(spark, loop):
+    from coupon_spark.session import delta_connector_available
+
     rc, cfg, lake = loop
     assert rc == 0
+    # conf/local.yaml's lake.backend auto: the Delta connector where make setup fetched it, as make demo runs
+    assert lake.backend.name == ("native" if delta_connector_available(spark) else "bridge")
     for t in ("users", "orders", "issuances", "user_features", "training_examples", "candidates", "allocations",
               "allocation_runs", "evaluation_metrics"):  # fmt: skip
         assert lake.exists(t), t

@@ -51,11 +51,35 @@ def test_python_workers_run_this_interpreter(spark):
     assert os.path.realpath(exe) == os.path.realpath(sys.executable)
 
 
-def test_backend_detection_without_the_connector(spark):
-    assert not delta_connector_available(spark)  # no Delta jar on this classpath
-    assert resolve_backend(spark, "auto") == "bridge"
+def test_backend_detection(spark):
+    """``auto`` picks native where the session has the connector (make setup's .jars/), else the bridge."""
+    available = delta_connector_available(spark)
+    assert resolve_backend(spark, "auto") == ("native" if available else "bridge")
     assert resolve_backend(spark, "bridge") == "bridge"
+    if available:
+        assert resolve_backend(spark, "native") == "native"
+        return
     with pytest.raises(DeltaConnectorMissingError) as err:
         resolve_backend(spark, "native")
     assert f"spark.jars.packages={DELTA_PACKAGE}" in str(err.value)
     assert "lake.backend: bridge" in str(err.value)
+
+
+def test_connector_jars_are_found_where_configured_and_only_on_a_local_master(tmp_path, monkeypatch):
+    from coupon_spark.config import SparkConfig
+    from coupon_spark.errors import InputError
+    from coupon_spark.session import JARS_ENV, connector_jars
+
+    folder = tmp_path / "jars"
+    folder.mkdir()
+    (folder / "delta-storage-4.4.0.jar").write_bytes(b"")
+    assert connector_jars(SparkConfig(connector_jars=str(folder))) == []  # no delta-spark jar: nothing
+    (folder / "delta-spark_4.2_2.13-4.4.0.jar").write_bytes(b"")
+    both = [str(folder / "delta-spark_4.2_2.13-4.4.0.jar"), str(folder / "delta-storage-4.4.0.jar")]
+    assert connector_jars(SparkConfig(connector_jars=str(folder))) == both
+    monkeypatch.setenv(JARS_ENV, str(folder))
+    assert connector_jars(SparkConfig()) == both  # auto: the environment's folder first
+    assert connector_jars(SparkConfig(master="yarn")) == []  # a cluster brings its own (--packages, a runtime)
+    assert connector_jars(SparkConfig(connector_jars="none")) == []
+    with pytest.raises(InputError, match=r"does not exist\. Run `make setup`.*connector_jars: none"):
+        connector_jars(SparkConfig(connector_jars=str(tmp_path / "nowhere")))

@@ -1,19 +1,34 @@
 """The native Delta backend: the Delta Spark connector (delta-spark) does the reading and committing.
 
-Used wherever ``io.delta:delta-spark_4.2_2.13`` is on the classpath (a cluster, Databricks). The semantics are
-those of :class:`coupon_spark.lake.Lake`, mapped onto Delta's writer options: ``replaceWhere``, dynamic
-partition overwrite, ``mergeSchema`` / ``overwriteSchema`` and ``txnAppId`` / ``txnVersion``.
+Used wherever ``io.delta:delta-spark_4.2_2.13`` is on the classpath (``make setup`` fetches it into ``.jars/``
+for the local session; on a cluster ``--packages`` or the platform's Delta runtime). The semantics are those of
+:class:`coupon_spark.lake.Lake`, the bridge's, mapped onto Delta's writer options: ``replaceWhere``, dynamic
+partition overwrite, ``mergeSchema`` / ``overwriteSchema`` and ``txnAppId`` / ``txnVersion``; and Delta's
+errors onto the lake's, with the bridge's messages:
+
+- the schema check runs on the driver before any Spark job (:func:`coupon_spark.lake.bridge.reconcile_schema`);
+- rows outside ``replace_where``: ``ValueError``; nulls in a NOT NULL column: :class:`SchemaMismatchError`
+  naming the column (Delta's own checks, during the write, which then commits nothing);
+- a conflicting concurrent commit (Delta's optimistic concurrency: a replace of partitions another writer
+  added to or replaced since this write read the table): :class:`ConcurrentWriteError`, exit code 75.
+
+One difference stays: a write that fails after its tasks wrote files leaves them in the table folder, outside
+the log (invisible to every reader) until ``coupon-spark vacuum`` removes them; the bridge deletes them itself.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
+import time
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.lake.api import (
+    ConcurrentWriteError,
     PartitionPredicate,
     SchemaMismatchError,
     SchemaMode,
@@ -24,6 +39,8 @@ from coupon_spark.lake.api import (
     WriteResult,
     predicate_values,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _sql_literal(value: Any) -> str:
@@ -93,21 +110,9 @@ class NativeBackend:
         schema_mode: SchemaMode,
         description: str | None,
     ) -> WriteResult:
+        started = time.perf_counter()
         before = self.version(location) if self.exists(location) else -1
-        if before >= 0 and schema_mode != "overwrite":
-            table_schema = self.spark.read.format("delta").load(location).schema
-            have = {f.name: f.dataType for f in df.schema.fields}
-            missing = [f.name for f in table_schema.fields if f.name not in have]
-            wrong = [
-                f"{f.name}: table has {f.dataType.simpleString()}, DataFrame has {have[f.name].simpleString()}"
-                for f in table_schema.fields
-                if f.name in have and have[f.name] != f.dataType
-            ]
-            if missing or wrong:
-                raise SchemaMismatchError(
-                    f"{location}: the DataFrame does not match the Delta table's schema; nothing was written. "
-                    f"missing columns: {missing}; type mismatch: {wrong}"
-                )
+        self._check_schema(df, location, before >= 0, partition_by, schema_mode)
         writer = df.write.format("delta")
         if mode == "append":
             writer = writer.mode("append")
@@ -127,19 +132,28 @@ class NativeBackend:
             writer = writer.option("userMetadata", description)
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        writer.save(location)
+        try:
+            writer.save(location)
+        except Exception as exc:  # Delta's errors become the lake's; others pass through
+            err = _lake_error(exc, location, replace_where)
+            if err is exc:
+                raise
+            raise err from exc
         after = self.version(location)
         if after == before:
+            log.info("%s: %s v%s already committed, skipping", location, txn and txn.app_id, txn and txn.version)
             return WriteResult(location, after, skipped=True)
         last = self.history(location, 1)[0]
         metrics = last.get("operationMetrics") or {}
-        return WriteResult(
+        result = WriteResult(
             location,
             after,
             num_files=int(metrics.get("numFiles", 0)),
             num_rows=int(metrics.get("numOutputRows", 0)),
             removed_files=int(metrics.get("numRemovedFiles", 0)),
         )
+        log.info("%s (%s, %.1fs, native)", result, mode, time.perf_counter() - started)
+        return result
 
     def read(
         self,
@@ -151,13 +165,45 @@ class NativeBackend:
         if not self.exists(location):
             raise TableNotFoundError(f"no Delta table at {location}")
         reader = self.spark.read.format("delta")
+        if timestamp is not None:  # the version current at that time (Delta refuses times after the last commit)
+            version = self._version_at(location, timestamp)
         if version is not None:
+            if not 0 <= version <= self.version(location):
+                raise LookupError(f"{location}: no version {version} (latest {self.version(location)})")
             reader = reader.option("versionAsOf", version)
-        if timestamp is not None:
-            ts = timestamp.isoformat() if isinstance(timestamp, dt.datetime) else timestamp
-            reader = reader.option("timestampAsOf", ts)
         df = reader.load(location)
         return df.where(predicate_column(where)) if where else df
+
+    def _version_at(self, location: str, timestamp: dt.datetime | str) -> int:
+        ts = dt.datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp
+        if ts.tzinfo is None:
+            ts = ts.replace(tzinfo=dt.timezone.utc)
+        rows = self._table(location).history().select("version", "timestamp").collect()
+        # the session time zone is UTC (build_spark_session): history timestamps are naive UTC
+        done = [r["version"] for r in rows if r["timestamp"].replace(tzinfo=dt.timezone.utc) <= ts]
+        if not done:
+            raise LookupError(f"{location}: no version at or before {ts.isoformat()}")
+        return int(max(done))
+
+    def _check_schema(
+        self, df: DataFrame, location: str, exists: bool, partition_by: list[str] | None, schema_mode: SchemaMode
+    ) -> None:
+        """The bridge's checks, before any Spark job: types Delta cannot store, and against an existing table
+        missing, extra (without ``add_columns``) or retyped columns, and another partitioning."""
+        from coupon_spark.lake.bridge import delta_schema_of, reconcile_schema
+
+        delta_schema_of(df, location)
+        if not exists or schema_mode == "overwrite":
+            return
+        table = self._table(location)
+        fields = lambda schema: list(schema.jsonValue()["fields"])  # noqa: E731 - Delta's schema JSON is Spark's
+        reconcile_schema(fields(table.toDF().schema), fields(df.schema), schema_mode, location)
+        existing = list(table.detail().collect()[0]["partitionColumns"] or [])
+        if partition_by is not None and list(partition_by) != existing:
+            raise SchemaMismatchError(
+                f"{location}: the table is partitioned by {existing}, the write asks for {list(partition_by)}; "
+                "nothing was written"
+            )
 
     def version(self, location: str) -> int:
         return int(self._table(location).history(1).collect()[0]["version"])
@@ -189,10 +235,41 @@ class NativeBackend:
         if where:
             opt = opt.where(predicate_sql(where))
         rows = opt.executeCompaction().collect()
-        return rows[0].asDict(recursive=True) if rows else {}
+        out = rows[0].asDict(recursive=True) if rows else {}
+        return {**out, **(out.get("metrics") or {})}  # numFilesAdded / numFilesRemoved at the top, as the bridge
 
     def vacuum(self, location: str, retention_hours: int, dry_run: bool) -> list[str]:
         self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
         path = location.replace("`", "``")
         sql = f"VACUUM delta.`{path}` RETAIN {int(retention_hours)} HOURS" + (" DRY RUN" if dry_run else "")
         return [r[0] for r in self.spark.sql(sql).collect()]
+
+
+def _lake_error(exc: Exception, location: str, replace_where: PartitionPredicate | None) -> Exception:
+    """The lake's error for one of Delta's (the exception itself when it is none of those below)."""
+    from delta.exceptions import DeltaConcurrentModificationException
+
+    text = str(exc)
+    if isinstance(exc, DeltaConcurrentModificationException) or "DELTA_CONCURRENT" in text:
+        return ConcurrentWriteError(
+            f"{location}: another writer replaced or added to the same partitions while this write ran; nothing "
+            "was committed (its data files stay outside the log until `coupon-spark vacuum`). Rerun the stage: it "
+            f"replaces the date (or skips it when the other writer committed the same run). Delta: {_first_line(text)}"
+        )
+    if "DELTA_REPLACE_WHERE_MISMATCH" in text:
+        return ValueError(
+            f"{location}: replace_where={replace_where} but the data has rows in other partitions; nothing was "
+            "committed"
+        )
+    if "DELTA_NOT_NULL_CONSTRAINT_VIOLATED" in text or "NOT NULL constraint violated" in text:
+        column = re.search(r"column: ([^.\s]+)", text)
+        return SchemaMismatchError(
+            f"{location}: NOT NULL columns of the table have nulls in the DataFrame: "
+            f"{column.group(1) if column else '(see below)'}; nothing was written (fill or filter them first). "
+            f"Delta: {_first_line(text)}"
+        )
+    return exc
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")[:300]
