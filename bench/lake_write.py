@@ -2,7 +2,8 @@
 
 Prints ``bridge_write_vs_parquet: <ratio>`` (bridge time / Parquet time, median of the repeats; goal <= 1.15)
 for the default writer (Spark's Parquet writer, footers read by the driver), ``arrow_bridge_write_vs_parquet``
-for the pyarrow-in-the-tasks writer it replaced, and the rows/s of each. The DataFrame (~5M rows, 20 columns
+for the pyarrow-in-the-tasks writer it replaced, ``native_write_vs_parquet`` for the Delta Spark connector
+where ``make setup`` fetched it (the native backend), and the rows/s of each. The DataFrame (~5M rows, 20 columns
 of mixed types) is cached first, so all writers are timed on the same in-memory rows and none pays for
 generating them.
 
@@ -24,7 +25,7 @@ from pyspark.sql import functions as F
 from coupon_spark.config import LakeConfig, SparkConfig
 from coupon_spark.lake import Lake
 from coupon_spark.lake.bridge import BridgeBackend
-from coupon_spark.session import build_spark_session
+from coupon_spark.session import build_spark_session, delta_connector_available
 
 
 def make_frame(spark: SparkSession, rows: int) -> DataFrame:
@@ -83,6 +84,12 @@ def main() -> None:
         "": Lake(spark, cfg, BridgeBackend(spark, 2_000_000, writer="spark")),
         "arrow_": Lake(spark, cfg, BridgeBackend(spark, 2_000_000, writer="arrow")),
     }
+    if delta_connector_available(spark):  # the Delta Spark connector (make setup's .jars/) writes natively
+        from coupon_spark.lake.native import NativeBackend
+
+        lakes["native_"] = Lake(spark, cfg, NativeBackend(spark))
+    else:
+        print("native: the Delta Spark connector is not on the classpath (make setup fetches it): not timed")
     df = make_frame(spark, args.rows).repartition(spark.sparkContext.defaultParallelism * 2).cache()
     n = df.count()
     print(
@@ -109,8 +116,9 @@ def main() -> None:
         print(f"{label}parquet_rows_per_s: {n / tp:,.0f}  (median {tp:.2f}s of {[round(t, 2) for t in plain]})")
         for w, times in bridge.items():
             tb = statistics.median(times)
-            print(f"{label}{w}bridge_rows_per_s: {n / tb:,.0f}  (median {tb:.2f}s of {[round(t, 2) for t in times]})")
-            print(f"{label}{w}bridge_write_vs_parquet: {tb / tp:.3f}")
+            name = f"{label}{w}write" if w == "native_" else f"{label}{w}bridge_write"
+            print(f"{name}_rows_per_s: {n / tb:,.0f}  (median {tb:.2f}s of {[round(t, 2) for t in times]})")
+            print(f"{name}_vs_parquet: {tb / tp:.3f}")
     shutil.rmtree(work, ignore_errors=True)
     spark.stop()
 

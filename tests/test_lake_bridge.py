@@ -343,13 +343,16 @@ def test_a_run_the_other_writer_committed_is_skipped_not_doubled(spark, lake, mo
     assert_no_orphans(lake, "orders", before)
 
 
-def test_writers_in_two_threads_leave_one_copy_of_the_date(spark, any_lake):
+@pytest.mark.parametrize("date_exists", [False, True], ids=["new date", "existing date"])
+def test_writers_in_two_threads_leave_one_copy_of_the_date(spark, any_lake, date_exists):
     lake = any_lake
     import threading
 
     from coupon_spark.lake import ConcurrentWriteError
 
     lake.write(frame(spark, rows(D1, range(4))), "orders", partition_by=["day"])
+    if date_exists:
+        lake.write(frame(spark, rows(D2, range(50, 52))), "orders", mode="replace_partitions", partition_by=["day"])
     day2 = frame(spark, rows(D2, range(10, 40))).repartition(2)
     outcomes: list[str] = []
     before = data_files(Path(lake.location("orders")))
