@@ -502,6 +502,19 @@ def test_one_table_written_by_both_backends_reads_the_same_everywhere(spark, lak
     assert a.version("t") == 3
 
 
+def test_native_refuses_nulls_where_the_table_declares_not_null(spark, lake_cfg):
+    """A table the bridge created keeps its NOT NULL columns; the native backend's write of nulls into one is
+    refused with the lake's error naming the column, and commits nothing."""
+    from conftest import backend_lake
+
+    bridge, native = backend_lake(spark, lake_cfg, "bridge"), backend_lake(spark, lake_cfg, "native")
+    strict = StructType([StructField("k", LongType(), nullable=False), StructField("v", StringType())])
+    bridge.write(spark.createDataFrame([(1, "a")], strict), "t")
+    with pytest.raises(SchemaMismatchError, match=r"NOT NULL columns of the table have nulls in the DataFrame: k"):
+        native.write(spark.createDataFrame([(None, "b"), (2, "c")], "k long, v string"), "t")
+    assert native.version("t") == 0 and native.read("t").count() == 1
+
+
 def test_analysts_query_tables_by_name_in_spark_sql(spark, lake_cfg):
     """The native session's SQL: a table registered by name over its location, DESCRIBE HISTORY, VERSION AS OF."""
     from conftest import backend_lake

@@ -7,8 +7,9 @@ partition overwrite, ``mergeSchema`` / ``overwriteSchema`` and ``txnAppId`` / ``
 errors onto the lake's, with the bridge's messages:
 
 - the schema check runs on the driver before any Spark job (:func:`coupon_spark.lake.bridge.reconcile_schema`);
-- rows outside ``replace_where``: ``ValueError``; nulls in a NOT NULL column: :class:`SchemaMismatchError`
-  naming the column (Delta's own checks, during the write, which then commits nothing);
+- rows outside ``replace_where``: ``ValueError``; nulls in a column the table declares NOT NULL:
+  :class:`SchemaMismatchError` naming the column (Delta's own checks, during the write, which then commits
+  nothing). A table this backend creates from a DataFrame declares no NOT NULL column (Delta's rule);
 - a conflicting concurrent commit (Delta's optimistic concurrency: a replace of partitions another writer
   added to or replaced since this write read the table): :class:`ConcurrentWriteError`, exit code 75.
 
@@ -27,6 +28,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from coupon_spark.errors import one_line
 from coupon_spark.lake.api import (
     ConcurrentWriteError,
     PartitionPredicate,
@@ -139,12 +141,12 @@ class NativeBackend:
             if err is exc:
                 raise
             raise err from exc
-        after = self.version(location)
+        log_after = self._log(location)  # delta-rs: version and the commit's metrics without a Spark job
+        after = int(log_after.version())
         if after == before:
             log.info("%s: %s v%s already committed, skipping", location, txn and txn.app_id, txn and txn.version)
             return WriteResult(location, after, skipped=True)
-        last = self.history(location, 1)[0]
-        metrics = last.get("operationMetrics") or {}
+        metrics = log_after.history(1)[0].get("operationMetrics") or {}
         result = WriteResult(
             location,
             after,
@@ -168,8 +170,9 @@ class NativeBackend:
         if timestamp is not None:  # the version current at that time (Delta refuses times after the last commit)
             version = self._version_at(location, timestamp)
         if version is not None:
-            if not 0 <= version <= self.version(location):
-                raise LookupError(f"{location}: no version {version} (latest {self.version(location)})")
+            latest = self.version(location)
+            if not 0 <= version <= latest:
+                raise LookupError(f"{location}: no version {version} (latest {latest})")
             reader = reader.option("versionAsOf", version)
         df = reader.load(location)
         return df.where(predicate_column(where)) if where else df
@@ -178,9 +181,8 @@ class NativeBackend:
         ts = dt.datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=dt.timezone.utc)
-        rows = self._table(location).history().select("version", "timestamp").collect()
-        # the session time zone is UTC (build_spark_session): history timestamps are naive UTC
-        done = [r["version"] for r in rows if r["timestamp"].replace(tzinfo=dt.timezone.utc) <= ts]
+        limit = ts.timestamp() * 1000  # delta-rs history: commit times in epoch milliseconds, no Spark job
+        done = [int(c["version"]) for c in self._log(location).history() if c["timestamp"] <= limit]
         if not done:
             raise LookupError(f"{location}: no version at or before {ts.isoformat()}")
         return int(max(done))
@@ -266,7 +268,7 @@ def _lake_error(exc: Exception, location: str, replace_where: PartitionPredicate
         return ConcurrentWriteError(
             f"{location}: another writer replaced or added to the same partitions while this write ran; nothing "
             "was committed (its data files stay outside the log until `coupon-spark vacuum`). Rerun the stage: it "
-            f"replaces the date (or skips it when the other writer committed the same run). Delta: {_first_line(text)}"
+            f"replaces the date (or skips it when the other writer committed the same run). Delta: {one_line(exc, 300)}"
         )
     if "DELTA_REPLACE_WHERE_MISMATCH" in text:
         return ValueError(
@@ -278,10 +280,6 @@ def _lake_error(exc: Exception, location: str, replace_where: PartitionPredicate
         return SchemaMismatchError(
             f"{location}: NOT NULL columns of the table have nulls in the DataFrame: "
             f"{column.group(1) if column else '(see below)'}; nothing was written (fill or filter them first). "
-            f"Delta: {_first_line(text)}"
+            f"Delta: {one_line(exc, 300)}"
         )
     return exc
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")[:300]
