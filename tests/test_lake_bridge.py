@@ -515,6 +515,32 @@ def test_native_refuses_nulls_where_the_table_declares_not_null(spark, lake_cfg)
     assert native.version("t") == 0 and native.read("t").count() == 1
 
 
+def test_native_creates_a_table_with_the_not_null_columns_of_its_data(spark, lake_cfg):
+    """Delta's DataFrame writer alone makes every column of a new table nullable; native creates the table with
+    the data's schema first (version 0), so its NOT NULL columns stay declared, as Spark, delta-rs and the
+    bridge read them, and a later write of nulls is refused by either backend with nothing committed."""
+    from conftest import backend_lake
+
+    native, bridge = backend_lake(spark, lake_cfg, "native"), backend_lake(spark, lake_cfg, "bridge")
+    strict = StructType(
+        [StructField("k", LongType(), nullable=False), StructField("v", StringType()),
+         StructField("day", DateType(), nullable=False)]
+    )  # fmt: skip
+    first = native.write(spark.createDataFrame([(1, "a", D1), (2, None, D2)], strict), "t", partition_by=["day"])
+    assert first.version == 1 and first.num_rows == 2
+    declared = {"k": False, "v": True, "day": False}
+    assert {f.name: f.nullable for f in native.read("t").schema.fields} == declared
+    assert {f.name: f.nullable for f in DeltaTable(native.location("t")).schema().fields} == declared
+    assert native.info("t").partition_columns == ["day"]
+    loose = spark.createDataFrame([(None, "b", D1), (3, "c", D1)], "k long, v string, day date")
+    for lake in (native, bridge):
+        with pytest.raises(SchemaMismatchError, match=r"NOT NULL columns of the table have nulls .*k"):
+            lake.write(loose, "t", mode="append")
+    assert native.version("t") == 1 and sorted(r.k for r in bridge.read("t").collect()) == [1, 2]
+    again = native.write(loose.where("k IS NOT NULL"), "t", mode="append")  # a nullable DataFrame fits the table
+    assert again.version == 2 and native.read("t").count() == 3
+
+
 def test_analysts_query_tables_by_name_in_spark_sql(spark, lake_cfg):
     """The native session's SQL: a table registered by name over its location, DESCRIBE HISTORY, VERSION AS OF."""
     from conftest import backend_lake

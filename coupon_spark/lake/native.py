@@ -9,7 +9,8 @@ errors onto the lake's, with the bridge's messages:
 - the schema check runs on the driver before any Spark job (:func:`coupon_spark.lake.bridge.reconcile_schema`);
 - rows outside ``replace_where``: ``ValueError``; nulls in a column the table declares NOT NULL:
   :class:`SchemaMismatchError` naming the column (Delta's own checks, during the write, which then commits
-  nothing). A table this backend creates from a DataFrame declares no NOT NULL column (Delta's rule);
+  nothing). A table this backend creates keeps the NOT NULL columns of the DataFrame's schema (created first,
+  as version 0, then written: Delta's DataFrame writer alone would make every column nullable);
 - a conflicting concurrent commit (Delta's optimistic concurrency: a replace of partitions another writer
   added to or replaced since this write read the table): :class:`ConcurrentWriteError`, exit code 75.
 
@@ -115,6 +116,8 @@ class NativeBackend:
         started = time.perf_counter()
         before = self.version(location) if self.exists(location) else -1
         self._check_schema(df, location, before >= 0, partition_by, schema_mode)
+        if before < 0:
+            self._create_with_not_null(df, location, partition_by)
         writer = df.write.format("delta")
         if mode == "append":
             writer = writer.mode("append")
@@ -156,6 +159,30 @@ class NativeBackend:
         )
         log.info("%s (%s, %.1fs, native)", result, mode, time.perf_counter() - started)
         return result
+
+    def _create_with_not_null(self, df: DataFrame, location: str, partition_by: list[str] | None) -> None:
+        """Create the table from the DataFrame's schema first where that schema has NOT NULL columns.
+
+        Delta's DataFrame writer creates a table with every column nullable (Spark's ``asNullable`` on a
+        create); the bridge keeps NOT NULL, and analysts and later writes rely on it. So a new table whose
+        data declares NOT NULL columns is created as Delta's docs do it, ``CREATE TABLE`` with the schema
+        (version 0, empty), and the data is its first write (version 1). A writer that loses the race to
+        create it writes into the other's table."""
+        if all(f.nullable for f in df.schema.fields):
+            return
+        builder = self._dt.createIfNotExists(self.spark).location(location).addColumns(df.schema)
+        if partition_by:
+            builder = builder.partitionedBy(*partition_by)
+        try:
+            builder.execute()
+        except Exception as exc:
+            if not self.exists(location):  # not another writer's create: the lake's error, or the exception
+                err = _lake_error(exc, location, None)
+                if err is exc:
+                    raise
+                raise err from exc
+            log.info("%s: created by another writer meanwhile (%s)", location, one_line(exc, 120))
+        log.info("%s: created with NOT NULL %s", location, [f.name for f in df.schema.fields if not f.nullable])
 
     def read(
         self,
