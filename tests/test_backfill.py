@@ -36,7 +36,6 @@ def _cfg(tmp_path: Path, users: int = 400, days: int = 60) -> Config:
         overrides=[
             f"lake.root={tmp_path / 'lake'}",
             f"lake.landing={tmp_path / 'landing'}",
-            "lake.backend=bridge",
             f"shop.users={users}",
             f"shop.backfill_days={days}",
             "shop.backfill_issue_rate=0.3",

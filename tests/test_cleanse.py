@@ -29,7 +29,6 @@ from coupon_spark.cleanse import (
 )
 from coupon_spark.config import Config, LakeConfig, ShopConfig, SparkConfig
 from coupon_spark.lake import Lake
-from coupon_spark.lake.bridge import BridgeBackend
 
 FIXTURE = Path(__file__).parent / "data" / "landing"
 DAY = dt.date(2026, 11, 28)
@@ -105,10 +104,10 @@ def fixture_run(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -
     """The hand-written folder cleansed once, retried (nothing to do), then once more (a forced rerun); shared by
     the read-only tests."""
     root = tmp_path_factory.mktemp("cleanse")
-    lake_cfg = LakeConfig(root=str(root / "lake"), landing=str(root / "landing"), backend="bridge")
+    lake_cfg = LakeConfig(root=str(root / "lake"), landing=str(root / "landing"), target_file_rows=1000)
     shutil.copytree(FIXTURE, lake_cfg.landing)
     cfg = make_cfg(lake_cfg)
-    lake = Lake(spark, lake_cfg, BridgeBackend(spark, target_file_rows=1000))
+    lake = Lake.from_config(spark, lake_cfg)  # the default backend, native where fetched
     result = cleanse_day(spark, lake, cfg, DAY)
     first = snapshot(lake)
     versions = {t: lake.version(t) for t in (*TABLES, "run_metrics")}

@@ -137,7 +137,7 @@ def shop_runs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
         root = tmp_path_factory.mktemp(f"shop{parts}")
         cfg = Config(
             spark=SparkConfig(),
-            lake=LakeConfig(root=str(root / "lake"), landing=str(root / "landing"), backend="bridge"),
+            lake=LakeConfig(root=str(root / "lake"), landing=str(root / "landing")),
             shop=ShopConfig(users=300, partitions=parts, dirty_rate=0.05),
         )
         generate(spark, cfg, DAY, days=1)

@@ -48,6 +48,13 @@ UTC = dt.timezone.utc
 D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
 
 
+@pytest.fixture()
+def lake(bridge_lake: Lake) -> Lake:
+    """This module's ``lake`` is the bridge's, for the tests of its own files and commits; the lake contract's
+    tests take ``any_lake`` and run on both backends."""
+    return bridge_lake
+
+
 def rows(day: dt.date, ids: range, user: str = "u") -> list[tuple]:
     return [
         (i, f"{user}{i % 3}", day, Decimal(f"{i}.25"), i / 4, dt.datetime(2026, 11, 1, i % 24, tzinfo=UTC)) for i in ids

@@ -269,7 +269,6 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
         overrides=[
             f"lake.root={tmp_path}/lake",
             f"lake.landing={tmp_path}/landing",
-            "lake.backend=bridge",
             "shop.users=3000",
             "shop.partitions=2",
             "shop.issue_rate=0.8",
