@@ -1110,11 +1110,16 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
     for r in result.sources.values():
         quarantine = r.quarantined_df if quarantine is None else quarantine.unionByName(r.quarantined_df)
     assert quarantine is not None
+    # each table's date in as few files as lake.target_file_rows allows: the counts are known, the frames
+    # cached, so this only merges the write's tasks (the quarantine was one small file per source and task)
+    target = lake.cfg.target_file_rows
+    quarantined = sum(r.quarantined for r in result.sources.values())
     writes: list[tuple[str, Callable[[], DataFrame]]] = [
-        (SOURCES[name].table, _const(r.accepted_df)) for name, r in result.sources.items()
+        (SOURCES[name].table, _const(_in_files(r.accepted_df, r.accepted, target)))
+        for name, r in result.sources.items()
     ]
-    writes.append(("quarantine", lambda: quarantine))
-    writes.append(("run_metrics", lambda: _metrics(spark, result, started)))
+    writes.append(("quarantine", lambda: _in_files(quarantine, quarantined, target)))
+    writes.append(("run_metrics", lambda: _metrics(spark, result, started).coalesce(1)))
     # an import replaces every day it covers in the tables of facts (they land on their own days)
     fact_tables = {s.table for s in SOURCES.values() if s.is_fact} if result.period else set()
     before: dict[str, int | None] = {}
@@ -1142,6 +1147,11 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
             if table in result.versions:
                 _restore(lake, table, version, where[table])
         raise
+
+
+def _in_files(df: DataFrame, rows: int, target_rows: int) -> DataFrame:
+    """``df`` (``rows`` rows) in at most ``ceil(rows / target_rows)`` tasks, so in as many files at most."""
+    return df.coalesce(max(1, -(-rows // max(1, target_rows))))
 
 
 def _restore(lake: Lake, table: str, version: int | None, where: dict[str, Any]) -> None:

@@ -77,7 +77,8 @@ class LakeConfig:
         landing: Folder of raw landing files, one sub-folder per ingest date.
         backend: ``auto`` (native when the Delta connector is on the classpath, else bridge), ``bridge`` or
             ``native``.
-        target_file_rows: Bridge backend: the most rows per Parquet data file.
+        target_file_rows: The most rows per Parquet data file the bridge writes; cleanse also writes each
+            table's date in at most ``ceil(rows / target_file_rows)`` files, on either backend.
         compression: Bridge backend: Parquet codec.
         bridge_writer: Bridge backend: who writes the data files. ``spark``: Spark's own Parquet writer (its
             committer publishes them when the job succeeds; the driver reads their footers for the Delta

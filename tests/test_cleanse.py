@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
+from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -311,6 +312,12 @@ def test_generated_dirty_data_reconciles_and_every_defect_is_caught(
         )
         assert got == expected
         assert {s: r.accepted for s, r in result.sources.items()} == {s: clean[s] for s in SOURCE_ORDER}
+        # each table's date in at most ceil(rows / lake.target_file_rows) files (1,000 here), not one per task
+        sizes = {SOURCES[s].table: r.accepted for s, r in result.sources.items()}
+        sizes["quarantine"] = sum(expected.values())
+        for table, rows in sizes.items():
+            files = DeltaTable(lake.location(table)).file_uris([("ingest_date", "=", day.isoformat())])
+            assert len(files) <= max(1, -(-rows // 1000)), (table, rows, len(files))
 
 
 # ---- issue 14: a fact kept once across ingest dates; redemptions checked against their issuance ---------------
