@@ -575,33 +575,13 @@ class BridgeBackend:
 
     def partitions(self, location: str) -> list[dict[str, Any]]:
         """From the snapshot's add actions: no file is opened."""
-        table = self._require(location)
-        parts = list(table.metadata().partition_columns)
-        if not parts:
-            return []
-        actions = pa.table(table.get_add_actions(flatten=True))
-        if actions.num_rows == 0:
-            return []
-        distinct = actions.select([f"partition.{c}" for c in parts]).group_by([f"partition.{c}" for c in parts])
-        rows = distinct.aggregate([]).to_pylist()
-        out = [{c: r[f"partition.{c}"] for c in parts} for r in rows]
-        return sorted(out, key=lambda r: tuple((v is None, v) for v in r.values()))
+        return partitions_in_log(self._require(location))
 
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]:
         return list(self._require(location).history(limit))
 
     def info(self, location: str) -> TableInfo:
-        table = self._require(location)
-        actions = pa.table(table.get_add_actions(flatten=True))
-        rows = actions.column("num_records").to_pylist() if "num_records" in actions.column_names else []
-        return TableInfo(
-            location=location,
-            version=table.version(),
-            num_files=actions.num_rows,
-            num_rows=None if any(r is None for r in rows) else int(sum(rows)),
-            partition_columns=list(table.metadata().partition_columns),
-            schema=table.schema().to_json(),
-        )
+        return info_in_log(self._require(location), location)
 
     # ---- maintenance -------------------------------------------------------------------------------------
     def compact(self, location: str, where: PartitionPredicate | None, target_file_rows: int) -> dict[str, Any]:
@@ -632,3 +612,33 @@ class BridgeBackend:
         if not dry_run and present:
             table.vacuum(dry_run=False, **kw)  # type: ignore[arg-type]
         return present
+
+
+def partitions_in_log(table: DeltaTable) -> list[dict[str, Any]]:
+    """The distinct partition values of a table's snapshot, from its add actions: no file is opened (both
+    backends: delta-rs reads the log the connector writes as well)."""
+    parts = list(table.metadata().partition_columns)
+    if not parts:
+        return []
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return []
+    distinct = actions.select([f"partition.{c}" for c in parts]).group_by([f"partition.{c}" for c in parts])
+    rows = distinct.aggregate([]).to_pylist()
+    out = [{c: r[f"partition.{c}"] for c in parts} for r in rows]
+    return sorted(out, key=lambda r: tuple((v is None, v) for v in r.values()))
+
+
+def info_in_log(table: DeltaTable, location: str) -> TableInfo:
+    """Version, files, rows (the files' ``numRecords`` statistics; ``None`` where a file has none), partition
+    columns and schema of a table's snapshot, from its log alone (both backends)."""
+    actions = pa.table(table.get_add_actions(flatten=True))
+    rows = actions.column("num_records").to_pylist() if "num_records" in actions.column_names else []
+    return TableInfo(
+        location=location,
+        version=table.version(),
+        num_files=actions.num_rows,
+        num_rows=None if any(r is None for r in rows) else int(sum(rows)),
+        partition_columns=list(table.metadata().partition_columns),
+        schema=table.schema().to_json(),
+    )

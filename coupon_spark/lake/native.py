@@ -250,26 +250,19 @@ class NativeBackend:
         return int(self._log(location).version())
 
     def partitions(self, location: str) -> list[dict[str, Any]]:
-        cols = self._partition_columns(location)
-        if not cols:
-            return []
-        rows = self.spark.read.format("delta").load(location).select(*cols).distinct().orderBy(*cols).collect()
-        return [r.asDict() for r in rows]
+        from coupon_spark.lake.bridge import partitions_in_log
+
+        return partitions_in_log(self._log(location))  # the add actions: no Spark job
 
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]:
         hist = self._table(location).history(limit) if limit else self._table(location).history()
         return [r.asDict(recursive=True) for r in hist.collect()]
 
     def info(self, location: str) -> TableInfo:
-        d = self._table(location).detail().collect()[0].asDict(recursive=True)
-        return TableInfo(
-            location=location,
-            version=self.version(location),
-            num_files=int(d.get("numFiles") or 0),
-            num_rows=None,
-            partition_columns=list(d.get("partitionColumns") or []),
-            schema=self.spark.read.format("delta").load(location).schema.json(),
-        )
+        """From the log through delta-rs, as the bridge: the rows too (the files' statistics), no Spark job."""
+        from coupon_spark.lake.bridge import info_in_log
+
+        return info_in_log(self._log(location), location)
 
     def compact(self, location: str, where: PartitionPredicate | None, target_file_rows: int) -> dict[str, Any]:
         opt = self._table(location).optimize()
