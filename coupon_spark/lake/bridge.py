@@ -113,7 +113,7 @@ def _delete_files(location: str, files: list[dict[str, Any]]) -> None:
             log.warning("%s: could not delete uncommitted file %s (%s); vacuum removes it", location, f["path"], exc)
 
 
-def _delta_fields(schema: DeltaSchema) -> list[dict[str, Any]]:
+def delta_fields(schema: DeltaSchema) -> list[dict[str, Any]]:
     return list(json.loads(schema.to_json())["fields"])
 
 
@@ -273,12 +273,12 @@ class BridgeBackend:
                     log.info("%s: %s v%s already committed, skipping", location, txn.app_id, txn.version)
                     return WriteResult(location, table.version(), skipped=True)
 
-        incoming = _delta_fields(delta_schema_of(df, location))
+        incoming = delta_fields(delta_schema_of(df, location))
         if table is None:
             fields, evolved = incoming, False
             parts = list(partition_by or [])
         else:
-            fields, evolved = reconcile_schema(_delta_fields(table.schema()), incoming, schema_mode, location)
+            fields, evolved = reconcile_schema(delta_fields(table.schema()), incoming, schema_mode, location)
             existing_parts = list(table.metadata().partition_columns)
             parts = list(partition_by) if partition_by is not None else existing_parts
             if parts != existing_parts and schema_mode != "overwrite":

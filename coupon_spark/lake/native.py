@@ -114,9 +114,10 @@ class NativeBackend:
         description: str | None,
     ) -> WriteResult:
         started = time.perf_counter()
-        before = self.version(location) if self.exists(location) else -1
-        self._check_schema(df, location, before >= 0, partition_by, schema_mode)
-        if before < 0:
+        table = self._log(location) if self.exists(location) else None  # the log, read once a write
+        before = int(table.version()) if table is not None else -1
+        self._check_schema(df, location, table, partition_by, schema_mode)
+        if table is None:
             self._create_with_not_null(df, location, partition_by)
         writer = df.write.format("delta")
         if mode == "append":
@@ -182,7 +183,8 @@ class NativeBackend:
                     raise
                 raise err from exc
             log.info("%s: created by another writer meanwhile (%s)", location, one_line(exc, 120))
-        log.info("%s: created with NOT NULL %s", location, [f.name for f in df.schema.fields if not f.nullable])
+        else:
+            log.info("%s: created with NOT NULL %s", location, [f.name for f in df.schema.fields if not f.nullable])
 
     def read(
         self,
@@ -215,19 +217,18 @@ class NativeBackend:
         return int(max(done))
 
     def _check_schema(
-        self, df: DataFrame, location: str, exists: bool, partition_by: list[str] | None, schema_mode: SchemaMode
+        self, df: DataFrame, location: str, table: Any, partition_by: list[str] | None, schema_mode: SchemaMode
     ) -> None:
-        """The bridge's checks, before any Spark job: types Delta cannot store, and against an existing table
-        missing, extra (without ``add_columns``) or retyped columns, and another partitioning."""
-        from coupon_spark.lake.bridge import delta_schema_of, reconcile_schema
+        """The bridge's checks on the same fields, before any Spark job: types Delta cannot store, and against
+        the existing table's log (``table``, delta-rs; ``None``: a new table) missing, extra (without
+        ``add_columns``) or retyped columns, and another partitioning."""
+        from coupon_spark.lake.bridge import delta_fields, delta_schema_of, reconcile_schema
 
-        delta_schema_of(df, location)
-        if not exists or schema_mode == "overwrite":
+        incoming = delta_fields(delta_schema_of(df, location))
+        if table is None or schema_mode == "overwrite":
             return
-        fields = lambda schema: list(schema.jsonValue()["fields"])  # noqa: E731 - Delta's schema JSON is Spark's
-        table_schema = self.spark.read.format("delta").load(location).schema  # the log's schema: no Spark job
-        reconcile_schema(fields(table_schema), fields(df.schema), schema_mode, location)
-        existing = self._partition_columns(location)
+        reconcile_schema(delta_fields(table.schema()), incoming, schema_mode, location)
+        existing = list(table.metadata().partition_columns)
         if partition_by is not None and list(partition_by) != existing:
             raise SchemaMismatchError(
                 f"{location}: the table is partitioned by {existing}, the write asks for {list(partition_by)}; "
@@ -242,9 +243,6 @@ class NativeBackend:
         if not self.exists(location):
             raise TableNotFoundError(f"no Delta table at {location}")
         return LogReader(location)
-
-    def _partition_columns(self, location: str) -> list[str]:
-        return list(self._log(location).metadata().partition_columns)
 
     def version(self, location: str) -> int:
         return int(self._log(location).version())
