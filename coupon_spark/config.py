@@ -520,6 +520,10 @@ class TrainConfig:
         validation_share: Share of examples (by a hash of ``issuance_id``) held out for early stopping and
             the metrics.
         early_stopping_patience: Stop after this many epochs without a better validation loss.
+        average_epochs: The weights validated and published are an exponential moving average of the training
+            iterates over about this many epochs of steps (Polyak averaging: it removes the jitter a constant
+            learning rate leaves in the last weights, which moved the published ranking from run to run);
+            0 keeps the last iterate.
         min_delta: Smallest decrease of the validation loss that counts as better.
         propensity_clip: Propensities are clipped to ``[propensity_clip, 1]`` before inverse weighting.
         history_days: Train on examples issued in the last ``history_days`` days before the run date
@@ -568,6 +572,7 @@ class TrainConfig:
     id_l2: float = 1e-4
     validation_share: float = 0.1
     early_stopping_patience: int = 3
+    average_epochs: float = 1.0
     min_delta: float = 1e-4
     propensity_clip: float = 0.01
     history_days: int = 0
@@ -598,6 +603,7 @@ class TrainConfig:
             ("l2", self.l2 >= 0, ">= 0"),
             ("validation_share", 0.0 < self.validation_share < 1.0, "in (0, 1)"),
             ("early_stopping_patience", self.early_stopping_patience >= 1, ">= 1"),
+            ("average_epochs", self.average_epochs >= 0, ">= 0"),
             ("propensity_clip", 0.0 < self.propensity_clip <= 1.0, "in (0, 1]"),
             ("history_days", self.history_days >= 0, ">= 0"),
             ("sample_rows", self.sample_rows >= 0, ">= 0"),

@@ -239,3 +239,31 @@ def test_id_l2_penalises_only_the_id_embeddings():
     batch = batch_tensors([ex], [np.ones(2)])
     diff = float(shrunk.compute_loss(batch, normalizer=2.0)) - float(plain.compute_loss(batch, normalizer=2.0))
     assert diff == pytest.approx(0.1 * n_entries * 0.25, rel=1e-5)
+
+
+def test_weight_average_is_the_debiased_moving_average_by_hand():
+    """WeightAverage folds each update into ``a = d a + (1 - d) w`` with ``d = min(1 - 1/h, (1+t)/(10+t))``
+    (worked out here in numpy), and swap_in / swap_out put the average in and the weights back."""
+    from coupon_spark.model.loop import WeightAverage
+
+    v = tf.Variable(np.zeros(3, np.float32))
+    avg = WeightAverage([v], horizon_steps=4.0)
+    rng = np.random.default_rng(0)
+    a = np.zeros(3)
+    step = tf.function(avg.update)
+    for t in range(1, 30):
+        w = rng.normal(size=3)
+        v.assign(w.astype(np.float32))
+        step()
+        d = min(0.75, (1 + t) / (10 + t))
+        a = d * a + (1 - d) * w
+    last = v.numpy().copy()
+    current = avg.swap_in()
+    np.testing.assert_allclose(v.numpy(), a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(current[0], last)
+    avg.swap_out(current)
+    np.testing.assert_array_equal(v.numpy(), last)
+    off = WeightAverage([v], horizon_steps=0.0)
+    off.update()
+    np.testing.assert_array_equal(off.swap_in()[0], last)
+    np.testing.assert_array_equal(v.numpy(), last)
