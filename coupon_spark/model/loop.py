@@ -346,17 +346,18 @@ class WeightAverage:
             a.assign(d * a + (1.0 - d) * tf.cast(v, a.dtype))
 
     def swap_in(self) -> list[np.ndarray]:
-        """Put the average into the model; returns the current weights for :meth:`swap_out`."""
+        """Put the average into the model; returns the current weights for :meth:`swap_out` (none when off)."""
+        if not self.enabled:
+            return []
         current = [v.numpy() for v in self.variables]
-        for v, a in zip(self.variables, self.shadow, strict=self.enabled):
+        for v, a in zip(self.variables, self.shadow, strict=True):
             v.assign(a)
         return current
 
     def swap_out(self, current: list[np.ndarray]) -> None:
         """Put back the weights :meth:`swap_in` returned, to go on training."""
-        if self.enabled:
-            for v, c in zip(self.variables, current, strict=True):
-                v.assign(c)
+        for v, c in zip(self.variables[: len(current)], current, strict=True):  # off: current is empty
+            v.assign(c)
 
 
 def validation_metrics(
