@@ -45,7 +45,6 @@ metrics keep the folder's date T. A rerun replaces every partition of ``[F, T]``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -65,6 +64,7 @@ from coupon_spark import schemas
 from coupon_spark.config import CleanseConfig, Config
 from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
 
 log = logging.getLogger(__name__)
 
@@ -1166,11 +1166,10 @@ def _restore(lake: Lake, table: str, version: int | None, where: dict[str, Any])
         log.exception("cleanse: could not restore %s (%s) to version %s", table, where, version)
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:
-    """CLI stage: cleanse the landing folder of ``--run-date``; prints a per-source summary."""
-    lake = Lake.from_config(spark, cfg.lake)
+def run(ctx: Context, run_date: dt.date) -> int:
+    """The ``cleanse`` stage: cleanse the landing folder of the run date; prints a per-source summary."""
     t0 = time.perf_counter()
-    result = cleanse_day(spark, lake, cfg, run_date, force=bool(getattr(args, "force", False)))
+    result = cleanse_day(ctx.spark, ctx.lake, ctx.cfg, run_date, force=ctx.options.force)
     if result.skipped:
         print(
             f"cleanse {run_date}: already cleansed from the same landing files by {result.run_id}; nothing "

@@ -1,61 +1,25 @@
 """``coupon-spark <stage> --conf conf/<env>.yaml [--run-date YYYY-MM-DD]``: one entry point per stage.
 
-The same functions back ``spark-submit jobs/<stage>.py``. Each stage is idempotent for a run date.
+The same functions back ``spark-submit jobs/<stage>.py``. Each stage is idempotent for a run date. The stages
+and their options are declared in :mod:`coupon_spark.stages`; this module is the only one that reads argparse.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import logging
 import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from coupon_spark.config import Config
-from coupon_spark.errors import EX_NOT_BUILT, CouponSparkError, NotWritableError, kind_of, one_line
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    help: str
-    target: str | None  # "module:function" taking (spark, cfg, run_date, args) -> int; None: not built yet
-
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage(
-            "doctor",
-            "check Java, Spark, the Delta backend and the lakehouse; list tables and versions",
-            "coupon_spark.doctor:run",
-        ),
-        Stage("generate", "write a synthetic shop's landing files and its hidden truth", "coupon_spark.datagen:run"),
-        Stage(
-            "cleanse",
-            "landing files of one ingest date -> silver Delta tables + quarantine",
-            "coupon_spark.cleanse:run",
-        ),
-        Stage("features", "point-in-time user/coupon features and training examples", "coupon_spark.features:run"),
-        Stage("train", "train the two-tower uplift model with Horovod on Spark", "coupon_spark.model.train:run"),
-        Stage("score", "score every user against every live coupon (pandas UDF)", "coupon_spark.scoring:run"),
-        Stage("allocate", "budget-constrained allocation through the Lagrangian dual", "coupon_spark.allocation:run"),
-        Stage(
-            "evaluate", "model metrics, policy value, budget use, fairness; the report", "coupon_spark.evaluation:run"
-        ),
-        Stage("pipeline", "run the stages in order for one or more days", "coupon_spark.pipeline:run"),
-    ]
-}
-
-PIPELINE_ORDER = ["generate", "cleanse", "features", "train", "score", "allocate", "evaluate"]
-WRITES_LANDING = {"generate", "pipeline"}  # stages that write landing files (the synthetic shop)
-USES_TENSORFLOW = {"train", "pipeline"}  # stages that import TensorFlow in this process
+from coupon_spark.errors import CouponSparkError, NotWritableError, kind_of, one_line
+from coupon_spark.runner import Context, resolve
+from coupon_spark.stages import STAGES, RunOptions, Stage, stage
 
 EXIT_CODES = """\
 exit codes:
@@ -63,7 +27,6 @@ exit codes:
   1   the stage failed (a Delta commit, a broken invariant): the line names the table; -v shows the traceback
   2   bad input or configuration (a config key, a landing file's header, no Java, an unwritable lake root):
       fix what the line names and rerun; rerunning as is fails again
-  3   the stage is not built yet
   75  upstream not ready for the run date (no landing files, an upstream table or model not built yet):
       retry later (EX_TEMPFAIL)
 Errors of codes 1, 2 and 75 print one line, `coupon-spark <stage>: <what, where, what to run>`; -v adds the
@@ -72,10 +35,6 @@ traceback."""
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each option; the description and the exit-code table kept as written."""
-
-
-class NotBuiltError(RuntimeError):
-    """The stage exists in the CLI but its implementation has not been built yet."""
 
 
 def _date(text: str) -> dt.date:
@@ -95,14 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for stage in STAGES.values():
-        p = sub.add_parser(
-            stage.name,
-            help=stage.help + ("" if stage.target else " [not built yet]"),
-            description=stage.help,
-            epilog=EXIT_CODES,
-            formatter_class=HelpFormatter,
-        )
+    for s in STAGES:
+        p = sub.add_parser(s.name, help=s.help, description=s.help, epilog=EXIT_CODES, formatter_class=HelpFormatter)
         p.add_argument("--conf", default="conf/local.yaml", help="environment configuration file")
         p.add_argument("--run-date", type=_date, default=dt.date.today(), help="run date (UTC), YYYY-MM-DD")
         p.add_argument(
@@ -113,28 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a configuration value, e.g. --set lake.root=/tmp/lake (repeatable)",
         )
-        if stage.name == "train":
-            p.add_argument("--force", action="store_true", help="train again on inputs already trained on")
-        if stage.name == "cleanse":
-            p.add_argument("--force", action="store_true", help="cleanse again landing files already cleansed")
-        if stage.name == "pipeline":
-            p.add_argument("--days", type=int, default=1, help="number of consecutive days to run")
-        if stage.name == "generate":
-            p.add_argument("--days", type=int, default=1, help="number of consecutive days to generate")
-            p.add_argument(
-                "--users",
-                type=int,
-                default=None,
-                help="population size (small-sample runs); default: shop.users from the configuration",
-            )
+        defaults = RunOptions()
+        for opt in s.options:
+            if opt.kind == "flag":
+                p.add_argument(opt.flag, dest=opt.name, action="store_true", help=opt.help)
+            else:
+                p.add_argument(opt.flag, dest=opt.name, type=int, default=getattr(defaults, opt.name), help=opt.help)
     return parser
-
-
-def resolve(stage: Stage) -> Callable[..., int]:
-    if stage.target is None:
-        raise NotBuiltError(f"stage {stage.name!r} is not built yet")
-    module, func = stage.target.split(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
 
 
 def local_path(location: str) -> str | None:
@@ -171,14 +109,14 @@ def writable_problem(location: str) -> str | None:
     return None
 
 
-def preflight(cfg: Config, stage: str) -> None:
-    """Check, before any work, that the folders ``stage`` writes to can be written.
+def preflight(cfg: Config, s: Stage) -> None:
+    """Check, before any work, that the folders stage ``s`` writes to can be written.
 
     Raises:
         NotWritableError: Naming the configuration key, the folder and why (exit code 2).
     """
     targets = [("lake.root", cfg.lake.root)]
-    if stage in WRITES_LANDING:
+    if s.writes_landing:
         targets.append(("lake.landing", cfg.lake.landing))
     for key, location in targets:
         problem = writable_problem(location)
@@ -220,26 +158,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report(exc, kind, args.stage, args.verbose)
 
 
+def options_of(args: argparse.Namespace) -> RunOptions:
+    """The stage's typed options from its parsed arguments (those it does not declare keep their defaults)."""
+    return RunOptions(**{o.name: getattr(args, o.name) for o in stage(args.stage).options})
+
+
 def run_stage(args: argparse.Namespace) -> int:
     """Load the configuration, check the folders, start Spark, run the stage; errors propagate to :func:`main`."""
     cfg = Config.from_file(args.conf, overrides=args.overrides)
-    stage = STAGES[args.stage]
-    try:
-        fn = resolve(stage)
-    except NotBuiltError as exc:
-        print(f"coupon-spark: {exc}; see the open issues. Nothing was run.", file=sys.stderr)
-        return EX_NOT_BUILT
-    preflight(cfg, stage.name)
+    s = stage(args.stage)
+    fn = resolve(s)
+    preflight(cfg, s)
     from coupon_spark import tfenv
 
     # before the JVM starts, so that Spark's Python workers (Horovod ranks in local mode) inherit it
     os.environ.update(tfenv.tf_env(os.environ))
-    if stage.name in USES_TENSORFLOW:
+    if s.tensorflow:
         tfenv.import_tensorflow(quiet=not args.verbose)
     from coupon_spark.session import build_spark_session
 
     spark = build_spark_session(cfg.spark, cfg.lake)
-    return int(fn(spark, cfg, args.run_date, args) or 0)
+    return int(fn(Context(spark, cfg, options_of(args)), args.run_date) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import platform
 
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from coupon_spark.config import Config
-from coupon_spark.lake import Lake, Txn
+from coupon_spark.lake import Txn
+from coupon_spark.runner import Context
 from coupon_spark.session import java_version
 
 DOCTOR_TABLE = "ops/doctor"
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+def run(ctx: Context, run_date: dt.date) -> int:
     """Print the environment, write and read back a small Delta table, list the configured tables."""
-    lake = Lake.from_config(spark, cfg.lake)
+    spark, cfg, lake = ctx.spark, ctx.cfg, ctx.lake
     print(f"python        {platform.python_version()}")
     print(f"java          {java_version()}")
     print(f"spark         {spark.version} ({spark.sparkContext.master}, {spark.sparkContext.defaultParallelism} cores)")

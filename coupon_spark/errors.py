@@ -10,7 +10,6 @@ code  class                  meaning, and what a scheduler should do
 1     CouponSparkError       the stage failed (a failed commit, a broken invariant): look at the message
 2     InputError             bad input or configuration (a wrong key, a bad landing file, no Java, an
                              unwritable lake root): fix it and rerun; retrying as is fails again
-3                            the stage is not built yet
 75    UpstreamNotReady       what the stage reads for the date is not there yet (no landing files, an
                              upstream table not built for the date): retry later (``EX_TEMPFAIL``)
 ====  =====================  ==========================================================================
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 EX_FAILED = 1
 EX_INPUT = 2
-EX_NOT_BUILT = 3
 EX_TEMPFAIL = 75  # sysexits.h: "temporary failure, the user is invited to retry"
 
 

@@ -34,7 +34,6 @@ feature for every as-of date in one sort, without replicating facts per date.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import time
@@ -48,6 +47,7 @@ from pyspark.sql.types import DateType, StructField, StructType
 from coupon_spark.config import Config, FeaturesConfig
 from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
 from coupon_spark.schemas import (
     COUPON_FEATURE_PREFIXES,
     FEATURE_STATS,
@@ -754,10 +754,10 @@ def import_plan(
     }
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+def run(ctx: Context, run_date: dt.date) -> int:
     """``coupon-spark features``: build and print what was written."""
-    lake = Lake.from_config(spark, cfg.lake)
-    s = build_features(spark, lake, cfg, run_date)
+    cfg = ctx.cfg
+    s = build_features(ctx.spark, ctx.lake, cfg, run_date)
     print(f"features as of {s.as_of}: snapshots {[str(d) for d in s.snapshots]}")
     if s.imported:
         days, snaps = sorted(s.imported), sorted(set(s.imported.values()))

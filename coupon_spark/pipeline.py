@@ -18,7 +18,6 @@ real deployment would do differently, except step 5, which a real shop does by i
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import re
@@ -30,9 +29,10 @@ from functools import partial
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from coupon_spark.cli import STAGES, NotBuiltError, resolve
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context, resolve
+from coupon_spark.stages import LOOP
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,6 @@ class Progress:
 _LABEL = re.compile(r"^\[([^\]]*)\]\s*(?:\d+ days\s+)?(?:day \d+/\d+\s+)?(?:\d+/\d+\s+)?(.*)$")
 
 
-def _stage_fn(name: str) -> Callable[..., int] | None:
-    try:
-        return resolve(STAGES[name])
-    except NotBuiltError:
-        return None
-
-
 def ensure_history(
     spark: SparkSession, lake: Lake, cfg: Config, world, run_date: dt.date, progress: Progress
 ) -> list[dt.date]:  # type: ignore[no-untyped-def]
@@ -129,19 +122,15 @@ def ensure_history(
     return missing
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:
-    """Run the loop for ``args.days`` days from ``run_date`` (see the module docstring)."""
+def run(ctx: Context, run_date: dt.date) -> int:
+    """Run the loop for ``ctx.options.days`` days from ``run_date`` (see the module docstring)."""
     from coupon_spark.cleanse import cleanse_day
     from coupon_spark.datagen.shop import World, generate_day, write_truth
 
-    days = int(getattr(args, "days", 1) or 1)
-    lake = Lake.from_config(spark, cfg.lake)
+    spark, cfg, lake = ctx.spark, ctx.cfg, ctx.lake
+    days = max(int(ctx.options.days), 1)
     progress = Progress()
     started = time.perf_counter()
-    loop = ["features", "train", "score", "allocate"]
-    missing = [s for s in [*loop, "evaluate"] if _stage_fn(s) is None]
-    if missing:
-        print(f"pipeline: not built yet, skipped: {', '.join(missing)}")
     world = World.build(spark, cfg)
     try:
         progress.stage("[setup] the synthetic shop's hidden truth", lambda: write_truth(lake, cfg, world))
@@ -149,32 +138,21 @@ def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Name
         for n in range(days):
             day = run_date + dt.timedelta(days=n)
             head = f"[{day}] day {n + 1}/{days}"
-            for i, name in enumerate(loop, 1):
-                fn = _stage_fn(name)
-                if fn is None:
-                    continue
-                if name == "train" and not _train_today(lake, cfg, run_date, day):
+            for i, name in enumerate(LOOP, 1):
+                if name == "train" and not _train_today(ctx, run_date, day):
                     print(f"{head} {i}/6 train: reusing the latest model (pipeline.train_every_days)")
                     continue
-                rc = progress.stage(f"{head} {i}/6 {name}", partial(fn, spark, cfg, day, args))
+                rc = progress.stage(f"{head} {i}/6 {name}", partial(resolve(name), ctx, day))
                 if rc:
                     print(f"{head} {name} failed with code {rc}; stopping")
                     return int(rc)  # type: ignore[call-overload]
-            if _stage_fn("allocate") is not None and lake.exists("allocations"):
-                issued = issuances_from_allocations(lake.read("allocations", where={"run_date": day}), day)
-                progress.stage(
-                    f"{head} 5/6 the shop plays the day forward (allocations -> outcomes -> landing)",
-                    partial(generate_day, spark, lake, cfg, world, day, issuances=issued),
-                )
-            else:
-                progress.stage(
-                    f"{head} 5/6 the shop's day (random logging policy)",
-                    partial(generate_day, spark, lake, cfg, world, day),
-                )
+            issued = issuances_from_allocations(lake.read("allocations", where={"run_date": day}), day)
+            progress.stage(
+                f"{head} 5/6 the shop plays the day forward (allocations -> outcomes -> landing)",
+                partial(generate_day, spark, lake, cfg, world, day, issuances=issued),
+            )
             progress.stage(f"{head} 5/6 cleanse", partial(cleanse_day, spark, lake, cfg, day))
-            evaluate = _stage_fn("evaluate")
-            if evaluate is not None:
-                progress.stage(f"{head} 6/6 evaluate", partial(evaluate, spark, cfg, day, args))
+            progress.stage(f"{head} 6/6 evaluate", partial(resolve("evaluate"), ctx, day))
     finally:
         world.close()
     print(f"pipeline: {days} day(s) from {run_date} in {time.perf_counter() - started:.0f}s; wall time per stage:")
@@ -241,13 +219,13 @@ def print_policy_summary(lake: Lake, cfg: Config, days: list[dt.date]) -> None:
     print(f"report: {report_dir(cfg, days[-1])}/index.html")
 
 
-def _train_today(lake: Lake, cfg: Config, first_day: dt.date, day: dt.date) -> bool:
+def _train_today(ctx: Context, first_day: dt.date, day: dt.date) -> bool:
     """Train on the first day, then every ``pipeline.train_every_days`` days (0: only while no model exists)."""
-    from coupon_spark.model.registry import ModelNotFoundError, Registry
+    from coupon_spark.model.registry import ModelNotFoundError
 
     try:
-        Registry.from_config(cfg).latest(cfg.train.model_name)
+        ctx.registry.latest(ctx.cfg.train.model_name)
     except ModelNotFoundError:
         return True
-    every = cfg.pipeline.train_every_days
+    every = ctx.cfg.pipeline.train_every_days
     return every > 0 and (day - first_day).days % every == 0

@@ -21,7 +21,6 @@ the exploration arm and for analysts (``uplift``, ``p_redeem`` and ``expected_co
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import time
@@ -39,6 +38,7 @@ from coupon_spark.config import Config, ScoreConfig
 from coupon_spark.errors import CouponSparkError, UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.model.pair import basket_of
+from coupon_spark.runner import Context
 from coupon_spark.schemas import CANDIDATES_SCHEMA, COUPON_FEATURE_PREFIXES, USER_FEATURE_PREFIXES
 
 log = logging.getLogger(__name__)
@@ -379,9 +379,9 @@ def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.
     return out.select(*[F.col(f.name).cast(f.dataType) for f in CANDIDATES_SCHEMA.fields]), version, len(live)
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+def run(ctx: Context, run_date: dt.date) -> int:
     """``coupon-spark score``: write the candidates of the run date (a rerun replaces them)."""
-    lake = Lake.from_config(spark, cfg.lake)
+    spark, cfg, lake = ctx.spark, ctx.cfg, ctx.lake
     started = time.perf_counter()
     candidates, version, n_live = build_candidates(spark, lake, cfg, run_date)
     res = lake.write(candidates, "candidates", mode="replace_partitions", partition_by=["run_date"])

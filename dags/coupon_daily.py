@@ -12,8 +12,12 @@ The Spark settings of each task come from the same YAML files the jobs read (``s
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import itertools
 import os
+import sys
+import types
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -27,9 +31,39 @@ except ImportError:  # pragma: no cover - Airflow 2
 HOME = Path(os.environ.get("COUPON_SPARK_HOME", "/opt/coupon-spark"))
 WHEEL = os.environ.get("COUPON_SPARK_WHEEL", str(HOME / "dist" / "coupon_spark-0.1.0-py3-none-any.whl"))
 CONF_DIR = HOME / "conf"
-# the loop, in order; generate (the synthetic shop) has no place in production: the shop's export lands itself
-STAGES = ["cleanse", "features", "train", "score", "allocate", "evaluate"]
-GPU_STAGES = {"train"}
+
+
+def load_stages() -> types.ModuleType:
+    """``coupon_spark.stages``, the one list of stages (standard library only): the installed package's, else a
+    source checkout's at ``COUPON_SPARK_HOME``, else the one inside the wheel the tasks ship (an Airflow worker
+    that has neither the package nor Spark)."""
+    try:
+        return importlib.import_module("coupon_spark.stages")
+    except ImportError:
+        pass
+    checkout = HOME / "coupon_spark" / "stages.py"
+    if checkout.is_file():
+        origin, source = str(checkout), checkout.read_text()
+    else:
+        try:
+            with zipfile.ZipFile(WHEEL) as wheel:
+                origin, source = f"{WHEEL}/coupon_spark/stages.py", wheel.read("coupon_spark/stages.py").decode()
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise ImportError(
+                f"coupon_spark.stages not found: install the package, or build the wheel (make package) and set "
+                f"COUPON_SPARK_WHEEL (now {WHEEL}) or COUPON_SPARK_HOME (now {HOME}): {exc}"
+            ) from exc
+    module = types.ModuleType("coupon_spark_stages")
+    module.__file__ = origin
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, origin, "exec"), module.__dict__)
+    return module
+
+
+_stages = load_stages()
+# the production day, in order; generate (the synthetic shop) has no place there: the shop's export lands itself
+STAGES = list(_stages.DAILY)
+GPU_STAGES = {s.name for s in _stages.STAGES if s.gpu}
 
 
 def spark_conf(env_file: str) -> dict[str, str]:

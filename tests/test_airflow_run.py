@@ -21,11 +21,12 @@ import pytest
 
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
+from coupon_spark.stages import DAILY
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_BIN = ROOT / ".venv-airflow" / "bin"
 RUN_DATE = dt.date(2026, 11, 8)
-STAGES = ["cleanse", "features", "train", "score", "allocate", "evaluate"]
+STAGES = list(DAILY)
 SILVER = ["users", "coupons", "events", "orders", "issuances", "redemptions"]
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import subprocess
@@ -11,8 +10,10 @@ import pytest
 from deltalake import DeltaTable
 
 from coupon_spark import doctor
-from coupon_spark.cli import STAGES, build_parser, main
+from coupon_spark.cli import build_parser, main
 from coupon_spark.config import Config
+from coupon_spark.runner import Context
+from coupon_spark.stages import BY_NAME as STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = ["generate", "cleanse", "features", "train", "score", "allocate", "evaluate", "pipeline"]
@@ -63,14 +64,14 @@ def test_doctor_round_trips_a_table(spark, tmp_path, capsys, monkeypatch, backen
         pytest.skip("the Delta Spark connector is not on the classpath: `make setup` fetches it into .jars/")
     monkeypatch.chdir(ROOT)
     cfg = Config.from_file(ROOT / "conf" / "local.yaml", overrides=[f"lake.root={tmp_path}", f"lake.backend={backend}"])
-    assert doctor.run(spark, cfg, dt.date(2026, 11, 28), argparse.Namespace()) == 0
+    assert doctor.run(Context(spark, cfg), dt.date(2026, 11, 28)) == 0
     out = capsys.readouterr().out
     assert "round trip    ok: wrote 1000 rows" in out
     assert f"delta backend {backend}" in out
     assert os.path.isdir(tmp_path / "ops" / "doctor" / "_delta_log")
     version = DeltaTable(str(tmp_path / "ops" / "doctor")).version()
     # a second run on the same date is a no-op thanks to the idempotency key
-    assert doctor.run(spark, cfg, dt.date(2026, 11, 28), argparse.Namespace()) == 0
+    assert doctor.run(Context(spark, cfg), dt.date(2026, 11, 28)) == 0
     assert f"already committed (version {version})" in capsys.readouterr().out
     assert DeltaTable(str(tmp_path / "ops" / "doctor")).version() == version
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from coupon_spark.stages import DAILY
+
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_PY = ROOT / ".venv-airflow" / "bin" / "python"
-STAGES = ["cleanse", "features", "train", "score", "allocate", "evaluate"]
+STAGES = list(DAILY)  # the one list (tests/test_stages.py pins its order)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from coupon_spark.evaluation import (
 )
 from coupon_spark.evaluation import run as evaluate_run
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
 from coupon_spark.schemas import ALLOCATIONS_SCHEMA, CANDIDATES_SCHEMA, EVALUATION_METRICS, ISSUANCES, ORDERS, USERS
 
 Z95 = 1.959963984540054
@@ -356,7 +357,7 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
     reg.write_json(cfg.train.model_name, v, "manifest.json", {"run_date": RUN.isoformat()})
     reg.set_latest(cfg.train.model_name, v)
 
-    assert evaluate_run(spark, cfg, RUN) == 0
+    assert evaluate_run(Context(spark, cfg), RUN) == 0
     metrics = lake.read("evaluation_metrics").toPandas()
     schema = lake.read("evaluation_metrics").schema
     assert [(f.name, f.dataType) for f in schema] == [(f.name, f.dataType) for f in EVALUATION_METRICS]
@@ -397,7 +398,7 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
         assert (folder / png).stat().st_size > 1000
         assert png in page
     # a rerun replaces the date's rows
-    assert evaluate_run(spark, cfg, RUN) == 0
+    assert evaluate_run(Context(spark, cfg), RUN) == 0
     again = lake.read("evaluation_metrics").toPandas()
     assert len(again) == len(metrics) and again["run_id"].nunique() == 1
 
@@ -407,7 +408,7 @@ def test_evaluate_says_what_is_missing(spark: SparkSession, lake: Lake) -> None:
     base = Config.from_file("conf/base.yaml")
     cfg = dataclasses.replace(base, lake=lake.cfg)
     with pytest.raises(NoAllocationError, match=r"no allocation for 2026-11-09: run `coupon-spark allocate") as err:
-        evaluate_run(spark, cfg, RUN)
+        evaluate_run(Context(spark, cfg), RUN)
     assert err.value.exit_code == 75
 
 

@@ -3,7 +3,6 @@ playing the allocations forward, cleansing and evaluation, through the same func
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import shutil
@@ -15,6 +14,8 @@ from pyspark.sql import functions as F
 from coupon_spark import pipeline
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
+from coupon_spark.stages import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DATE = dt.date(2026, 11, 8)
@@ -40,7 +41,7 @@ def loop(spark, tmp_path_factory):
         ],
     )
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    rc = pipeline.run(spark, cfg, RUN_DATE, argparse.Namespace(days=1, stage="pipeline"))
+    rc = pipeline.run(Context(spark, cfg, RunOptions(days=1)), RUN_DATE)
     return rc, cfg, Lake.from_config(spark, cfg.lake)
 
 

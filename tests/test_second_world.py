@@ -5,7 +5,6 @@ that only works on the world it was developed on."""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import math
 import os
@@ -18,6 +17,8 @@ from pyspark.sql import functions as F
 from coupon_spark import pipeline
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
+from coupon_spark.stages import RunOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DATE = dt.date(2026, 11, 8)
@@ -48,7 +49,7 @@ def other_world(spark, tmp_path_factory):
         ],
     )
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    rc = pipeline.run(spark, cfg, RUN_DATE, argparse.Namespace(days=DAYS, stage="pipeline"))
+    rc = pipeline.run(Context(spark, cfg, RunOptions(days=DAYS)), RUN_DATE)
     return rc, cfg, Lake.from_config(spark, cfg.lake)
 
 

@@ -4,7 +4,6 @@ exists, from the synthetic shop)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -18,7 +17,6 @@ import pytest
 from pyspark.sql import functions as F
 from test_model_data import COUPONS, RUN_DATE, STATS, make_world, write_world
 
-from coupon_spark.cli import STAGES
 from coupon_spark.config import Config, LakeConfig, SparkConfig, TrainConfig
 from coupon_spark.model.data import make_examples, snapshot_files, split_files
 from coupon_spark.model.gate import Gate
@@ -30,6 +28,7 @@ from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.train import RankTask, content_digest, rank_main, run, train
 from coupon_spark.model.transform import FeatureTransform
+from coupon_spark.runner import Context, run_stage
 
 TINY = dict(
     epochs=2,
@@ -84,7 +83,7 @@ def test_two_horovod_ranks_train_exactly_like_one_process_on_the_same_global_bat
 def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys):
     version = write_world(spark, lake, make_world(1200, days=3))
     cfg = config(lake_cfg, num_proc=0)
-    assert run(spark, cfg, RUN_DATE, argparse.Namespace()) == 0
+    assert run(Context(spark, cfg), RUN_DATE) == 0
     assert "version 1" in capsys.readouterr().out
     registry = Registry.from_config(cfg)
     name = cfg.train.model_name
@@ -242,11 +241,7 @@ def rank_main_in_memory(ex, spec, tc):  # type: ignore[no-untyped-def]
     return fit([ex], spec, tc).weights
 
 
-STAGES_BUILT = all(STAGES[s].target for s in ("generate", "cleanse", "features"))
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not STAGES_BUILT, reason="needs the generate, cleanse and features stages (not built yet)")
 @pytest.mark.skipif(
     not os.environ.get("COUPON_SPARK_E2E"),
     reason="about 10 minutes on 2 cores (8 days of cleansing): set COUPON_SPARK_E2E=1 to run it",
@@ -256,7 +251,6 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     reaches 90% of the AUC of the shop's true probabilities, and its uplift correlates with the true uplift."""
     import pandas as pd
 
-    from coupon_spark.cli import resolve
     from coupon_spark.datagen.response import CouponParams, UserTraits, response_pairs
     from coupon_spark.datagen.shop import truth_table
     from coupon_spark.datagen.world import season_logit
@@ -282,12 +276,11 @@ def test_end_to_end_on_a_generated_shop(spark, tmp_path):
     days = 8
     first = cfg.shop.start
     run_date = first + dt.timedelta(days=days)
-    assert (
-        resolve(STAGES["generate"])(spark, cfg, first, argparse.Namespace(stage="generate", days=days, users=None)) == 0
-    )
+    ctx = Context(spark, cfg)
+    assert run_stage("generate", ctx.with_options(days=days), first) == 0
     for i in range(days):
-        assert resolve(STAGES["cleanse"])(spark, cfg, first + dt.timedelta(days=i), argparse.Namespace()) == 0
-    assert resolve(STAGES["features"])(spark, cfg, run_date, argparse.Namespace()) == 0
+        assert run_stage("cleanse", ctx, first + dt.timedelta(days=i)) == 0
+    assert run_stage("features", ctx, run_date) == 0
     out = train(spark, cfg, run_date)
     lake = Lake.from_config(spark, cfg.lake)
     scorer = NumpyScorer.load(Registry.from_config(cfg).local_dir(out.name, out.version))

@@ -14,7 +14,6 @@ Only the output pass reads every block back whole (it needs the user ids and the
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import pickle
@@ -57,6 +56,7 @@ from coupon_spark.allocation.core import (
 from coupon_spark.allocation.plan import AllocationParams, Plan, check_spend, make_plan
 from coupon_spark.config import AllocationConfig, Config
 from coupon_spark.errors import MissingColumnsError, UpstreamNotReady
+from coupon_spark.runner import Context
 from coupon_spark.schemas import ALLOCATION_RUNS_SCHEMA, ALLOCATIONS_SCHEMA, CANDIDATES_SCHEMA
 
 if TYPE_CHECKING:
@@ -728,11 +728,9 @@ def export_allocations(allocations: DataFrame, cfg: Config, run_date: dt.date) -
 # ---- the stage ---------------------------------------------------------------------------------------------------
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+def run(ctx: Context, run_date: dt.date) -> int:
     """``coupon-spark allocate``: candidates of ``run_date`` -> allocations, run summary, channel export."""
-    from coupon_spark.lake import Lake
-
-    lake = Lake.from_config(spark, cfg.lake)
+    spark, cfg, lake = ctx.spark, ctx.cfg, ctx.lake
     acfg = cfg.allocation
     budgets = run_budgets_for(lake, acfg, run_date)
     candidates = lake.read("candidates", where={"run_date": run_date})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import logging
@@ -36,6 +35,7 @@ from coupon_spark.datagen.landing import (
 from coupon_spark.datagen.simulate import DayOutcome, active_users, random_policy, simulate_day
 from coupon_spark.datagen.world import COUPON_TRUTH, coupons_pandas, uniform, users_frame
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
 
 log = logging.getLogger(__name__)
 
@@ -416,14 +416,12 @@ def generate(
         world.close()
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:
-    """CLI stage: ``coupon-spark generate [--days N] [--users N]`` (one day when called by the pipeline)."""
-    own = getattr(args, "stage", "generate") == "generate"
-    days = int(getattr(args, "days", 1) or 1) if own else 1
-    users = getattr(args, "users", None) if own else None
-    if users:
-        cfg = dataclasses.replace(cfg, shop=dataclasses.replace(cfg.shop, users=int(users)))
-    counts = generate(spark, cfg, run_date, days)
+def run(ctx: Context, run_date: dt.date) -> int:
+    """The ``generate`` stage: ``coupon-spark generate [--days N] [--users N]``."""
+    cfg = ctx.cfg
+    if ctx.options.users:
+        cfg = dataclasses.replace(cfg, shop=dataclasses.replace(cfg.shop, users=int(ctx.options.users)))
+    counts = generate(ctx.spark, cfg, run_date, max(int(ctx.options.days), 1))
     for day, by_source in counts.items():
         print(f"generate {day}: {day_folder(cfg.lake.landing, day)}")
         for source, by in by_source.items():

@@ -23,7 +23,6 @@ Nothing is made up: a section without its inputs says so (``messages``) and writ
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import logging
@@ -50,6 +49,7 @@ from coupon_spark.evaluation.policy import (
     with_true_values,
 )
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
 from coupon_spark.schemas import EVALUATION_METRICS
 
 log = logging.getLogger(__name__)
@@ -863,15 +863,14 @@ def summary_lines(ev: Evaluation) -> list[str]:
     return lines
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace | None = None) -> int:
+def run(ctx: Context, run_date: dt.date) -> int:
     """``coupon-spark evaluate``: evaluate the run date's allocation, write the metrics and the report.
 
     Raises:
         NoAllocationError: Nothing allocated for ``run_date`` yet (the command line exits with 75: retry later).
     """
-    lake = Lake.from_config(spark, cfg.lake)
-    ev = evaluate(spark, cfg, run_date, lake)
-    result, path = write(spark, cfg, ev, lake)
+    ev = evaluate(ctx.spark, ctx.cfg, run_date, ctx.lake)
+    result, path = write(ctx.spark, ctx.cfg, ev, ctx.lake)
     print("\n".join(summary_lines(ev)))
     print(f"  {result}\n  report {path}")
     return 0

@@ -19,7 +19,6 @@ for at most the published model's best epoch count. Horovod stays the path of th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import hashlib
@@ -58,6 +57,7 @@ from coupon_spark.model.registry import Registry, read_npz, write_bytes, write_n
 from coupon_spark.model.scorer import FOLD_WEIGHTS_FILE
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
+from coupon_spark.runner import Context
 
 log = logging.getLogger(__name__)
 
@@ -709,9 +709,9 @@ def publish(
     registry.set_latest(name, version)
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date, args: argparse.Namespace) -> int:
+def run(ctx: Context, run_date: dt.date) -> int:
     """The ``train`` stage: train, publish, print where the version went and its validation metrics."""
-    out = train(spark, cfg, run_date, force=bool(getattr(args, "force", False)))
+    out = train(ctx.spark, ctx.cfg, run_date, force=ctx.options.force)
     p = out.metrics.get("purchase", {})
     r = out.metrics.get("redeem", {})
     print(f"model {out.name} version {out.version}{' (already trained: unchanged)' if out.skipped else ''}: {out.uri}")
