@@ -60,7 +60,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from coupon_spark import schemas
+from coupon_spark import schemas, tables
 from coupon_spark.config import CleanseConfig, Config
 from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.lake import Lake
@@ -234,7 +234,7 @@ class Source:
     name: str
     rules: tuple[Rule, ...]
     key: str
-    table: str
+    table: tables.Table
     schema: StructType
     version: str | None = None  # the record's own update time: the latest wins among duplicates
     event_time: str | None = None  # checked for future and stale timestamps
@@ -277,7 +277,7 @@ SOURCES: dict[str, Source] = {
                 Rule("updated_at", "timestamp"),
             ),
             key="user_id",
-            table="users",
+            table=tables.USERS,
             schema=schemas.USERS,
             version="updated_at",
             future_only=("updated_at",),
@@ -299,7 +299,7 @@ SOURCES: dict[str, Source] = {
                 Rule("updated_at", "timestamp"),
             ),
             key="coupon_id",
-            table="coupons",
+            table=tables.COUPONS,
             schema=schemas.COUPONS,
             version="updated_at",
             future_only=("updated_at",),
@@ -320,7 +320,7 @@ SOURCES: dict[str, Source] = {
                 Rule("order_id"),
             ),
             key="event_id",
-            table="events",
+            table=tables.EVENTS,
             schema=schemas.EVENTS,
             event_time="ts",
             refs=(("user_id", "user"),),
@@ -341,7 +341,7 @@ SOURCES: dict[str, Source] = {
                 Rule("updated_at", "timestamp"),
             ),
             key="order_id",
-            table="orders",
+            table=tables.ORDERS,
             schema=schemas.ORDERS,
             version="updated_at",
             event_time="ordered_at",
@@ -360,7 +360,7 @@ SOURCES: dict[str, Source] = {
                 Rule("propensity", "double", required=True),
             ),
             key="issuance_id",
-            table="issuances",
+            table=tables.ISSUANCES,
             schema=schemas.ISSUANCES,
             event_time="issued_at",
             refs=(("user_id", "user"), ("coupon_id", "coupon")),
@@ -378,7 +378,7 @@ SOURCES: dict[str, Source] = {
                 Rule("currency", "currency"),
             ),
             key="redemption_id",
-            table="redemptions",
+            table=tables.REDEMPTIONS,
             schema=schemas.REDEMPTIONS,
             event_time="redeemed_at",
             refs=(("user_id", "user"), ("coupon_id", "coupon"), ("issuance_id", "issuance")),
@@ -951,9 +951,9 @@ def input_digest(cfg: Config, day: dt.date) -> str:
 
 def cleansed_as(lake: Lake, day: dt.date) -> tuple[str | None, str | None]:
     """``(input_digest, run_id)`` of the run that wrote ``day``'s run metrics, or Nones."""
-    if not lake.exists("run_metrics"):
+    if not lake.exists(tables.RUN_METRICS):
         return None, None
-    df = lake.read("run_metrics", where={PARTITION: day})
+    df = lake.read(tables.RUN_METRICS, where={PARTITION: day})
     if "input_digest" not in df.columns:
         return None, None
     rows = df.select("input_digest", "run_id").distinct().collect()
@@ -1072,10 +1072,10 @@ def _known_issuances(lake: Lake, cfg: Config, day: dt.date, today: DataFrame, fi
     ``cleanse.issuance_lookback_days`` before, as ``key`` and ``fields``, one row per key (the latest copy)."""
     cols: list[Column | str] = [F.col("issuance_id").alias("key"), *fields]
     keys = today.select(*cols)
-    if cfg.cleanse.issuance_lookback_days <= 0 or not lake.exists("issuances"):
+    if cfg.cleanse.issuance_lookback_days <= 0 or not lake.exists(tables.ISSUANCES):
         return keys
     dates = [day - dt.timedelta(days=i) for i in range(1, cfg.cleanse.issuance_lookback_days + 1)]
-    earlier = lake.read("issuances", where={PARTITION: dates}).select(*cols, F.col(PARTITION).alias("_on"))
+    earlier = lake.read(tables.ISSUANCES, where={PARTITION: dates}).select(*cols, F.col(PARTITION).alias("_on"))
     both = keys.select("*", F.lit(day).alias("_on")).unionByName(earlier)
     if not fields:
         return both.select("key")
@@ -1114,16 +1114,16 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
     # cached, so this only merges the write's tasks (the quarantine was one small file per source and task)
     target = lake.cfg.target_file_rows
     quarantined = sum(r.quarantined for r in result.sources.values())
-    writes: list[tuple[str, Callable[[], DataFrame]]] = [
+    writes: list[tuple[tables.Table, Callable[[], DataFrame]]] = [
         (SOURCES[name].table, _const(_in_files(r.accepted_df, r.accepted, target)))
         for name, r in result.sources.items()
     ]
-    writes.append(("quarantine", lambda: _in_files(quarantine, quarantined, target)))
-    writes.append(("run_metrics", lambda: _metrics(spark, result, started).coalesce(1)))
+    writes.append((tables.QUARANTINE, lambda: _in_files(quarantine, quarantined, target)))
+    writes.append((tables.RUN_METRICS, lambda: _metrics(spark, result, started).coalesce(1)))
     # an import replaces every day it covers in the tables of facts (they land on their own days)
     fact_tables = {s.table for s in SOURCES.values() if s.is_fact} if result.period else set()
-    before: dict[str, int | None] = {}
-    where: dict[str, dict[str, Any]] = {}
+    before: dict[tables.Table, int | None] = {}
+    where: dict[tables.Table, dict[str, Any]] = {}
     try:
         for table, make in writes:
             before[table] = lake.version(table) if lake.exists(table) else None
@@ -1133,18 +1133,16 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
                 df = df.repartition(PARTITION)  # one file per imported day, not one per day and task
             res = lake.write(
                 df,
-                table,
-                mode="overwrite",
-                partition_by=[PARTITION],
+                table,  # the catalog's overwrite by ingest_date
                 replace_where=where[table],
                 description=f"{result.run_id}: ingest date {day}" + (" (import)" if result.period else ""),
-                schema_mode="add_columns" if table == "run_metrics" else "strict",  # input_digest, added later
+                schema_mode="add_columns" if table is tables.RUN_METRICS else "strict",  # input_digest, added later
             )
-            result.versions[table] = res.version
+            result.versions[table.name] = res.version
     except BaseException:
-        log.error("cleanse %s: a write failed; restoring %s", day, ", ".join(before) or "nothing")
+        log.error("cleanse %s: a write failed; restoring %s", day, ", ".join(t.name for t in before) or "nothing")
         for table, version in before.items():
-            if table in result.versions:
+            if table.name in result.versions:
                 _restore(lake, table, version, where[table])
         raise
 
@@ -1154,7 +1152,7 @@ def _in_files(df: DataFrame, rows: int, target_rows: int) -> DataFrame:
     return df.coalesce(max(1, -(-rows // max(1, target_rows))))
 
 
-def _restore(lake: Lake, table: str, version: int | None, where: dict[str, Any]) -> None:
+def _restore(lake: Lake, table: tables.Table, version: int | None, where: dict[str, Any]) -> None:
     """Put the partitions ``where`` selects in ``table`` back as they were at ``version`` (empty if none)."""
     try:
         if version is None:

@@ -44,6 +44,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, StructField, StructType
 
+from coupon_spark import tables
 from coupon_spark.config import Config, FeaturesConfig
 from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.lake import Lake
@@ -619,15 +620,15 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     """Write the feature tables for ``run_date``: snapshots (plus missing issue-date snapshots), the training
     examples of every issue date whose outcome window closed within the look-back, and the feature stats."""
     fcfg = cfg.features
-    for t in ("users", "coupons", "orders", "events", "issuances", "redemptions"):
+    for t in tables.SILVER:
         if not lake.exists(t):
             raise MissingInputError(
-                f"silver table {t!r} ({lake.location(t)}) does not exist: run `coupon-spark cleanse` first"
+                f"silver table {t.name!r} ({lake.location(t)}) does not exist: run `coupon-spark cleanse` first"
             )
     # a snapshot of D holds the users ingested before D and the catalogue ingested on or before D: without them
     # every table would be written empty, with placeholder statistics; refuse before writing anything
-    for t, lag in (("users", 1), ("coupons", 0)):
-        ingested = sorted(p["ingest_date"] for p in lake.partitions(t))
+    for t, lag in ((tables.USERS, 1), (tables.COUPONS, 0)):
+        ingested = lake.dates(t)
         if not ingested or ingested[0] + dt.timedelta(days=lag) > run_date:
             when = "before" if lag else "on or before"
             found, todo = (
@@ -640,18 +641,18 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
                 else ("it is empty", f"cleanse an ingest date {when} {run_date} first")
             )
             raise MissingInputError(
-                f"no data to build features as of {run_date}: silver table {t!r} ({lake.location(t)}) has no "
+                f"no data to build features as of {run_date}: silver table {t.name!r} ({lake.location(t)}) has no "
                 f"snapshot ingested {when} {run_date} ({found}). Nothing was written: {todo}"
             )
     seconds: dict[str, float] = {}
     versions: dict[str, int] = {}
     counts: dict[str, int] = {}
 
-    def replace(df: DataFrame, table: str, partition: str, label: str = "") -> None:
+    def replace(df: DataFrame, table: tables.Table, label: str = "") -> None:
         """Replace the partitions present in ``df``; note the version, the rows and the time (under ``label``)."""
         started = time.perf_counter()
-        res = lake.write(df, table, mode="replace_partitions", partition_by=[partition])
-        key = label or table
+        res = lake.write(df, table)  # the catalog's replace_partitions by its date column
+        key = label or table.name
         seconds[key] = round(time.perf_counter() - started, 2)
         versions[key], counts[key] = res.version, res.num_rows
 
@@ -659,7 +660,7 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     # issue dates whose windows closed: issued on D, counted until (D + window) 00:00, known up to R 00:00
     closed_from = run_date - dt.timedelta(days=fcfg.training_lookback_days)
     closed_to = run_date - dt.timedelta(days=win)
-    iss = lake.read("issuances")
+    iss = lake.read(tables.ISSUANCES)
     # daily training examples come from the logged policies; an imported past promotion's come once (below)
     is_import = F.coalesce(F.col("policy"), F.lit("")).isin(*fcfg.import_policies)
     trainable = iss.where(~is_import)
@@ -670,23 +671,18 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
         .distinct()
         .collect()
     )
-    have_user = {p["as_of_date"] for p in lake.partitions("user_features")} if lake.exists("user_features") else set()
-    have_coupon = (
-        {p["as_of_date"] for p in lake.partitions("coupon_features")} if lake.exists("coupon_features") else set()
-    )
+    have_user, have_coupon = set(lake.dates(tables.USER_FEATURES)), set(lake.dates(tables.COUPON_FEATURES))
     snapshots = sorted({run_date} | {d for d in wanted if d not in have_user or d not in have_coupon})
     categories = list(cfg.cleanse.categories)
 
-    users, orders, events = lake.read("users"), lake.read("orders"), lake.read("events")
-    redemptions, coupons = lake.read("redemptions"), lake.read("coupons")
+    users, orders, events = lake.read(tables.USERS), lake.read(tables.ORDERS), lake.read(tables.EVENTS)
+    redemptions, coupons = lake.read(tables.REDEMPTIONS), lake.read(tables.COUPONS)
     imported = iss.where(is_import)
     plan = import_plan(
         sorted(r[0] for r in imported.select(F.to_date("issued_at").alias("d")).distinct().collect()),
         fcfg,
         closed_to,
-        done={p["issue_date"] for p in lake.partitions("training_examples")}
-        if lake.exists("training_examples")
-        else set(),
+        done=set(lake.dates(tables.TRAINING_EXAMPLES)),
     )
     if plan:  # the imported past's training examples, once: features of a snapshot every import_snapshot_days
         snaps = sorted(set(plan.values()))
@@ -699,23 +695,26 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
         )
         cfi = coupon_features(coupons, sorted(plan), earliest_fallback=True)
         exi = training_examples(imported, orders, redemptions, coupons, ufi, cfi, sorted(plan), win)
-        replace(exi, "training_examples", "issue_date", label="training_examples (import)")
+        replace(exi, tables.TRAINING_EXAMPLES, label="training_examples (import)")
         # the catalogue each imported row could draw from: what the decision gate replays the model on
-        replace(cfi, "coupon_features", "as_of_date", label="coupon_features (import)")
+        replace(cfi, tables.COUPON_FEATURES, label="coupon_features (import)")
     uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg, coupons=coupons)
-    replace(uf, "user_features", "as_of_date")
+    replace(uf, tables.USER_FEATURES)
     cf = coupon_features(coupons, snapshots)
-    replace(cf, "coupon_features", "as_of_date")
+    replace(cf, tables.COUPON_FEATURES)
 
     # the transformation: computed from the snapshot of the run date, as committed
     parts = []
-    for table, (numeric, categorical) in (("user_features", ("uf_", "uc_")), ("coupon_features", ("cf_", "cc_"))):
+    for table, (numeric, categorical) in (
+        (tables.USER_FEATURES, ("uf_", "uc_")),
+        (tables.COUPON_FEATURES, ("cf_", "cc_")),
+    ):
         snap = lake.read(table, where={"as_of_date": run_date})
         num = [c for c in snap.columns if c.startswith(numeric)]
         cat = [c for c in snap.columns if c.startswith(categorical)]
-        parts.append(feature_stats(snap, num, cat, run_date, table, versions[table], fcfg))
+        parts.append(feature_stats(snap, num, cat, run_date, table.name, versions[table.name], fcfg))
     stats = parts[0].unionByName(parts[1])
-    replace(stats, "feature_stats", "as_of_date")
+    replace(stats, tables.FEATURE_STATS)
 
     if wanted:
         ex = training_examples(
@@ -723,12 +722,12 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
             orders,
             redemptions,
             coupons,
-            lake.read("user_features", where={"as_of_date": wanted}),
-            lake.read("coupon_features", where={"as_of_date": wanted}),
+            lake.read(tables.USER_FEATURES, where={"as_of_date": wanted}),
+            lake.read(tables.COUPON_FEATURES, where={"as_of_date": wanted}),
             wanted,
             win,
         )
-        replace(ex, "training_examples", "issue_date")
+        replace(ex, tables.TRAINING_EXAMPLES)
     return FeatureRunSummary(run_date, snapshots, wanted, plan, versions, counts, seconds)
 
 

@@ -29,6 +29,7 @@ from functools import partial
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from coupon_spark import tables
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
 from coupon_spark.runner import Context, resolve
@@ -106,14 +107,14 @@ def ensure_history(
     if cfg.shop.backfill_days > 0 and days:
         # the shop's past before its first logged day: one bulk import (its users snapshot marks it done)
         first, last = backfill_period(cfg.shop, days[0])
-        if not lake.exists("users") or last not in {p["ingest_date"] for p in lake.partitions("users")}:
+        if last not in lake.dates(tables.USERS):
             label = f"[past {first} .. {last}] {cfg.shop.backfill_days} days"
             progress.stage(
                 f"{label} generate (orders, the {cfg.shop.backfill_issue_rate:.0%}/day randomised promotion)",
                 partial(write_backfill, spark, cfg, world.users, days[0]),
             )
             progress.stage(f"{label} cleanse (bulk import)", partial(cleanse_day, spark, lake, cfg, last))
-    have = {p["ingest_date"] for p in lake.partitions("issuances")} if lake.exists("issuances") else set()
+    have = set(lake.dates(tables.ISSUANCES))
     missing = [d for d in days if d not in have]
     for i, day in enumerate(missing, 1):
         label = f"[history {day}] {i}/{len(missing)}"
@@ -146,7 +147,7 @@ def run(ctx: Context, run_date: dt.date) -> int:
                 if rc:
                     print(f"{head} {name} failed with code {rc}; stopping")
                     return int(rc)  # type: ignore[call-overload]
-            issued = issuances_from_allocations(lake.read("allocations", where={"run_date": day}), day)
+            issued = issuances_from_allocations(lake.read(tables.ALLOCATIONS, where={"run_date": day}), day)
             progress.stage(
                 f"{head} 5/6 the shop plays the day forward (allocations -> outcomes -> landing)",
                 partial(generate_day, spark, lake, cfg, world, day, issuances=issued),
@@ -172,10 +173,10 @@ def run(ctx: Context, run_date: dt.date) -> int:
 def print_policy_summary(lake: Lake, cfg: Config, days: list[dt.date]) -> None:
     """Day by day: the true incremental profit of each policy as a share of the oracle's, the budget use, and
     where the report is (from ``evaluation_metrics``, as the evaluate stage wrote it)."""
-    if not lake.exists("evaluation_metrics"):
+    if not lake.exists(tables.EVALUATION_METRICS):
         return
     rows = (
-        lake.read("evaluation_metrics", where={"run_date": days})
+        lake.read(tables.EVALUATION_METRICS, where={"run_date": days})
         .where(
             ((F.col("section") == "policy_truth") & F.col("metric").isin("ratio_to_oracle", "true_incremental_profit"))
             | ((F.col("section") == "budget") & (F.col("metric") == "use"))

@@ -33,6 +33,7 @@ import pyarrow as pa
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from coupon_spark import tables
 from coupon_spark.basket import log_normal_top_up
 from coupon_spark.config import Config, ScoreConfig
 from coupon_spark.errors import CouponSparkError, UpstreamNotReady
@@ -347,10 +348,9 @@ def load_scorer(cfg: Config):  # type: ignore[no-untyped-def]
 
 def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> tuple[DataFrame, str, int]:
     """The candidates of ``run_date`` (a lazy DataFrame), the model version and the number of live coupons."""
-    snapshots = {p["as_of_date"] for p in lake.partitions("user_features")} if lake.exists("user_features") else set()
-    if run_date not in snapshots:
+    if run_date not in lake.dates(tables.USER_FEATURES):
         raise NoUserFeaturesError(
-            f"no user_features snapshot as of {run_date} in {lake.location('user_features')}: "
+            f"no user_features snapshot as of {run_date} in {lake.location(tables.USER_FEATURES)}: "
             f"run `coupon-spark features --run-date {run_date}` first"
         )
     scorer, version = load_scorer(cfg)
@@ -362,18 +362,18 @@ def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.
             if np.isfinite(scorer.decision_threshold)
             else "closed (held-out logs showed no gain): no coupon is worth issuing on the model's behalf",
         )
-    cf = lake.read("coupon_features", where={"as_of_date": run_date})
+    cf = lake.read(tables.COUPON_FEATURES, where={"as_of_date": run_date})
     live = live_coupons(
         cf,
-        lake.read("redemptions") if lake.exists("redemptions") else None,
-        lake.read("coupons") if lake.exists("coupons") else None,
+        lake.read(tables.REDEMPTIONS) if lake.exists(tables.REDEMPTIONS) else None,
+        lake.read(tables.COUPONS) if lake.exists(tables.COUPONS) else None,
     ).toPandas()
     if live.empty:
         raise NoLiveCouponsError(f"no coupon is valid and funded on {run_date}: nothing to score")
     coupons = prepare_coupons(live, scorer, cfg.score)
-    users = lake.read("user_features", where={"as_of_date": run_date})
-    if lake.exists("issuances"):
-        users = with_recent_coupons(users, lake.read("issuances"), run_date, cfg.score.frequency_cap_days)
+    users = lake.read(tables.USER_FEATURES, where={"as_of_date": run_date})
+    if lake.exists(tables.ISSUANCES):
+        users = with_recent_coupons(users, lake.read(tables.ISSUANCES), run_date, cfg.score.frequency_cap_days)
     scored = score_users(users, scorer, coupons, cfg.score)
     out = scored.withColumn("run_date", F.lit(run_date)).withColumn("model_version", F.lit(version))
     return out.select(*[F.col(f.name).cast(f.dataType) for f in CANDIDATES_SCHEMA.fields]), version, len(live)
@@ -384,7 +384,7 @@ def run(ctx: Context, run_date: dt.date) -> int:
     spark, cfg, lake = ctx.spark, ctx.cfg, ctx.lake
     started = time.perf_counter()
     candidates, version, n_live = build_candidates(spark, lake, cfg, run_date)
-    res = lake.write(candidates, "candidates", mode="replace_partitions", partition_by=["run_date"])
+    res = lake.write(candidates, tables.CANDIDATES)
     secs = time.perf_counter() - started
     print(
         f"score {run_date}: model {version}, {n_live} live coupons, {res.num_rows} candidates "

@@ -31,6 +31,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from coupon_spark import tables
 from coupon_spark.allocation.core import (
     CANDIDATE_COLUMNS,
     Agg,
@@ -184,15 +185,19 @@ def run_budgets_for(lake: Lake, cfg: AllocationConfig, run_date: dt.date) -> lis
     budgets = budgets_from_frame(lake.read(cfg.budgets_table)) if cfg.budgets_table else budgets_from_config(cfg)
     if cfg.campaign_pacing == "off":
         return budgets
-    cf = lake.read("coupon_features", where={"as_of_date": run_date}) if lake.exists("coupon_features") else None
+    cf = (
+        lake.read(tables.COUPON_FEATURES, where={"as_of_date": run_date})
+        if lake.exists(tables.COUPON_FEATURES)
+        else None
+    )
     if cf is None or cf.isEmpty():
         log.warning("no coupon_features snapshot of %s: the catalogue's campaign budgets are not applied", run_date)
         return budgets
     spent = None
-    if lake.exists("redemptions") and lake.exists("coupons"):
+    if lake.exists(tables.REDEMPTIONS) and lake.exists(tables.COUPONS):
         from coupon_spark.scoring import campaign_spend
 
-        spent = campaign_spend(lake.read("redemptions"), lake.read("coupons"))
+        spent = campaign_spend(lake.read(tables.REDEMPTIONS), lake.read(tables.COUPONS))
     return merge_budgets(budgets, catalogue_budgets(cf, spent, cfg.campaign_pacing))
 
 
@@ -733,7 +738,7 @@ def run(ctx: Context, run_date: dt.date) -> int:
     spark, cfg, lake = ctx.spark, ctx.cfg, ctx.lake
     acfg = cfg.allocation
     budgets = run_budgets_for(lake, acfg, run_date)
-    candidates = lake.read("candidates", where={"run_date": run_date})
+    candidates = lake.read(tables.CANDIDATES, where={"run_date": run_date})
     result = allocate(
         spark,
         candidates,
@@ -744,8 +749,8 @@ def run(ctx: Context, run_date: dt.date) -> int:
         block_rows=acfg.block_rows,
     )
     # replace_partitions, no app transaction id: a rerun must replace the date, not be skipped
-    w1 = lake.write(result.allocations, "allocations", mode="replace_partitions", partition_by=["run_date"])
-    w2 = lake.write(result.summary, "allocation_runs", mode="replace_partitions", partition_by=["run_date"])
+    w1 = lake.write(result.allocations, tables.ALLOCATIONS)
+    w2 = lake.write(result.summary, tables.ALLOCATION_RUNS)
     path = export_allocations(result.allocations, cfg, run_date)
     result.allocations.unpersist()
     print(format_summary(result.summary.first().asDict(recursive=True)))  # type: ignore[union-attr]

@@ -35,6 +35,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from coupon_spark import tables
 from coupon_spark.allocation import POLICY_EXPLORATION, POLICY_HOLDOUT, POLICY_MODEL, Budget, make_budget
 from coupon_spark.allocation.job import budgets_from_config, params_from_config
 from coupon_spark.config import Config, join_uri
@@ -54,7 +55,7 @@ from coupon_spark.schemas import EVALUATION_METRICS
 
 log = logging.getLogger(__name__)
 
-METRICS_TABLE = "evaluation_metrics"
+METRICS_TABLE = tables.EVALUATION_METRICS
 SECTIONS = ("model", "policy_truth", "policy_logs", "holdout", "budget", "fairness")
 
 
@@ -137,18 +138,14 @@ def _margin(cfg: Config) -> float:
     return cfg.evaluate.margin_rate or cfg.score.margin_rate
 
 
-def _partition_dates(lake: Lake, table: str, column: str) -> list[dt.date]:
-    if not lake.exists(table):
-        return []
-    return sorted(p[column] for p in lake.partitions(table) if p.get(column) is not None)
-
-
 def run_budgets(lake: Lake, cfg: Config, run_date: dt.date) -> tuple[list[Budget], list[dict[str, Any]]]:
     """The run's budgets for the model arm (limit less the exploration spend) and the raw budget rows of
     ``allocation_runs`` (empty when the table has no row for the date: the configured budgets then)."""
     rows: list[dict[str, Any]] = []
-    if lake.exists("allocation_runs"):
-        got = lake.read("allocation_runs", where={"run_date": run_date}).orderBy(F.col("started_at").desc()).first()
+    if lake.exists(tables.ALLOCATION_RUNS):
+        got = (
+            lake.read(tables.ALLOCATION_RUNS, where={"run_date": run_date}).orderBy(F.col("started_at").desc()).first()
+        )
         if got is not None:
             rows = [b.asDict() for b in got["budgets"] or []]
     if not rows:
@@ -206,7 +203,7 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
         ev.add("model", "decision_gate.gain_lower_bound", gate.lower, n=gate.rows, note="EUR per decision")
         ev.say(f"model {note}: decision gate {gate.describe()}")
     trained = manifest.get("run_date")
-    if cfg.evaluate.out_of_time_max_rows and trained and lake.exists("training_examples"):
+    if cfg.evaluate.out_of_time_max_rows and trained and lake.exists(tables.TRAINING_EXAMPLES):
         since = dt.date.fromisoformat(str(trained)[:10])
         oot = _out_of_time(
             lake, registry.local_dir(name, version), since, ev.run_date, cfg.evaluate.out_of_time_max_rows
@@ -247,7 +244,7 @@ def _out_of_time(lake: Lake, model_dir: Any, since: dt.date, run_date: dt.date, 
     from coupon_spark.model.metrics import binary_summary, summary_metrics
     from coupon_spark.model.scorer import NumpyScorer
 
-    df = lake.read("training_examples").where(
+    df = lake.read(tables.TRAINING_EXAMPLES).where(
         (F.col("issue_date") >= F.lit(since)) & (F.col("issue_date") < F.lit(run_date))
     )
     pdf = df.limit(max_rows).toPandas()
@@ -406,11 +403,11 @@ def uplift_curve(options: pd.DataFrame, points: int = 200) -> dict[str, np.ndarr
 
 def logged_decisions(lake: Lake, cfg: Config, run_date: dt.date) -> DataFrame | None:
     """Randomised logged decisions of the look-back window with the reward (None without training examples)."""
-    if not lake.exists("training_examples"):
+    if not lake.exists(tables.TRAINING_EXAMPLES):
         return None
     e = cfg.evaluate
     since = run_date - dt.timedelta(days=e.ope_lookback_days)
-    df = lake.read("training_examples").where(
+    df = lake.read(tables.TRAINING_EXAMPLES).where(
         (F.col("issue_date") >= F.lit(since))
         & (F.col("issue_date") < F.lit(run_date))
         & F.col("policy").isin(list(e.ope_policies))
@@ -548,20 +545,16 @@ def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: d
     model arm's decisions, coupons and "no coupon" alike (so that an allocation whose model issued nothing is
     found too; logged with a policy ending in ``model``), the earliest from ``alloc_date`` to two days later,
     not after ``until``; else None."""
-    if not lake.exists("issuances"):
+    if not lake.exists(tables.ISSUANCES):
         return None
-    dates = [
-        d
-        for d in _partition_dates(lake, "issuances", "ingest_date")
-        if alloc_date <= d <= min(until, alloc_date + dt.timedelta(2))
-    ]
+    dates = [d for d in lake.dates(tables.ISSUANCES) if alloc_date <= d <= min(until, alloc_date + dt.timedelta(2))]
     if not dates:
         return None
     decided = allocations.where(F.col("policy") == POLICY_MODEL).select("user_id", "coupon_id").alias("a")
     same = (F.col("i.user_id") == F.col("a.user_id")) & F.col("i.coupon_id").eqNullSafe(F.col("a.coupon_id"))
     # the model arm's logged decisions ("<prefix>/model"); the earliest day that has them: later days hold the
     # decisions of later allocations, which match this one's "no coupon" rows too
-    logged = lake.read("issuances", where={"ingest_date": dates}).where(
+    logged = lake.read(tables.ISSUANCES, where={"ingest_date": dates}).where(
         F.col("policy").endswith(f"/{POLICY_MODEL}") | (F.col("policy") == POLICY_MODEL)
     )
     hits = (
@@ -576,20 +569,18 @@ def realised_rewards(lake: Lake, cfg: Config, allocations: DataFrame, day: dt.da
     the day's redemptions`` (amounts at list price: a discount is the coupon's cost, counted once), from the
     silver orders and redemptions."""
     late = dt.timedelta(days=cfg.cleanse.max_lateness_days)
-    ingest = {"ingest_date": [d for d in _partition_dates(lake, "orders", "ingest_date") if day <= d <= day + late]}
+    ingest = {"ingest_date": [d for d in lake.dates(tables.ORDERS) if day <= d <= day + late]}
     orders = (
-        lake.read("orders", where=ingest).where(F.to_date("ordered_at") == F.lit(day))
+        lake.read(tables.ORDERS, where=ingest).where(F.to_date("ordered_at") == F.lit(day))
         .groupBy("user_id").agg(F.sum("amount_eur").cast("double").alias("revenue"))
     )  # fmt: skip
     users = allocations.groupBy("user_id").agg(F.first("policy").alias("arm"))
     out = users.join(orders, on="user_id", how="left")
-    if lake.exists("redemptions") and lake.exists("coupons"):
-        r_ingest = {
-            "ingest_date": [d for d in _partition_dates(lake, "redemptions", "ingest_date") if day <= d <= day + late]
-        }
-        cost = lake.read("coupons").groupBy("coupon_id").agg(F.max(F.col("cost_eur").cast("double")).alias("unit"))
+    if lake.exists(tables.REDEMPTIONS) and lake.exists(tables.COUPONS):
+        r_ingest = {"ingest_date": [d for d in lake.dates(tables.REDEMPTIONS) if day <= d <= day + late]}
+        cost = lake.read(tables.COUPONS).groupBy("coupon_id").agg(F.max(F.col("cost_eur").cast("double")).alias("unit"))
         red = (
-            lake.read("redemptions", where=r_ingest).where(F.to_date("redeemed_at") == F.lit(day))
+            lake.read(tables.REDEMPTIONS, where=r_ingest).where(F.to_date("redeemed_at") == F.lit(day))
             .join(cost, on="coupon_id", how="left").groupBy("user_id").agg(F.sum("unit").alias("coupon_cost"))
         ) if r_ingest["ingest_date"] else None  # fmt: skip
         if red is not None:
@@ -605,15 +596,11 @@ def realised_rewards(lake: Lake, cfg: Config, allocations: DataFrame, day: dt.da
 
 def holdout_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
     """Realised uplift of the latest played allocation (up to the run date) against its holdout."""
-    dates = [d for d in _partition_dates(lake, "allocations", "run_date") if d <= ev.run_date][-3:]
+    dates = [d for d in lake.dates(tables.ALLOCATIONS) if d <= ev.run_date][-3:]
     for alloc_date in reversed(dates):
-        allocations = lake.read("allocations", where={"run_date": alloc_date})
+        allocations = lake.read(tables.ALLOCATIONS, where={"run_date": alloc_date})
         day = played_day(lake, allocations, alloc_date, ev.run_date)
-        if (
-            day is None
-            or not lake.exists("orders")
-            or not [d for d in _partition_dates(lake, "orders", "ingest_date") if d >= day]
-        ):
+        if day is None or not lake.exists(tables.ORDERS) or not [d for d in lake.dates(tables.ORDERS) if d >= day]:
             continue
         pdf = realised_rewards(lake, cfg, allocations, day)
         e = cfg.evaluate
@@ -686,10 +673,10 @@ def holdout_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
 
 
 def budget_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
-    if not lake.exists("allocation_runs"):
+    if not lake.exists(tables.ALLOCATION_RUNS):
         ev.say("budget: no allocation_runs table")
         return
-    row = lake.read("allocation_runs", where={"run_date": ev.run_date}).orderBy(F.col("started_at").desc()).first()
+    row = lake.read(tables.ALLOCATION_RUNS, where={"run_date": ev.run_date}).orderBy(F.col("started_at").desc()).first()
     if row is None:
         ev.say(f"budget: no allocation run for {ev.run_date}")
         return
@@ -705,11 +692,11 @@ def budget_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
 
 def fairness_section(ev: Evaluation, spark: SparkSession, lake: Lake, allocations: DataFrame) -> None:
     """Coupons, spend and expected value by segment and region (the silver users snapshot of the run date)."""
-    dates = [d for d in _partition_dates(lake, "users", "ingest_date") if d <= ev.run_date]
+    dates = [d for d in lake.dates(tables.USERS) if d <= ev.run_date]
     if not dates:
         ev.say("fairness: no silver users snapshot up to the run date")
         return
-    users = lake.read("users", where={"ingest_date": dates[-1]}).select("user_id", "segment", "region")
+    users = lake.read(tables.USERS, where={"ingest_date": dates[-1]}).select("user_id", "segment", "region")
     a = allocations.where(F.col("policy") != POLICY_HOLDOUT).join(users, on="user_id", how="left")
     groups = {}
     for dim in ("segment", "region"):
@@ -758,17 +745,17 @@ def evaluate(spark: SparkSession, cfg: Config, run_date: dt.date, lake: Lake | N
     """
     lake = lake or Lake.from_config(spark, cfg.lake)
     ev = Evaluation(run_date)
-    if not lake.exists("allocations") or run_date not in _partition_dates(lake, "allocations", "run_date"):
+    if not lake.exists(tables.ALLOCATIONS) or run_date not in lake.dates(tables.ALLOCATIONS):
         raise NoAllocationError(
             f"no allocation for {run_date}: run `coupon-spark allocate --run-date {run_date}` first"
         )
-    allocations = lake.read("allocations", where={"run_date": run_date}).cache()
+    allocations = lake.read(tables.ALLOCATIONS, where={"run_date": run_date}).cache()
     try:
         version = allocations.where(F.col("model_version").isNotNull()).select("model_version").first()
         model_version = None if version is None else version[0]
         model_section(ev, lake, cfg, model_version)
-        if lake.exists("candidates"):
-            candidates = lake.read("candidates", where={"run_date": run_date})
+        if lake.exists(tables.CANDIDATES):
+            candidates = lake.read(tables.CANDIDATES, where={"run_date": run_date})
             truth_section(ev, spark, lake, cfg, allocations, candidates)
         else:
             ev.say("policy (synthetic shop): no candidates table")
@@ -816,9 +803,7 @@ def write(spark: SparkSession, cfg: Config, ev: Evaluation, lake: Lake | None = 
     lake = lake or Lake.from_config(spark, cfg.lake)
     result = lake.write(
         metrics_frame(spark, ev),
-        METRICS_TABLE,
-        mode="overwrite",
-        partition_by=["run_date"],
+        METRICS_TABLE,  # the catalog's overwrite by run_date
         replace_where={"run_date": ev.run_date},
         description=f"evaluate {ev.run_date}",
     )

@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from coupon_spark.config import LakeConfig
 from coupon_spark.errors import EX_TEMPFAIL, CouponSparkError, InputError, UpstreamNotReady, one_line
 from coupon_spark.session import resolve_backend
+from coupon_spark.tables import CATALOG, Table
 
 WriteMode = Literal["append", "overwrite", "replace_partitions"]
 SchemaMode = Literal["strict", "add_columns", "overwrite"]
@@ -29,16 +30,10 @@ class TableNotFoundError(UpstreamNotReady, LakeError):
 
 
 # The stage that writes each logical table: a missing table's error says what to run.
-WRITTEN_BY = {
-    **dict.fromkeys(
-        ["users", "coupons", "events", "orders", "issuances", "redemptions", "quarantine", "run_metrics"], "cleanse"
-    ),
-    **dict.fromkeys(["user_features", "coupon_features", "training_examples", "feature_stats"], "features"),
-    "candidates": "score",
-    "allocations": "allocate",
-    "allocation_runs": "allocate",
-    "evaluation_metrics": "evaluate",
-}
+WRITTEN_BY = {t.name: t.written_by for t in CATALOG.values()}
+
+TableRef = Table | str
+"""A table of the catalog (:mod:`coupon_spark.tables`), or a path (the doctor's probe, the shop's truth)."""
 
 
 class SchemaMismatchError(LakeError, ValueError):
@@ -145,13 +140,14 @@ class Backend(Protocol):
 
 
 class Lake:
-    """The lakehouse: Delta tables addressed by logical name (from config) or path.
+    """The lakehouse: Delta tables addressed by their catalog entry (:mod:`coupon_spark.tables`; the
+    configuration's ``lake.tables`` gives the path) or by path.
 
     Example:
+        >>> from coupon_spark import tables
         >>> lake = Lake.from_config(spark, cfg.lake)
-        >>> lake.write(df, "orders", mode="replace_partitions", partition_by=["ingest_date"],
-        ...            txn=Txn("cleanse.orders", 20261128))
-        >>> lake.read("orders", where={"ingest_date": "2026-11-28"})
+        >>> lake.write(df, tables.CANDIDATES)  # replace_partitions by run_date, as the catalog declares
+        >>> lake.read(tables.ORDERS, where={"ingest_date": "2026-11-28"})
     """
 
     def __init__(self, spark: SparkSession, cfg: LakeConfig, backend: Backend):
@@ -172,30 +168,30 @@ class Lake:
         return cls(spark, cfg, BridgeBackend(spark, cfg.target_file_rows, cfg.compression, writer=cfg.bridge_writer))
 
     @contextlib.contextmanager
-    def _missing_says_what_to_run(self, table: str) -> Iterator[None]:
+    def _missing_says_what_to_run(self, table: TableRef) -> Iterator[None]:
         """A :class:`TableNotFoundError` for one of the pipeline's tables also names the stage that writes it."""
         try:
             yield
         except TableNotFoundError as exc:
-            stage = WRITTEN_BY.get(table)
+            stage = WRITTEN_BY.get(str(table))
             if stage is None:
                 raise
             raise TableNotFoundError(
-                f"{exc}: table {table!r} is not built yet; run `coupon-spark {stage}` for the date first"
+                f"{exc}: table {str(table)!r} is not built yet; run `coupon-spark {stage}` for the date first"
             ) from None
 
-    def location(self, table: str) -> str:
-        """Where ``table`` (a logical name or a path) lives."""
-        return self.cfg.table_path(table)
+    def location(self, table: TableRef) -> str:
+        """Where ``table`` (a catalog table, a logical name or a path) lives."""
+        return self.cfg.table_path(str(table))
 
-    def exists(self, table: str) -> bool:
+    def exists(self, table: TableRef) -> bool:
         return self.backend.exists(self.location(table))
 
     def write(
         self,
         df: DataFrame,
-        table: str,
-        mode: WriteMode = "append",
+        table: TableRef,
+        mode: WriteMode | None = None,
         partition_by: list[str] | None = None,
         replace_where: PartitionPredicate | None = None,
         txn: Txn | None = None,
@@ -206,10 +202,13 @@ class Lake:
 
         Args:
             df: The rows to write.
-            table: Logical table name or path.
+            table: A catalog table (its mode and partition columns are the defaults of the next two), a logical
+                name or a path.
             mode: ``append``; ``overwrite`` (the whole table, or only the partitions matching
-                ``replace_where``); ``replace_partitions`` (only the partitions present in ``df``).
-            partition_by: Partition columns (string, date, integer or boolean); must equal the table's.
+                ``replace_where``); ``replace_partitions`` (only the partitions present in ``df``). Default:
+                the catalog table's, else ``append``.
+            partition_by: Partition columns (string, date, integer or boolean); must equal the table's. Default:
+                the catalog table's.
             replace_where: With ``overwrite``: replace only matching partitions; every written row must
                 match too.
             txn: Idempotency key: when the table has already committed ``txn.app_id`` at ``txn.version``
@@ -224,6 +223,15 @@ class Lake:
             CommitError: The backend failed to write the files or to commit (a Spark task, the file system,
                 delta-rs, a concurrent writer); the message names the table and its location.
         """
+        if isinstance(table, Table):
+            if mode is None and table.mode == "overwrite" and replace_where is None:
+                raise ValueError(
+                    f"table {table.name!r} is replaced date by date: give replace_where={{{table.partition_by[0]!r}: "
+                    "<date>}} (or mode='overwrite' explicitly to replace the whole table)"
+                )
+            mode = mode or table.mode  # type: ignore[assignment]
+            partition_by = list(table.partition_by) if partition_by is None else partition_by
+        mode = mode or "append"
         if mode not in ("append", "overwrite", "replace_partitions"):
             raise ValueError(f"mode must be append, overwrite or replace_partitions, not {mode!r}")
         if replace_where is not None and mode != "overwrite":
@@ -238,12 +246,12 @@ class Lake:
         except (LakeError, ValueError, TypeError):
             raise  # ours, or a wrong argument: they name the location already
         except Exception as exc:
-            name = location if table == location else f"{table!r} ({location})"
+            name = location if str(table) == location else f"{str(table)!r} ({location})"
             raise CommitError(f"writing table {name} failed ({type(exc).__name__}): {one_line(exc, 500)}") from exc
 
     def read(
         self,
-        table: str,
+        table: TableRef,
         version: int | None = None,
         timestamp: dt.datetime | str | None = None,
         where: PartitionPredicate | None = None,
@@ -257,30 +265,38 @@ class Lake:
         with self._missing_says_what_to_run(table):
             return self.backend.read(self.location(table), version, timestamp, where)
 
-    def version(self, table: str) -> int:
+    def version(self, table: TableRef) -> int:
         """Current version of ``table``."""
         with self._missing_says_what_to_run(table):
             return self.backend.version(self.location(table))
 
-    def partitions(self, table: str) -> list[dict[str, Any]]:
+    def partitions(self, table: TableRef) -> list[dict[str, Any]]:
         """Distinct partition values of the current version (typed: dates as ``datetime.date``), sorted."""
         with self._missing_says_what_to_run(table):
             return self.backend.partitions(self.location(table))
 
-    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+    def dates(self, table: Table, column: str | None = None) -> list[dt.date]:
+        """The values of a date partition column (default: the table's first) in the current version, sorted;
+        none when the table does not exist yet."""
+        column = column or table.partition_by[0]
+        if not self.exists(table):
+            return []
+        return sorted(p[column] for p in self.partitions(table) if p.get(column) is not None)
+
+    def history(self, table: TableRef, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits of ``table``, newest first, as dicts with at least version, timestamp and operation."""
         with self._missing_says_what_to_run(table):
             return self.backend.history(self.location(table), limit)
 
-    def info(self, table: str) -> TableInfo:
+    def info(self, table: TableRef) -> TableInfo:
         with self._missing_says_what_to_run(table):
             return self.backend.info(self.location(table))
 
-    def compact(self, table: str, where: PartitionPredicate | None = None) -> dict[str, Any]:
+    def compact(self, table: TableRef, where: PartitionPredicate | None = None) -> dict[str, Any]:
         """Rewrite small files into larger ones (a commit with dataChange=false); returns its metrics."""
         return self.backend.compact(self.location(table), where, self.cfg.target_file_rows)
 
-    def vacuum(self, table: str, retention_hours: int = 168, dry_run: bool = False) -> list[str]:
+    def vacuum(self, table: TableRef, retention_hours: int = 168, dry_run: bool = False) -> list[str]:
         """Delete files no longer referenced by versions within ``retention_hours``; returns the files."""
         return self.backend.vacuum(self.location(table), retention_hours, dry_run)
 

@@ -37,6 +37,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from coupon_spark import tables
 from coupon_spark.config import Config, TrainConfig
 from coupon_spark.errors import MissingColumnsError, UpstreamNotReady
 from coupon_spark.lake import Lake
@@ -61,8 +62,8 @@ from coupon_spark.runner import Context
 
 log = logging.getLogger(__name__)
 
-TRAINING_TABLE = "training_examples"
-STATS_TABLE = "feature_stats"
+TRAINING_TABLE = tables.TRAINING_EXAMPLES
+STATS_TABLE = tables.FEATURE_STATS
 RANK_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
@@ -568,7 +569,7 @@ def gate_of_models(
     rows = rows.copy()
     rows["issue_date"] = pd.to_datetime(rows["issue_date"]).dt.date
     dates = sorted(set(rows["issue_date"]))
-    cf = lake.read("coupon_features", where={"as_of_date": dates}).toPandas()
+    cf = lake.read(tables.COUPON_FEATURES, where={"as_of_date": dates}).toPandas()
     cf["as_of_date"] = pd.to_datetime(cf["as_of_date"]).dt.date
     by_date = {d: g.reset_index(drop=True) for d, g in cf[live_on(cf)].groupby("as_of_date")}
     score_cfg = dataclasses.replace(cfg.score, frequency_cap=10**9)  # the logged decisions were made anyway
@@ -633,11 +634,11 @@ def exploration_options(lake: Lake, rows: pd.DataFrame) -> dict[tuple[dt.date, s
         return {}
     dates = sorted(set(explored["issue_date"]))
     cand = (
-        lake.read("candidates", where={"run_date": dates})
+        lake.read(tables.CANDIDATES, where={"run_date": dates})
         .join(lake.spark.createDataFrame(explored[["user_id"]].drop_duplicates()), on="user_id", how="left_semi")
         .select("run_date", "user_id", "coupon_id")
         .toPandas()
-        if lake.exists("candidates")
+        if lake.exists(tables.CANDIDATES)
         else pd.DataFrame(columns=["run_date", "user_id", "coupon_id"])
     )
     cand["run_date"] = pd.to_datetime(cand["run_date"]).dt.date
