@@ -65,18 +65,20 @@ from coupon_spark.evaluation.uplift_learners import (
 )
 from coupon_spark.evaluation.uplift_metrics import UpliftCurves, uplift_curves
 from coupon_spark.model.data import make_examples, validation_mask
-from coupon_spark.model.gate import live_on
 from coupon_spark.model.pair import pair_matrix, pair_rows
 from coupon_spark.model.registry import Registry
 from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.transform import FeatureTransform
-from coupon_spark.scoring import (
+from coupon_spark.policy import (
     SEGMENT_COLUMN,
     LiveCoupons,
+    effect,
+    live_on,
+    logged_reward,
     mask_ineligible,
     prepare_coupons,
+    purchase_value,
     redemption_cost,
-    user_basket,
 )
 
 KIND_COLUMN = "cc_kind"
@@ -277,7 +279,7 @@ def ips_effects(ex: pd.DataFrame, cfg: Config) -> tuple[dict[str, Effect], str]:
     args = (
         r["coupon_id"].to_numpy(object),
         issue_dates(r),
-        (r["revenue_eur"] * cfg.score.margin_rate - r["coupon_cost_eur"]).to_numpy(np.float64),
+        logged_reward(r["revenue_eur"], r["coupon_cost_eur"], cfg.score.margin_rate),
         r["propensity"].to_numpy(np.float64),
     )
     single = ips_arm_values(*args).set_index("coupon_id")["value"]
@@ -304,14 +306,10 @@ def ips_effects(ex: pd.DataFrame, cfg: Config) -> tuple[dict[str, Effect], str]:
 def model_effect(scorer: NumpyScorer, score_cfg: ScoreConfig) -> Effect:
     """The model's expected incremental profit, as the score job computes it (ungated)."""
 
-    def effect(users: pd.DataFrame, user_x: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
-        coupons = prepare_coupons(frame, scorer, score_cfg)
-        out = scorer.score_frames(users, coupons.frame, coupons.embeddings)
-        value = (score_cfg.margin_rate * user_basket(users, score_cfg))[:, None]
-        cost = redemption_cost(users, coupons, score_cfg)
-        return np.asarray(out["uplift"] * value - out["p_redeem"] * cost, np.float64)
+    def model(users: pd.DataFrame, user_x: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+        return effect(scorer, users, frame, score_cfg)
 
-    return effect
+    return model
 
 
 # ---- policies valued against the truth ------------------------------------------------------------------------
@@ -549,7 +547,7 @@ def main() -> None:
     params = DeltaTable(f"{truth_root}/coupons").to_pandas().set_index("coupon_id").loc[coupons.frame["coupon_id"]]
     users = users[users["user_id"].isin(traits.index)].reset_index(drop=True)
 
-    value = cfg.score.margin_rate * user_basket(users, cfg.score)
+    value = purchase_value(users, cfg.score)
     z = cfg.score.uncertainty_z
     # what the score job decides on: the estimate less z sd of the model's ensemble (the same kernel)
     cost = redemption_cost(users, coupons, cfg.score)

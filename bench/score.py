@@ -36,7 +36,8 @@ from coupon_spark.model.network import build_model, export_weights
 from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.model.spec import ModelSpec
 from coupon_spark.model.transform import FeatureTransform
-from coupon_spark.scoring import prepare_coupons, score_chunk, score_users, top_candidates
+from coupon_spark.policy import prepare_coupons
+from coupon_spark.scoring import score_chunk, score_users, top_candidates
 from coupon_spark.session import build_spark_session
 
 N_NUMERIC = 24

@@ -1,14 +1,29 @@
-"""Order amounts as a log-normal around a basket: what a minimum spend adds to a redeeming order.
+"""A user's basket, and order amounts as a log-normal around it: what a minimum spend adds to a redeeming order.
 
 One formula for two owners: the synthetic shop's truth (:func:`coupon_spark.datagen.response.expected_top_up`,
 with the generator's own spread) and the score job's cost of a redemption
-(:func:`coupon_spark.scoring.redemption_cost`, with each user's spread estimated from their orders).
+(:func:`coupon_spark.policy.redemption_cost`, with each user's spread estimated from their orders).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy.special import ndtr
+
+BASKET_COLUMNS: tuple[str, ...] = ("uf_hist_basket", "uf_avg_basket_90d")
+"""User basket columns, best first: the year's average basket, then the 90-day one."""
+
+
+def basket_of(users: pd.DataFrame, default_eur: float) -> np.ndarray:
+    """Each user's basket (EUR): the first of :data:`BASKET_COLUMNS` the frame has and is positive there, else
+    ``default_eur``."""
+    out = np.full(len(users), np.nan)
+    for c in BASKET_COLUMNS:
+        if c in users:
+            b = users[c].to_numpy(dtype=np.float64, na_value=0.0)
+            out = np.where(np.isnan(out) & (b > 0), b, out)
+    return np.where(np.isnan(out), float(default_eur), out)
 
 
 def log_normal_top_up(mean: np.ndarray, sd_log: np.ndarray | float, level: np.ndarray) -> np.ndarray:

@@ -363,7 +363,7 @@ class ScoreConfig:
             model's heads: estimates are the mean of all heads, the uncertainty their spread
             (:meth:`coupon_spark.model.scorer.NumpyScorer.load`).
         top_up: A redemption brings the spend up to the coupon's minimum: its cost to the shop is counted net
-            of the margin on the expected top-up of the user's basket (:func:`coupon_spark.scoring.redemption_cost`).
+            of the margin on the expected top-up of the user's basket (:func:`coupon_spark.policy.redemption_cost`).
         basket_cv: Coefficient of variation of a user's order amounts where their history cannot tell (fewer
             than two orders), and the prior their own is shrunk toward.
     """

@@ -6,14 +6,12 @@ are broadcast once; each task unpacks them once (iterator-form ``mapInArrow``) a
 coupons and the "no coupon" arm. Eligibility is applied in the same pass, and only the top-K candidates per
 user (by expected incremental profit) leave the task; nothing is collected to the driver.
 
-Expected incremental profit of coupon c for user u, against giving nothing (the synthetic shop's definition)::
+Candidates are ranked by the expected incremental profit of :mod:`coupon_spark.policy` (the one place of the
+formula, the eligibility rules and the live-coupon rule)::
 
     expected_profit = uplift * margin_rate * basket_u - p_redeem * (coupon_cost_c - margin_rate * top_up_uc)
 
-with ``basket_u`` the user's average basket over the longest window (``score.default_basket_eur`` without
-history), ``margin_rate`` the shop's gross margin (``score.margin_rate``) and ``top_up_uc`` what a redeeming
-order adds to reach the coupon's minimum spend, from the spread of the user's order amounts
-(:func:`redemption_cost`, ``score.top_up``). Positive values at or below the
+Positive values at or below the
 model's decision threshold (:mod:`coupon_spark.model.gate`: what held-out randomised logs could not show to
 pay) are written as 0, so the allocator issues none of them on the model's behalf; the candidates stay, for
 the exploration arm and for analysts (``uplift``, ``p_redeem`` and ``expected_cost`` keep the raw estimates).
@@ -34,18 +32,24 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark import tables
-from coupon_spark.basket import log_normal_top_up
 from coupon_spark.config import Config, ScoreConfig
 from coupon_spark.errors import CouponSparkError, UpstreamNotReady
 from coupon_spark.lake import Lake
-from coupon_spark.model.pair import basket_of
+from coupon_spark.policy import (
+    LIVE_MIN_DAYS_LEFT,
+    LIVE_MIN_DAYS_SINCE_START,
+    RECENT_COLUMN,
+    LiveCoupons,
+    mask_ineligible,
+    prepare_coupons,
+    purchase_value,
+    redemption_cost,
+)
 from coupon_spark.runner import Context
-from coupon_spark.schemas import CANDIDATES_SCHEMA, COUPON_FEATURE_PREFIXES, USER_FEATURE_PREFIXES
+from coupon_spark.schemas import CANDIDATES_SCHEMA, USER_FEATURE_PREFIXES
 
 log = logging.getLogger(__name__)
 
-SEGMENT_COLUMN = "uc_segment"
-RECENT_COLUMN = "recent_coupons"
 
 # what a task emits (run_date and model_version are added as literals afterwards)
 _TASK_DDL = (
@@ -62,20 +66,10 @@ class NoUserFeaturesError(UpstreamNotReady, ValueError):
     """The user feature snapshot of the run date is missing: run ``coupon-spark features`` first."""
 
 
-@dataclass(frozen=True)
-class LiveCoupons:
-    """The coupons that can be issued on the run date, as the scoring tasks need them (small: driver side)."""
-
-    frame: pd.DataFrame  # coupon_id, campaign_id, cf_*/cc_* columns
-    embeddings: np.ndarray  # [m, 2d + 2], the coupon tower's output
-    cost: np.ndarray  # [m] money per redemption
-    min_spend: np.ndarray  # [m]
-    allowed_segments: list[frozenset[str] | None]  # per coupon: None = every segment
-
-
 def valid_today() -> Column:
-    """True on the ``coupon_features`` rows whose coupon is valid on the snapshot date."""
-    return (F.col("cf_days_left") >= 1) & (F.col("cf_days_since_start") >= 0)
+    """True on the ``coupon_features`` rows whose coupon is live on the snapshot date (the rule of
+    :func:`coupon_spark.policy.live_on`, as a Spark column)."""
+    return (F.col("cf_days_left") >= LIVE_MIN_DAYS_LEFT) & (F.col("cf_days_since_start") >= LIVE_MIN_DAYS_SINCE_START)
 
 
 def campaign_spend(redemptions: DataFrame, coupons: DataFrame) -> DataFrame:
@@ -135,71 +129,6 @@ def with_recent_coupons(users: DataFrame, issuances: DataFrame, run_date: dt.dat
     )
 
 
-def mask_ineligible(values: np.ndarray, users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
-    """Set ``values[i, j]`` to -inf where user i may not get coupon j: frequency cap, segment targeting,
-    minimum-spend plausibility. In place; returns ``values``."""
-    if RECENT_COLUMN in users:
-        values[users[RECENT_COLUMN].to_numpy() >= cfg.frequency_cap, :] = -np.inf
-    basket = user_basket(users, cfg)
-    values[coupons.min_spend[None, :] > cfg.min_spend_factor * basket[:, None]] = -np.inf
-    if any(a is not None for a in coupons.allowed_segments):
-        n = len(users)
-        seg = users[SEGMENT_COLUMN].astype(object).to_numpy() if SEGMENT_COLUMN in users else np.full(n, None)
-        for j, allowed in enumerate(coupons.allowed_segments):
-            if allowed is not None:
-                values[~np.isin(seg, list(allowed)), j] = -np.inf
-    return values
-
-
-CV_PRIOR_ORDERS = 4.0
-"""A user's coefficient of variation of order amounts is shrunk toward ``score.basket_cv`` as if that had been
-seen on this many more orders."""
-
-
-def basket_cv(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
-    """Each user's coefficient of variation of order amounts: from the year's orders (``uf_hist_basket_sd`` /
-    ``uf_hist_basket`` on ``uf_hist_orders_*``) shrunk toward ``score.basket_cv``; that alone where the
-    history has fewer than two orders or the columns are missing."""
-    prior = np.full(len(users), float(cfg.basket_cv))
-    counts = [c for c in users.columns if c.startswith("uf_hist_orders_")]
-    if not counts or "uf_hist_basket_sd" not in users or "uf_hist_basket" not in users:
-        return prior
-    n = users[counts[0]].to_numpy(np.float64, na_value=0.0)
-    mean = users["uf_hist_basket"].to_numpy(np.float64, na_value=0.0)
-    sd = users["uf_hist_basket_sd"].to_numpy(np.float64, na_value=0.0)
-    own = np.divide(sd, mean, out=np.zeros_like(sd), where=mean > 0)
-    w = np.clip(n - 1.0, 0.0, None)  # degrees of freedom of the user's own variance
-    cv2 = (w * own**2 + CV_PRIOR_ORDERS * prior**2) / (w + CV_PRIOR_ORDERS)
-    return np.where((n >= 2) & (mean > 0), np.sqrt(cv2), prior)
-
-
-def expected_top_up(basket: np.ndarray, cv: np.ndarray, min_spend: np.ndarray) -> np.ndarray:
-    """``[n, m]`` EUR: what a redeeming order adds to reach each minimum spend ``[m]``, for amounts log-normal
-    with mean ``basket`` and coefficient of variation ``cv`` (per user, ``[n]``; log-sd ``sqrt(ln(1 + cv^2))``):
-    :func:`coupon_spark.basket.log_normal_top_up`. 0 without a minimum spend."""
-    sd = np.sqrt(np.log1p(np.asarray(cv, np.float64) ** 2))
-    return log_normal_top_up(np.asarray(basket)[:, None], sd[:, None], np.asarray(min_spend)[None, :])
-
-
-def redemption_cost(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
-    """``[n, m]`` float32: what a redemption of each coupon by each user costs the shop, net of the margin on
-    the spend it adds. A redeeming order reaches the coupon's minimum spend by the coupon's terms, so a user
-    whose basket would fall short tops it up (:func:`expected_top_up`; ``score.top_up``); the cost of the
-    coupon itself is ``coupons.cost``. Used wherever an expected profit is computed from the model's
-    probabilities: ``uplift * margin * basket - p_redeem * redemption_cost``."""
-    cost = np.broadcast_to(coupons.cost[None, :], (len(users), len(coupons.cost))).astype(np.float64)
-    if cfg.top_up and len(users) and len(coupons.cost):
-        basket = user_basket(users, cfg)
-        cost = cost - cfg.margin_rate * expected_top_up(basket, basket_cv(users, cfg), coupons.min_spend)
-    return cost.astype(np.float32)
-
-
-def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
-    """Each user's basket (EUR): :func:`coupon_spark.model.pair.basket_of` with ``cfg.default_basket_eur`` for a
-    user without orders."""
-    return basket_of(users, cfg.default_basket_eur)
-
-
 @dataclass(frozen=True)
 class TopK:
     """The candidates of a chunk as flat arrays: user ``rows[i]`` gets coupon ``cols[i]`` at ``rank[i]``."""
@@ -220,7 +149,7 @@ def top_candidates(users: pd.DataFrame, scorer, coupons: LiveCoupons, cfg: Score
     if k == 0 or n == 0:
         empty = np.zeros(0, np.int64)
         return TopK(empty, empty, empty.astype(np.int32), {c: np.zeros(0) for c in _VALUE_COLUMNS})
-    value = (cfg.margin_rate * user_basket(users, cfg)).astype(np.float32)
+    value = purchase_value(users, cfg).astype(np.float32)
     # decisions on a lower bound (score.uncertainty_z): the ensemble's disagreement counts against an estimate
     out, profit = scorer.score_profit(
         users, coupons.frame, coupons.embeddings, value, redemption_cost(users, coupons, cfg), cfg.uncertainty_z
@@ -300,19 +229,6 @@ def _arrow_chunk(batch: pa.RecordBatch, scorer, coupons: LiveCoupons, cfg: Score
 
 
 _TASK_DDL_COLUMNS = [c.strip().split(" ")[0] for c in _TASK_DDL.split(",")]
-
-
-def prepare_coupons(frame: pd.DataFrame, scorer, cfg: ScoreConfig) -> LiveCoupons:  # type: ignore[no-untyped-def]
-    """Run the coupon tower on the live coupons (driver side, once per job)."""
-    frame = frame.sort_values("coupon_id").reset_index(drop=True)
-    targeting = {k: frozenset(v) for k, v in cfg.targeting.items()}
-    return LiveCoupons(
-        frame=frame[["coupon_id", "campaign_id", *[c for c in frame.columns if c.startswith(COUPON_FEATURE_PREFIXES)]]],
-        embeddings=scorer.coupon_embed(frame),
-        cost=frame["cf_cost"].to_numpy(np.float64),
-        min_spend=frame["cf_min_spend"].to_numpy(np.float64),
-        allowed_segments=[targeting.get(c) for c in frame["campaign_id"]],
-    )
 
 
 def score_users(users: DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig) -> DataFrame:  # type: ignore[no-untyped-def]

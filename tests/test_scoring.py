@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-from coupon_spark import scoring
+from coupon_spark import policy, scoring
 from coupon_spark.config import ScoreConfig
 from coupon_spark.model.network import build_model, export_weights
 from coupon_spark.model.scorer import NumpyScorer
@@ -150,7 +150,7 @@ def brute_force_top_k(users: pd.DataFrame, preds: dict, cfg: ScoreConfig) -> dic
 
 
 def run_udf(spark: SparkSession, scorer: NumpyScorer, users: pd.DataFrame, cfg: ScoreConfig) -> pd.DataFrame:
-    live = scoring.prepare_coupons(COUPONS, scorer, cfg)
+    live = policy.prepare_coupons(COUPONS, scorer, cfg)
     df = spark.createDataFrame(users).repartition(3)
     return scoring.score_users(df, scorer, live, cfg).toPandas()
 
@@ -237,7 +237,7 @@ def test_the_decision_gate_zeroes_the_estimates_it_could_not_show_to_pay(model_a
     the raw estimates stay; a closed gate (inf) leaves no positive profit at all."""
     _, scorer = model_and_scorer
     users = make_users()
-    live = scoring.prepare_coupons(COUPONS, scorer, CFG)
+    live = policy.prepare_coupons(COUPONS, scorer, CFG)
     raw = scoring.score_chunk(users, scorer, live, CFG).set_index(["user_id", "coupon_id"])
     positive = raw.expected_profit[raw.expected_profit > 0]
     threshold = float(positive.median())
@@ -282,7 +282,7 @@ def test_decisions_on_the_ensemble_lower_bound(model_and_scorer, tmp_path):
             sd = float(np.std([profit(pm[(u.user_id, c.coupon_id)]) for pm in per_member], ddof=1))
             want[(u.user_id, c.coupon_id)] = profit(own[(u.user_id, c.coupon_id)]) - 2.0 * sd
     ens = NumpyScorer(spec, transform, scorer.weights, members=[NumpyScorer(spec, transform, w) for w in members])
-    coupons = scoring.prepare_coupons(COUPONS, ens, cfg)
+    coupons = policy.prepare_coupons(COUPONS, ens, cfg)
     got = scoring.score_chunk(users, ens, coupons, dataclasses.replace(cfg, top_k=len(COUPONS)))
     assert len(got) == len(want)
     for r in got.itertuples():
@@ -295,7 +295,7 @@ def test_decisions_on_the_ensemble_lower_bound(model_and_scorer, tmp_path):
     loaded = NumpyScorer.load(tmp_path)
     assert len(loaded.members) == 3
     again = scoring.score_chunk(
-        users, loaded, scoring.prepare_coupons(COUPONS, loaded, cfg), dataclasses.replace(cfg, top_k=6)
+        users, loaded, policy.prepare_coupons(COUPONS, loaded, cfg), dataclasses.replace(cfg, top_k=6)
     )
     np.testing.assert_allclose(again["expected_profit"], got["expected_profit"], atol=1e-6)
     # z = 0: the point estimate
@@ -316,9 +316,9 @@ def test_basket_cv_shrinks_a_users_own_spread_toward_the_prior():
     cfg = dataclasses.replace(CFG, basket_cv=0.5)
     # n = 5: own 1.0 -> (4 * 1 + 4 * 0.25) / 8 = 0.625; n = 101: own 0.2 -> (100 * 0.04 + 1) / 104
     want = [0.5, 0.5, math.sqrt(0.625), math.sqrt(5.0 / 104)]
-    np.testing.assert_allclose(scoring.basket_cv(users, cfg), want, rtol=1e-12)
-    np.testing.assert_allclose(scoring.basket_cv(users[["uf_hist_basket"]], cfg), [0.5] * 4)
+    np.testing.assert_allclose(policy.basket_cv(users, cfg), want, rtol=1e-12)
+    np.testing.assert_allclose(policy.basket_cv(users[["uf_hist_basket"]], cfg), [0.5] * 4)
     # the top-up grows as the minimum spend rises above the basket, and is 0 without one
-    top = scoring.expected_top_up(np.array([40.0]), np.array([0.5]), np.array([0.0, 20.0, 40.0, 80.0]))[0]
+    top = policy.expected_top_up(np.array([40.0]), np.array([0.5]), np.array([0.0, 20.0, 40.0, 80.0]))[0]
     assert top[0] == 0.0 and 0 < top[1] < top[2] < top[3] and top[3] > 80.0 - 40.0
     assert top[2] == pytest.approx(top_up_by_quadrature(40.0, 0.5, 40.0), rel=1e-4)

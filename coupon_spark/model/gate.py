@@ -16,7 +16,7 @@ Langford and Li, 2011) of its gain over issuing nothing is the mean of::
 where ``c_i`` is the model's best coupon for the user, ``a_i`` the logged arm, ``r_i = revenue * margin -
 coupon cost`` the logged reward and ``mu`` the model's own reward prediction (``p(purchase | c) * margin *
 basket - p(redeem | c) * cost``, the cost net of the margin on the top-up to the coupon's minimum spend:
-:func:`coupon_spark.scoring.redemption_cost`; no cost without a coupon). The estimate is unbiased whatever ``mu`` is,
+:func:`coupon_spark.policy.redemption_cost`; no cost without a coupon). The estimate is unbiased whatever ``mu`` is,
 because the propensities are known and the logging policy could have chosen ``c_i`` (rows of coupon-spark's
 own exploration arm, which draws among the user's candidates of the day, count only where ``c_i`` was one of
 them); ``mu`` only lowers its variance.
@@ -121,6 +121,7 @@ import pandas as pd
 
 from coupon_spark.config import ScoreConfig
 from coupon_spark.model.spec import hash_buckets
+from coupon_spark.policy import logged_reward, mask_ineligible, prepare_coupons, purchase_value, redemption_cost
 
 DECISION_FILE = "decision.json"
 THRESHOLD_QUANTILES = (0.5, 0.75, 0.9, 0.95)
@@ -510,8 +511,6 @@ def best_option_gains(
         ``(best_score, gain)``, one entry per row whose issue date had a live coupon, whose user had an
         eligible one, and whose logging policy could have chosen the model's best coupon.
     """
-    from coupon_spark.scoring import mask_ineligible, prepare_coupons, redemption_cost, user_basket
-
     scores, gains = [], []
     rows = rows.reset_index(drop=True)
     for day, part in rows.groupby("issue_date", sort=True):
@@ -521,7 +520,7 @@ def best_option_gains(
         at = part.index.to_numpy()
         part = part.reset_index(drop=True)
         coupons = prepare_coupons(frame, scorer, cfg)
-        value = (cfg.margin_rate * user_basket(part, cfg))[:, None]
+        value = purchase_value(part, cfg)[:, None]
         cost = redemption_cost(part, coupons, cfg)  # [n, m]: the score job's cost of a redemption
         if head_mask is not None:  # the out-of-bag pool: each row's own heads, their mean and spread
             z, mask = cfg.uncertainty_z, head_mask[:, at]
@@ -543,8 +542,7 @@ def best_option_gains(
         n = np.arange(len(part))
         best = profit.argmax(axis=1)
         logged = part["coupon_id"].to_numpy(object)
-        revenue, cost = part["revenue_eur"].to_numpy(np.float64), part["coupon_cost_eur"].to_numpy(np.float64)
-        reward = revenue * cfg.margin_rate - cost
+        reward = logged_reward(part["revenue_eur"], part["coupon_cost_eur"], cfg.margin_rate)
         g = dr_gain(
             mu[n, best],
             mu_none,
@@ -565,8 +563,3 @@ def best_option_gains(
     if not scores:
         return np.zeros(0), np.zeros(0)
     return np.concatenate(scores), np.concatenate(gains)
-
-
-def live_on(frame: pd.DataFrame) -> pd.Series:
-    """Coupon feature rows valid on their snapshot date (the rule of ``coupon_spark.scoring.live_coupons``)."""
-    return (frame["cf_days_left"] >= 1) & (frame["cf_days_since_start"] >= 0)

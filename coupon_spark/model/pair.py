@@ -9,7 +9,8 @@ oracle without them, 27% with them; README, "Model quality"):
     pair_min_spend_ratio = min(4, min_spend / max(basket, 1))       how far the minimum spend is above their basket
     pair_scope_share     = the user's spend share in the coupon's category (1 for a site-wide coupon)
 
-``basket`` is the user's observed basket: the first of :data:`BASKET_COLUMNS` that is positive, else the spec's
+``basket`` is the user's observed basket (:func:`coupon_spark.basket.basket_of`): the first of
+:data:`~coupon_spark.basket.BASKET_COLUMNS` that is positive, else the spec's
 ``default_basket_eur`` (a user without orders). The control arm has no coupon: its pair features are 0.
 """
 
@@ -18,24 +19,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from coupon_spark.basket import basket_of
+
 PAIR_FEATURES: tuple[str, ...] = ("pair_rel_value", "pair_min_spend_ratio", "pair_scope_share")
-BASKET_COLUMNS: tuple[str, ...] = ("uf_hist_basket", "uf_avg_basket_90d")
-"""User basket columns, best first: the year's average basket, then the 90-day one."""
 PAIR_COUPON_COLUMNS: tuple[str, ...] = ("cf_face_value", "cf_min_spend", "cc_category")
 """Coupon columns the pair features need (the user's are optional: a missing basket is the default one)."""
 SITEWIDE = "all"
 MAX_MIN_SPEND_RATIO = 4.0
-
-
-def basket_of(users: pd.DataFrame, default_eur: float) -> np.ndarray:
-    """Each user's basket (EUR): the first of :data:`BASKET_COLUMNS` the frame has and is positive there, else
-    ``default_eur``."""
-    out = np.full(len(users), np.nan)
-    for c in BASKET_COLUMNS:
-        if c in users:
-            b = users[c].to_numpy(dtype=np.float64, na_value=0.0)
-            out = np.where(np.isnan(out) & (b > 0), b, out)
-    return np.where(np.isnan(out), float(default_eur), out)
 
 
 def _scope_share(users: pd.DataFrame, category: np.ndarray) -> np.ndarray:

@@ -149,7 +149,7 @@ class NumpyScorer:
             users: Raw user features.
             coupon_frame: The live coupons' raw features, in the order of ``cost``.
             value: ``[n, 1]`` EUR of a purchase to the shop (margin x basket).
-            cost: ``[m]`` coupon costs, or ``[n, m]`` per user (:func:`coupon_spark.scoring.redemption_cost`).
+            cost: ``[m]`` coupon costs, or ``[n, m]`` per user (:func:`coupon_spark.policy.redemption_cost`).
         """
         models = self.heads if len(self.heads) >= 2 else self.members
         if len(models) < 2:
@@ -181,7 +181,7 @@ class NumpyScorer:
             coupon_emb: Their :meth:`coupon_embed`, when already computed.
             value: ``[n]`` EUR of a purchase to the shop (margin x basket).
             cost: ``[m]`` coupon costs, or ``[n, m]``: what a redemption costs per user
-                (:func:`coupon_spark.scoring.redemption_cost`).
+                (:func:`coupon_spark.policy.redemption_cost`).
             z: Standard deviations to subtract (``score.uncertainty_z``); a model of one head takes the spread
                 of its :attr:`members`.
             head_mask: ``[len(heads), n]`` bool: the heads that count for each user (the decision gate's

@@ -560,8 +560,9 @@ def gate_of_models(
     the rows of fold ``k``; empty: the published model alone) on the :func:`gate_rows` ``rows``: every row scored
     out of fold (by the out-of-bag pool, ``train.gate_out_of_bag``, or by its fold model), then
     :func:`coupon_spark.model.gate.decide`. Also what ``bench/gate_replay.py`` calls on a saved version."""
-    from coupon_spark.model.gate import best_option_gains, chunk_ids, decide, fold_ids, live_on, oob_head_mask
+    from coupon_spark.model.gate import best_option_gains, chunk_ids, decide, fold_ids, oob_head_mask
     from coupon_spark.model.scorer import NumpyScorer
+    from coupon_spark.policy import live_on
 
     tc = cfg.train
     folds = len(models) if len(models) >= 2 else 0
