@@ -7,22 +7,33 @@ with the generator's own spread) and the score job's cost of a redemption
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-BASKET_COLUMNS: tuple[str, ...] = ("uf_hist_basket", "uf_avg_basket_90d")
-"""User basket columns, best first: the year's average basket, then the 90-day one."""
+HISTORY_BASKET = "uf_hist_basket"
+"""The year's average basket (``features.history_window_days``)."""
+_WINDOW_BASKET = re.compile(r"uf_avg_basket_(\d+)d")
+
+
+def basket_columns(columns: Iterable[str]) -> list[str]:
+    """The basket columns among ``columns``, best first: the year's average basket, then the window averages
+    ``uf_avg_basket_<w>d`` longest first (whatever ``features.windows_days`` made)."""
+    cols = list(columns)
+    windows = sorted(((int(m.group(1)), c) for c in cols if (m := _WINDOW_BASKET.fullmatch(c))), reverse=True)
+    return ([HISTORY_BASKET] if HISTORY_BASKET in cols else []) + [c for _, c in windows]
 
 
 def basket_of(users: pd.DataFrame, default_eur: float) -> np.ndarray:
-    """Each user's basket (EUR): the first of :data:`BASKET_COLUMNS` the frame has and is positive there, else
+    """Each user's basket (EUR): the first of :func:`basket_columns` that is positive for the user, else
     ``default_eur``."""
     out = np.full(len(users), np.nan)
-    for c in BASKET_COLUMNS:
-        if c in users:
-            b = users[c].to_numpy(dtype=np.float64, na_value=0.0)
-            out = np.where(np.isnan(out) & (b > 0), b, out)
+    for c in basket_columns(users.columns):
+        b = users[c].to_numpy(dtype=np.float64, na_value=0.0)
+        out = np.where(np.isnan(out) & (b > 0), b, out)
     return np.where(np.isnan(out), float(default_eur), out)
 
 

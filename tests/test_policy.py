@@ -80,3 +80,15 @@ def test_eligibility_by_hand(recent, segment, want):
     )
     got = policy.mask_ineligible(np.zeros((1, 3)), users, coupons, cfg)
     assert np.isfinite(got[0]).tolist() == want
+
+
+def test_the_basket_follows_the_configured_windows():
+    """The year's basket first, then the longest window average the features made (not a fixed 90 days)."""
+    from coupon_spark.basket import basket_columns, basket_of
+
+    cols = ["user_id", "uf_avg_basket_7d", "uf_avg_basket_60d", "uf_hist_basket", "uf_avg_basket_180d"]
+    assert basket_columns(cols) == ["uf_hist_basket", "uf_avg_basket_180d", "uf_avg_basket_60d", "uf_avg_basket_7d"]
+    users = pd.DataFrame({"uf_avg_basket_7d": [9.0, 0.0, 0.0], "uf_avg_basket_60d": [30.0, 25.0, 0.0]})
+    np.testing.assert_allclose(basket_of(users, 40.0), [30.0, 25.0, 40.0])
+    cfg = ScoreConfig(margin_rate=0.5, default_basket_eur=40.0)
+    np.testing.assert_allclose(policy.purchase_value(users, cfg), [15.0, 12.5, 20.0])

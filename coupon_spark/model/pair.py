@@ -10,7 +10,7 @@ oracle without them, 27% with them; README, "Model quality"):
     pair_scope_share     = the user's spend share in the coupon's category (1 for a site-wide coupon)
 
 ``basket`` is the user's observed basket (:func:`coupon_spark.basket.basket_of`): the first of
-:data:`~coupon_spark.basket.BASKET_COLUMNS` that is positive, else the spec's
+:func:`~coupon_spark.basket.basket_columns` that is positive, else the spec's
 ``default_basket_eur`` (a user without orders). The control arm has no coupon: its pair features are 0.
 """
 
