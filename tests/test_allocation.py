@@ -30,6 +30,7 @@ from coupon_spark.allocation.job import catalogue_budgets, merge_budgets, paced_
 from coupon_spark.allocation.job import run as run_allocate
 from coupon_spark.config import AllocationConfig, Config, ConfigError
 from coupon_spark.lake import Lake
+from coupon_spark.runner import Context
 from coupon_spark.schemas import ALLOCATION_RUNS_SCHEMA, ALLOCATIONS_SCHEMA, CANDIDATES_SCHEMA
 
 RUN_DATE = dt.date(2026, 11, 28)
@@ -291,11 +292,11 @@ def test_job_writes_tables_replaces_the_date_and_exports(spark: SparkSession, la
             partitions=2,
         ),
     )
-    assert run_allocate(spark, cfg, RUN_DATE) == 0
+    assert run_allocate(Context(spark, cfg), RUN_DATE) == 0
     first = lake.read("allocations", where={"run_date": RUN_DATE})
     assert first.schema == ALLOCATIONS_SCHEMA
     n_first = first.count()
-    assert run_allocate(spark, cfg, RUN_DATE) == 0  # a rerun replaces the date
+    assert run_allocate(Context(spark, cfg), RUN_DATE) == 0  # a rerun replaces the date
     alloc = lake.read("allocations", where={"run_date": RUN_DATE}).toPandas()
     assert len(alloc) == n_first
     assert alloc["user_id"].nunique() == df["user_id"].nunique()
@@ -380,7 +381,7 @@ def test_the_job_keeps_each_campaign_within_its_paced_budget(spark: SparkSession
             partitions=2,
         ),
     )  # fmt: skip
-    assert run_allocate(spark, cfg, RUN_DATE) == 0
+    assert run_allocate(Context(spark, cfg), RUN_DATE) == 0
     alloc = lake.read("allocations", where={"run_date": RUN_DATE}).toPandas()
     k1 = alloc[alloc["campaign_id"] == "k1"]["expected_cost"].sum()
     budgets = {b["name"]: b["limit"] for b in lake.read("allocation_runs").first()["budgets"]}

@@ -602,81 +602,102 @@ def solve_dual(
             certificate would only close at the very end; with it the search stops as soon as a finished
             allocation is within the tolerance of the bound.
     """
-    n_b = len(residual)
-    st = {"passes": 0, "evals": 0, "primal": -np.inf, "dual": np.inf}
-    best_lam = np.full(n_b, np.inf)
-    best_spend = np.zeros(n_b)
-    dual_lam = np.zeros(n_b)
-    dual_value, dual_spend = 0.0, np.zeros(n_b)
-    finished = -np.inf
-    trace: list[tuple[int, float, float]] = []
-
-    def run(points: np.ndarray) -> np.ndarray:
-        nonlocal best_lam, best_spend, dual_lam, dual_value, dual_spend
-        agg = evaluate(points)
-        st["passes"] += 1
-        st["evals"] += len(points)
-        spend = budgets.spend(agg.amount, agg.count)
-        dual = points @ residual + agg.lagr
-        i = int(np.argmin(dual))
-        if dual[i] < st["dual"]:
-            st["dual"], dual_lam = float(dual[i]), points[i].copy()
-            dual_value, dual_spend = float(agg.value[i]), spend[i].copy()
-        feasible = np.all(spend <= residual, axis=1)
-        if feasible.any():
-            vals = np.where(feasible, agg.value, -np.inf)
-            j = int(np.argmax(vals))
-            if vals[j] > st["primal"]:
-                st["primal"], best_lam, best_spend = float(vals[j]), points[j].copy(), spend[j].copy()
-        trace.append((int(st["passes"]), st["primal"], st["dual"]))
-        return spend
-
-    def certified() -> bool:
-        """The best feasible allocation seen is within the tolerance of the best bound: no pass can help more."""
-        return relative_gap(max(st["primal"], finished), st["dual"]) <= settings.tolerance
-
-    lam = np.zeros(n_b)
-    step = np.ones(n_b)  # last relative change of each multiplier: the width of its next search window
+    inc = Incumbent.start(evaluate, budgets, residual)
+    run, certified = inc.run, lambda: inc.certified(settings.tolerance)
+    lam = np.zeros(len(residual))
+    step = np.ones(len(residual))  # last relative change of each multiplier: the width of its next search window
     spend0 = run(lam[None, :])[0]
     rounds = 0
     converged = bool(np.all(spend0 <= residual))
     g = max(2, settings.grid_points)
-    while not converged and rounds < settings.max_rounds and st["passes"] < settings.max_passes:
+    while not converged and rounds < settings.max_rounds and inc.passes < settings.max_passes:
         rounds += 1
-        before, dual_before = lam.copy(), st["dual"]
-        for b in range(n_b):
-            if st["passes"] >= settings.max_passes or certified():
+        before, dual_before = lam.copy(), inc.dual
+        for b in range(len(residual)):
+            if inc.passes >= settings.max_passes or certified():
                 break
             new = _coordinate(run, lam, b, residual[b], lam_hi[b], g, step[b], settings, certified)
             step[b] = abs(new - lam[b]) / max(new, lam[b], 1e-300)
             lam[b] = new
-        if finisher is not None and not certified() and st["dual"] < dual_before:
-            value = finisher(dual_lam, dual_value, dual_spend)
-            st["passes"] += 1
+        if finisher is not None and not certified() and inc.dual < dual_before:
+            value = finisher(inc.dual_lam, inc.dual_value, inc.dual_spend)
+            inc.passes += 1
             if value is not None:
-                finished = max(finished, value)
+                inc.finished = max(inc.finished, value)
         converged = certified()
-        stalled = dual_before - st["dual"] <= 0.01 * settings.tolerance * abs(st["dual"])
+        stalled = dual_before - inc.dual <= 0.01 * settings.tolerance * abs(inc.dual)
         if rounds > 1 and (np.allclose(lam, before, rtol=1e-6, atol=0.0) or stalled):
             break
-    if not np.isfinite(st["primal"]):  # nothing feasible was seen: issue nothing from the model arm
-        best_lam = lam_hi * 2.0 + 1.0
-        st["primal"] = 0.0
+    if not np.isfinite(inc.primal):  # nothing feasible was seen: issue nothing from the model arm
+        inc.lam = lam_hi * 2.0 + 1.0
+        inc.primal = 0.0
     return SolveResult(
-        lam=best_lam,
-        primal=float(st["primal"]),
-        spend=best_spend,
-        dual=float(st["dual"]),
-        dual_lam=dual_lam,
-        passes=int(st["passes"]),
+        lam=inc.lam,
+        primal=float(inc.primal),
+        spend=inc.spend,
+        dual=float(inc.dual),
+        dual_lam=inc.dual_lam,
+        passes=int(inc.passes),
         rounds=rounds,
-        evaluations=int(st["evals"]),
+        evaluations=int(inc.evaluations),
         converged=certified(),
-        trace=trace,
-        dual_value=dual_value,
-        dual_spend=dual_spend,
-        finished=finished,
+        trace=inc.trace,
+        dual_value=inc.dual_value,
+        dual_spend=inc.dual_spend,
+        finished=inc.finished,
     )
+
+
+@dataclass
+class Incumbent:
+    """The dual search's state: the best feasible allocation seen (the primal), the best bound (the dual) and
+    what it took. :meth:`run` evaluates a batch of multiplier vectors in one pass and keeps the best of each,
+    so the certificate never gets worse."""
+
+    evaluate: Evaluator
+    budgets: BudgetMatrix
+    residual: np.ndarray
+    lam: np.ndarray  # (B,) multipliers of the best feasible allocation (inf until one is seen)
+    spend: np.ndarray  # (B,) its spend
+    dual_lam: np.ndarray  # (B,) multipliers of the best bound
+    dual_spend: np.ndarray  # (B,) the spend of the choice under dual_lam (it may overspend)
+    primal: float = -np.inf
+    dual: float = np.inf
+    dual_value: float = 0.0  # model-arm value of the choice under dual_lam
+    finished: float = -np.inf  # best value the finisher reached
+    passes: int = 0
+    evaluations: int = 0
+    trace: list[tuple[int, float, float]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, evaluate: Evaluator, budgets: BudgetMatrix, residual: np.ndarray) -> Incumbent:
+        n_b = len(residual)
+        return cls(evaluate, budgets, residual, np.full(n_b, np.inf), np.zeros(n_b), np.zeros(n_b), np.zeros(n_b))
+
+    def run(self, points: np.ndarray) -> np.ndarray:
+        """Evaluate ``(m, B)`` multipliers in one pass; keep the best bound and the best feasible choice among
+        them; return their ``(m, B)`` spend."""
+        agg = self.evaluate(points)
+        self.passes += 1
+        self.evaluations += len(points)
+        spend = self.budgets.spend(agg.amount, agg.count)
+        dual = points @ self.residual + agg.lagr
+        i = int(np.argmin(dual))
+        if dual[i] < self.dual:
+            self.dual, self.dual_lam = float(dual[i]), points[i].copy()
+            self.dual_value, self.dual_spend = float(agg.value[i]), spend[i].copy()
+        feasible = np.all(spend <= self.residual, axis=1)
+        if feasible.any():
+            vals = np.where(feasible, agg.value, -np.inf)
+            j = int(np.argmax(vals))
+            if vals[j] > self.primal:
+                self.primal, self.lam, self.spend = float(vals[j]), points[j].copy(), spend[j].copy()
+        self.trace.append((self.passes, self.primal, self.dual))
+        return spend
+
+    def certified(self, tolerance: float) -> bool:
+        """The best allocation seen (feasible, or finished) is within ``tolerance`` of the best bound."""
+        return relative_gap(max(self.primal, self.finished), self.dual) <= tolerance
 
 
 def _coordinate(
