@@ -267,3 +267,29 @@ def test_weight_average_is_the_debiased_moving_average_by_hand():
     off.update()
     off.swap_out(off.swap_in())
     np.testing.assert_array_equal(v.numpy(), last)  # off: the model keeps its last iterate
+
+
+def test_early_stopping_and_batch_plan_by_hand():
+    from coupon_spark.config import TrainConfig
+    from coupon_spark.model.loop import BatchPlan, EarlyStopping, EmptyShardError, LocalComm
+
+    stop = EarlyStopping(patience=2, min_delta=1e-4)
+    seen = [(stop.update(e, loss), stop.stop) for e, loss in enumerate([1.0, 0.9, 0.89995, 0.95], start=1)]
+    # 0.89995 is not better than 0.9 by more than 1e-4: the second epoch without improvement stops
+    assert seen == [(True, False), (True, False), (False, False), (False, True)]
+    assert (stop.best, stop.best_epoch) == (0.9, 2)
+
+    class Shard:  # only the length matters to the plan
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+    cfg = TrainConfig(batch_size=512, learning_rate=0.002)
+    plan = BatchPlan.of([Shard(1500), Shard(1300)], cfg, LocalComm())  # the smallest shard decides
+    assert (plan.world, plan.local_batch, plan.steps, plan.global_batch) == (2, 512, 2, 1024)
+    assert plan.learning_rate == pytest.approx(0.004)
+    assert BatchPlan.of([Shard(100)], cfg, LocalComm()).local_batch == 100
+    with pytest.raises(EmptyShardError):
+        BatchPlan.of([Shard(0), Shard(10)], cfg, LocalComm())

@@ -163,6 +163,66 @@ def batch_tensors(parts: list[Examples], weights: list[np.ndarray]) -> dict[str,
     return {k: tf.convert_to_tensor(v) for k, v in cat.items()}
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """The shape of every epoch, the same on every rank: ``world`` shards of ``local_batch`` rows per step (the
+    smallest shard decides ``steps``), and the learning rate scaled with the global batch."""
+
+    world: int
+    local_batch: int
+    steps: int
+    learning_rate: float
+
+    @property
+    def global_batch(self) -> int:
+        return self.local_batch * self.world
+
+    @classmethod
+    def of(cls, train: list[Examples], cfg: TrainConfig, comm: Comm) -> BatchPlan:
+        """Raises :class:`EmptyShardError` when some rank's shard has no training row."""
+        world = comm.size * len(train)
+        min_rows = int(comm.allreduce_min(np.array([min(len(t) for t in train)]))[0])
+        if min_rows == 0:
+            raise EmptyShardError("a rank has no training rows: fewer ranks (train.num_proc) or more data needed")
+        b = min(cfg.batch_size, min_rows)
+        return cls(world, b, min_rows // b, cfg.learning_rate * world)
+
+
+def normalised_weights(
+    train: list[Examples], val: list[Examples], cfg: TrainConfig, comm: Comm
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Inverse-propensity weights of the training and validation rows, normalised to mean 1 over the whole
+    training set (all ranks)."""
+    raw = [ipw_weights(t.propensity, cfg.propensity_clip) for t in train]
+    tot = comm.allreduce_sum(np.array([sum(float(r.sum()) for r in raw), sum(len(r) for r in raw)]))
+    mean_w = tot[0] / tot[1] if tot[1] else 1.0
+    return [r / mean_w for r in raw], [ipw_weights(v.propensity, cfg.propensity_clip) / mean_w for v in val]
+
+
+@dataclass
+class EarlyStopping:
+    """Keeps the best validation loss and its epoch; stops after ``patience`` epochs without an improvement of
+    more than ``min_delta``."""
+
+    patience: int
+    min_delta: float
+    best: float = float("inf")
+    best_epoch: int = 0
+    wait: int = 0
+
+    def update(self, epoch: int, loss: float) -> bool:
+        """Record ``epoch``'s loss; True when it improved on the best."""
+        if loss < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = loss, epoch, 0
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.wait >= self.patience
+
+
 def fit(
     shards: list[Examples],
     spec: ModelSpec,
@@ -171,6 +231,10 @@ def fit(
     checkpoint: Callable[[dict[str, np.ndarray], dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train the two-tower model on this process's shards (one per Horovod rank, or several emulated here).
+
+    Each epoch: the training pass (:func:`train_epoch`), the moving average swapped in, the validation loss
+    (:func:`validation_loss`), the best weights kept and checkpointed (:class:`EarlyStopping`), the average
+    swapped out; at the end the best weights are loaded and their validation metrics computed.
 
     Args:
         shards: This process's shards, in global shard order (process ``r`` of ``P`` owning ``k`` shards holds
@@ -188,38 +252,23 @@ def fit(
         EmptyShardError: A shard has no training row.
     """
     comm = comm or LocalComm()
-    world = comm.size * len(shards)
     pairs = [s.split() for s in shards]
-    train = [p[0] for p in pairs]
-    val = [p[1] for p in pairs]
-
-    # Inverse-propensity weights, normalised to mean 1 over the whole training set (all ranks).
-    raw = [ipw_weights(t.propensity, cfg.propensity_clip) for t in train]
-    tot = comm.allreduce_sum(np.array([sum(float(r.sum()) for r in raw), sum(len(r) for r in raw)]))
-    mean_w = tot[0] / tot[1] if tot[1] else 1.0
-    w_train = [r / mean_w for r in raw]
-    w_val = [ipw_weights(v.propensity, cfg.propensity_clip) / mean_w for v in val]
-
-    min_rows = int(comm.allreduce_min(np.array([min(len(t) for t in train)]))[0])
-    if min_rows == 0:
-        raise EmptyShardError("a rank has no training rows: fewer ranks (train.num_proc) or more data needed")
-    b = min(cfg.batch_size, min_rows)
-    steps = min_rows // b
-    global_batch = b * world
-    lr = cfg.learning_rate * world
+    train, val = [p[0] for p in pairs], [p[1] for p in pairs]
+    w_train, w_val = normalised_weights(train, val, cfg, comm)
+    plan = BatchPlan.of(train, cfg, comm)
 
     tf_keras.utils.set_random_seed(cfg.seed)
     model = build_model(spec, l2=cfg.l2, seed=cfg.seed, id_l2=cfg.id_l2)
-    opt = make_optimizer(cfg, lr)
+    opt = make_optimizer(cfg, plan.learning_rate)
     opt.build(model.trainable_variables)
     comm.broadcast_variables(list(model.variables) + list(opt.variables))
     l2_share = 1.0 / comm.size
-    averager = WeightAverage(model.trainable_variables, cfg.average_epochs * steps)
+    averager = WeightAverage(model.trainable_variables, cfg.average_epochs * plan.steps)
 
     @tf.function(reduce_retracing=True)
     def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            loss = model.compute_loss(batch, normalizer=global_batch, l2_share=l2_share)
+            loss = model.compute_loss(batch, normalizer=plan.global_batch, l2_share=l2_share)
         grads = comm.gradient_tape(tape).gradient(loss, model.trainable_variables)
         opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         averager.update()
@@ -231,58 +280,36 @@ def fit(
 
     first_shard = comm.rank * len(shards)
     history: list[dict[str, float]] = []
-    best, best_epoch, wait = float("inf"), 0, 0
+    stopping = EarlyStopping(cfg.early_stopping_patience, cfg.min_delta)
     best_weights = export_weights(model)
-    train_seconds = 0.0
     if comm.rank == 0:
         log.info(
             "training: %d shard(s) x %d rows/step = global batch %d, %d steps/epoch, lr %.4g, %d epochs max",
-            world,
-            b,
-            global_batch,
-            steps,
-            lr,
+            plan.world,
+            plan.local_batch,
+            plan.global_batch,
+            plan.steps,
+            plan.learning_rate,
             cfg.epochs,
         )
     for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        iters = [epoch_batches(len(t), b, steps, cfg.seed, epoch, first_shard + j) for j, t in enumerate(train)]
-        loss_sum = 0.0
-        for _ in range(steps):
-            idx = [next(it) for it in iters]
-            batch = batch_tensors(
-                [t.take(i) for t, i in zip(train, idx, strict=True)], [w[i] for w, i in zip(w_train, idx, strict=True)]
-            )
-            loss_sum += float(train_step(batch))
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        # Each replica's loss is its share of the global mean: their sum is the global batch's loss.
-        train_loss = float(comm.allreduce_sum(np.array([loss_sum / steps]))[0])
+        seconds, train_loss = train_epoch(train_step, train, w_train, plan, cfg.seed, epoch, first_shard, comm)
         current = averager.swap_in()
-        vs = np.zeros(2)
-        for v, w in zip(val, w_val, strict=True):
-            for lo in range(0, len(v), EVAL_BATCH):
-                sl = np.arange(lo, min(lo + EVAL_BATCH, len(v)))
-                vs += [float(weighted_loss_sum(batch_tensors([v.take(sl)], [w[sl]]))), float(w[sl].sum())]
-        vs = comm.allreduce_sum(vs)
-        val_loss = float(vs[0] / vs[1]) if vs[1] > 0 else train_loss
-        improved = val_loss < best - cfg.min_delta
+        val_loss = validation_loss(weighted_loss_sum, val, w_val, comm, default=train_loss)
+        improved = stopping.update(epoch, val_loss)
         history.append(
             {
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "validation_loss": val_loss,
                 "seconds": seconds,
-                "examples_per_second": steps * global_batch / seconds,
+                "examples_per_second": plan.steps * plan.global_batch / seconds,
             }
         )
         if improved:
-            best, best_epoch, wait = val_loss, epoch, 0
             best_weights = export_weights(model)
             if checkpoint is not None and comm.rank == 0:
                 checkpoint(best_weights, {"epoch": epoch, "validation_loss": val_loss})
-        else:
-            wait += 1
         averager.swap_out(current)
         if comm.rank == 0:
             log.info(
@@ -291,33 +318,85 @@ def fit(
                 cfg.epochs,
                 train_loss,
                 val_loss,
-                " (best)" if improved else f" (no better for {wait})",
-                steps * global_batch / seconds,
+                " (best)" if improved else f" (no better for {stopping.wait})",
+                plan.steps * plan.global_batch / seconds,
             )
-        if wait >= cfg.early_stopping_patience:
+        if stopping.stop:
             if comm.rank == 0:
-                log.info("early stop after epoch %d: best validation loss %.5f at epoch %d", epoch, best, best_epoch)
+                log.info(
+                    "early stop after epoch %d: best validation loss %.5f at epoch %d",
+                    epoch,
+                    stopping.best,
+                    stopping.best_epoch,
+                )
             break
 
     import_weights(model, best_weights)
     metrics = validation_metrics(model, val, comm)
-    metrics["validation_loss"] = best
+    metrics["validation_loss"] = stopping.best
     n = comm.allreduce_sum(np.array([sum(len(t) for t in train), sum(len(v) for v in val)]))
+    train_seconds = sum(h["seconds"] for h in history)
     examples = sum(h["examples_per_second"] * h["seconds"] for h in history)
     return FitResult(
         weights=best_weights,
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=stopping.best_epoch,
         metrics=metrics,
-        world=world,
-        local_batch=b,
-        steps_per_epoch=steps,
-        learning_rate=lr,
+        world=plan.world,
+        local_batch=plan.local_batch,
+        steps_per_epoch=plan.steps,
+        learning_rate=plan.learning_rate,
         n_train=int(n[0]),
         n_validation=int(n[1]),
         train_seconds=train_seconds,
         examples_per_second=examples / train_seconds if train_seconds else 0.0,
     )
+
+
+def train_epoch(
+    train_step: Callable[[dict[str, tf.Tensor]], tf.Tensor],
+    train: list[Examples],
+    weights: list[np.ndarray],
+    plan: BatchPlan,
+    seed: int,
+    epoch: int,
+    first_shard: int,
+    comm: Comm,
+) -> tuple[float, float]:
+    """One pass over the shards in ``plan.steps`` steps, each shard's rows in a fresh permutation of
+    ``(seed, epoch, shard)``; returns (seconds, the global training loss: the mean over steps of the summed
+    replica losses)."""
+    t0 = time.perf_counter()
+    iters = [
+        epoch_batches(len(t), plan.local_batch, plan.steps, seed, epoch, first_shard + j) for j, t in enumerate(train)
+    ]
+    loss_sum = 0.0
+    for _ in range(plan.steps):
+        idx = [next(it) for it in iters]
+        batch = batch_tensors(
+            [t.take(i) for t, i in zip(train, idx, strict=True)], [w[i] for w, i in zip(weights, idx, strict=True)]
+        )
+        loss_sum += float(train_step(batch))
+    seconds = time.perf_counter() - t0
+    # Each replica's loss is its share of the global mean: their sum is the global batch's loss.
+    return seconds, float(comm.allreduce_sum(np.array([loss_sum / plan.steps]))[0])
+
+
+def validation_loss(
+    loss_sum: Callable[[dict[str, tf.Tensor]], tf.Tensor],
+    val: list[Examples],
+    weights: list[np.ndarray],
+    comm: Comm,
+    default: float,
+) -> float:
+    """The weighted mean loss over every rank's validation rows (``default`` when they weigh nothing)."""
+    vs = np.zeros(2)
+    for v, w in zip(val, weights, strict=True):
+        for lo in range(0, len(v), EVAL_BATCH):
+            sl = np.arange(lo, min(lo + EVAL_BATCH, len(v)))
+            vs += [float(loss_sum(batch_tensors([v.take(sl)], [w[sl]]))), float(w[sl].sum())]
+    vs = comm.allreduce_sum(vs)
+    return float(vs[0] / vs[1]) if vs[1] > 0 else default
 
 
 class WeightAverage:
