@@ -138,7 +138,7 @@ def read_manifest(folder: str) -> dict[str, Any] | None:
     """
     import pyarrow.fs as pafs
 
-    from coupon_spark.lake._files import filesystem_for
+    from coupon_spark.storage import filesystem_for
 
     fs, path = filesystem_for(f"{folder.rstrip('/')}/{MANIFEST}")
     if fs.get_file_info(path).type != pafs.FileType.File:
@@ -938,7 +938,7 @@ def input_digest(cfg: Config, day: dt.date) -> str:
 
     import pyarrow.fs as pafs
 
-    from coupon_spark.lake._files import filesystem_for
+    from coupon_spark.storage import filesystem_for
 
     fs, folder = filesystem_for(f"{cfg.lake.landing.rstrip('/')}/{day.isoformat()}")
     infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))

@@ -135,3 +135,12 @@ def test_run_date_reaches_the_stage(spark, tmp_path, monkeypatch, capsys):
                    "--set", f"lake.root={tmp_path}"])  # fmt: skip
     assert rc == 0
     assert seen == {"date": dt.date(2026, 11, 12), "options": RunOptions(), "root": str(tmp_path)}
+
+
+def test_private_modules_of_the_lake_stay_inside_it():
+    outside = [p for p in PACKAGE.rglob("*.py") if "lake" not in p.relative_to(PACKAGE).parts[:1]]
+    users = sorted(
+        str(p.relative_to(ROOT)) for p in outside if any(m.startswith("coupon_spark.lake._") for m in imported(p))
+    )
+    assert users == []
+    assert "coupon_spark.storage" in imported(PACKAGE / "model" / "data.py")  # the check sees imports there

@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 from coupon_spark import tables
 from coupon_spark.allocation import POLICY_EXPLORATION, POLICY_HOLDOUT, POLICY_MODEL, Budget, make_budget
 from coupon_spark.allocation.job import budgets_from_config, params_from_config
+from coupon_spark.allocation.plan import AllocationParams
 from coupon_spark.config import Config, join_uri
 from coupon_spark.datagen.response import UPLIFT_TYPES
 from coupon_spark.errors import UpstreamNotReady
@@ -264,17 +265,30 @@ def _out_of_time(lake: Lake, model_dir: Any, since: dt.date, run_date: dt.date, 
 # ---- policy on the synthetic shop -------------------------------------------------------------------------------
 
 
-def truth_section(
-    ev: Evaluation, spark: SparkSession, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
-) -> None:
-    """True value of the run's allocation against the oracle and the baselines (synthetic shop only)."""
+@dataclass
+class TruthSample:
+    """The run's allocation and the model users' options on a sample of users, with their true values."""
+
+    allocations: pd.DataFrame  # every arm's rows of the sampled users
+    issued: pd.DataFrame  # the coupons issued, with their true values
+    options: pd.DataFrame  # the model users' candidates, with their true values
+    share: float  # users sampled (evaluate.truth_sample_share)
+
+    @property
+    def note(self) -> str | None:
+        return f"users sampled at {self.share:g}" if self.share < 1 else None
+
+
+def truth_sample(
+    ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
+) -> TruthSample | None:
+    """The sample the truth section values, or None in a lake without the synthetic shop's hidden truth."""
     from coupon_spark.datagen.shop import truth_table
     from coupon_spark.datagen.world import season_logit
 
     users_t, coupons_t = truth_table(cfg, "user_traits"), truth_table(cfg, "coupons")
     if not (lake.exists(users_t) and lake.exists(coupons_t)):
-        ev.say("policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped")
-        return
+        return None
     share, seed = cfg.evaluate.truth_sample_share, cfg.evaluate.seed
     alloc = _sample_users(allocations, share, seed)
     traits = lake.read(users_t).join(alloc.select("user_id").distinct(), on="user_id", how="left_semi").toPandas()
@@ -284,60 +298,49 @@ def truth_section(
     options = candidates.join(model_users, on="user_id", how="left_semi").toPandas()
     season = season_logit(ev.run_date)
     issued = with_true_values(a[a["coupon_id"].notna()], traits, coupons, season)
-    options = with_true_values(options, traits, coupons, season)
-    budgets, _ = run_budgets(lake, cfg, ev.run_date)
-    budgets = [dataclasses.replace(b, limit=b.limit * share) for b in budgets]
-    params = params_from_config(cfg.allocation)
+    return TruthSample(a, issued, with_true_values(options, traits, coupons, season), share)
+
+
+def truth_policies(
+    sample: TruthSample, budgets: list[Budget], params: AllocationParams, run_date: dt.date, seed: int
+) -> dict[str, pd.DataFrame]:
+    """The coupons each policy issues to the sample at the sample's share of the budgets: the model's (as the
+    run allocated them), the oracle's (the same solver on the true values), random and redemption-propensity
+    targeting."""
     basis_cost = "expected_cost" if params.cost_basis == "expected" else "coupon_cost"
-    policies = {
+    issued, options = sample.issued, sample.options
+    return {
         "model": issued[issued["policy"] == POLICY_MODEL],
-        "oracle": oracle_allocation(options, budgets, params, run_date=ev.run_date.isoformat()),
+        "oracle": oracle_allocation(options, budgets, params, run_date=run_date.isoformat()),
         "random": random_targeting(options, budgets, basis_cost, params.max_per_user, seed),
         "redeem": redeem_targeting(options, budgets, basis_cost, params.max_per_user),
     }
-    note = f"users sampled at {share:g}" if share < 1 else None
+
+
+def truth_section(
+    ev: Evaluation, spark: SparkSession, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
+) -> None:
+    """True value of the run's allocation against the oracle and the baselines (synthetic shop only):
+    :func:`truth_sample`, :func:`truth_policies`, then each policy's value, cost and coupons by uplift type."""
+    sample = truth_sample(ev, lake, cfg, allocations, candidates)
+    if sample is None:
+        ev.say("policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped")
+        return
+    budgets, _ = run_budgets(lake, cfg, ev.run_date)
+    budgets = [dataclasses.replace(b, limit=b.limit * sample.share) for b in budgets]
+    policies = truth_policies(sample, budgets, params_from_config(cfg.allocation), ev.run_date, cfg.evaluate.seed)
+    note = sample.note
     oracle_value = float(policies["oracle"]["true_incremental_profit"].sum())
     values = {}
     for name, rows in policies.items():
         v = float(rows["true_incremental_profit"].sum())
         values[name] = v
-        ev.add(
-            "policy_truth",
-            "true_incremental_profit",
-            v,
-            dimension="policy",
-            dimension_value=name,
-            n=len(rows),
-            note=note,
-        )
-        ev.add(
-            "policy_truth",
-            "ratio_to_oracle",
-            v / oracle_value if oracle_value > 0 else float("nan"),
-            dimension="policy",
-            dimension_value=name,
-            n=len(rows),
-            note=note,
-        )
-        ev.add(
-            "policy_truth",
-            "true_expected_cost",
-            float(rows["true_expected_cost"].sum()),
-            dimension="policy",
-            dimension_value=name,
-            n=len(rows),
-            note=note,
-        )
+        per_policy = {"dimension": "policy", "dimension_value": name, "n": len(rows), "note": note}
+        ev.add("policy_truth", "true_incremental_profit", v, **per_policy)
+        ev.add("policy_truth", "ratio_to_oracle", v / oracle_value if oracle_value > 0 else float("nan"), **per_policy)
+        ev.add("policy_truth", "true_expected_cost", float(rows["true_expected_cost"].sum()), **per_policy)
         for t in UPLIFT_TYPES:
-            ev.add(
-                "policy_truth",
-                f"coupons_to_{t}",
-                float((rows["uplift_type"] == t).sum()),
-                dimension="policy",
-                dimension_value=name,
-                n=len(rows),
-                note=note,
-            )
+            ev.add("policy_truth", f"coupons_to_{t}", float((rows["uplift_type"] == t).sum()), **per_policy)
     ev.add(
         "policy_truth",
         "predicted_incremental_profit",
@@ -346,7 +349,7 @@ def truth_section(
         dimension_value="model",
         note="the model's own estimate of the same coupons",
     )
-    explore = issued[issued["policy"] == POLICY_EXPLORATION]
+    explore = sample.issued[sample.issued["policy"] == POLICY_EXPLORATION]
     ev.add(
         "policy_truth",
         "true_incremental_profit",
@@ -356,14 +359,13 @@ def truth_section(
         n=len(explore),
         note=note,
     )
-    n_hold = int((a["policy"] == POLICY_HOLDOUT).sum())
     ev.add(
         "policy_truth",
         "true_incremental_profit",
         0.0,
         dimension="policy",
         dimension_value="holdout",
-        n=n_hold,
+        n=int((sample.allocations["policy"] == POLICY_HOLDOUT).sum()),
         note="the holdout gets no coupon: no increment by construction",
     )
     model_true_spend = budget_spend(policies["model"].assign(_c=policies["model"]["true_expected_cost"]), budgets, "_c")
@@ -378,7 +380,7 @@ def truth_section(
                 note=f"model-arm limit {b.limit:.2f} on the model's estimated cost",
             )
     ev.plots["policy_values"] = values
-    ev.plots["uplift_curve"] = uplift_curve(options)
+    ev.plots["uplift_curve"] = uplift_curve(sample.options)
 
 
 def uplift_curve(options: pd.DataFrame, points: int = 200) -> dict[str, np.ndarray]:

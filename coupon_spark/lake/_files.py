@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from coupon_spark.storage import filesystem_for
+
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 # Spark's ExternalCatalogUtils.escapePathName escapes these (plus control characters) in partition folders.
@@ -56,18 +58,6 @@ def partition_dir(partition_by: list[str], values: dict[str, str | None]) -> str
         f"{escape_path_name(c)}={HIVE_NULL if values[c] is None else escape_path_name(values[c])}"  # type: ignore[arg-type]
         for c in partition_by
     )
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """pyarrow filesystem and base path for a table location (local path or object-store URI)."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), uri
-    if uri.startswith("s3a://") or uri.startswith("s3n://"):
-        uri = "s3://" + uri.split("://", 1)[1]
-    if uri.startswith("file://"):
-        return pafs.LocalFileSystem(), uri[len("file://") :]
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return fs, path
 
 
 def _json_stat(value: Any) -> Any:

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coupon_spark.errors import InputError
-from coupon_spark.lake._files import filesystem_for
 from coupon_spark.model.pair import pair_rows
 from coupon_spark.model.spec import ModelSpec, hash_buckets
 from coupon_spark.model.transform import FeatureTransform
+from coupon_spark.storage import filesystem_for
 
 ID_COLUMNS = ("issuance_id", "user_id", "coupon_id")
 TARGET_COLUMNS = ("propensity", "purchased", "redeemed")

@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 
 from coupon_spark.config import Config, join_uri
 from coupon_spark.errors import UpstreamNotReady
-from coupon_spark.lake._files import filesystem_for
+from coupon_spark.storage import filesystem_for
 
 MANIFEST = "manifest.json"
 LATEST = "latest"

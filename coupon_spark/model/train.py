@@ -340,43 +340,69 @@ def content_digest(df: DataFrame) -> str:
     return f"{got[0]}:{got[1] or 0}"
 
 
-def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = False) -> TrainOutcome:
-    """Train on every example issued before ``run_date`` (or the last ``train.history_days`` days of them) and
-    publish a new registry version; a rerun with the same inputs returns the version it made (unless
-    ``force``).
+@dataclass(frozen=True)
+class TrainingSnapshot:
+    """What a training run reads, pinned: one version of ``training_examples``, its data files before the run
+    date (within ``train.history_days``), the feature transformation and where it came from."""
+
+    location: str
+    version: int
+    transform: FeatureTransform
+    stats: dict[str, Any]  # the manifest's feature_stats: table version, snapshot date, digest
+    files: list[DataFile]
+    since: dt.date | None
+    until: dt.date
+    examples: DataFrame  # the same rows, lazily, for the coupon vocabulary and the content fingerprint
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's ``training_table``."""
+        return {
+            "location": self.location,
+            "version": self.version,
+            "since": self.since,
+            "until": self.until,
+            "files": len(self.files),
+            "rows": sum(f.num_records for f in self.files),
+        }
+
+
+def pin_snapshot(lake: Lake, cfg: Config, run_date: dt.date) -> TrainingSnapshot:
+    """Pin the current version of ``training_examples`` and the feature statistics of ``run_date``.
 
     Raises:
-        NoTrainingDataError: Nothing to train on.
+        NoTrainingDataError: No example issued before ``run_date`` (within ``train.history_days``).
         MissingColumnsError: The training table does not follow the contract.
     """
     from deltalake import DeltaTable
 
-    tc = cfg.train
-    lake = Lake.from_config(spark, cfg.lake)
     location = lake.location(TRAINING_TABLE)
     version = lake.version(TRAINING_TABLE)
     transform, stats_info = load_transform(lake, run_date)
     names = DeltaTable(location, version=version).schema().to_arrow().names
     check_columns(list(names), transform)
-    since = run_date - dt.timedelta(days=tc.history_days) if tc.history_days else None
+    since = run_date - dt.timedelta(days=cfg.train.history_days) if cfg.train.history_days else None
     files = snapshot_files(location, version, since=since, until=run_date)
     if not files:
         raise NoTrainingDataError(f"{TRAINING_TABLE} v{version} has no example issued before {run_date}")
     examples = lake.read(TRAINING_TABLE, version=version).where(F.col("issue_date") < F.lit(run_date))
     if since:
         examples = examples.where(F.col("issue_date") >= F.lit(since))
-    coupon_ids = sorted(
-        r[0] for r in examples.select("coupon_id").where(F.col("coupon_id").isNotNull()).distinct().collect()
-    )
+    return TrainingSnapshot(location, version, transform, stats_info, files, since, run_date, examples)
+
+
+def model_spec(cfg: Config, transform: FeatureTransform, coupon_ids: list[str]) -> ModelSpec:
+    """The architecture from ``train.*``: pair features only where the feature stats describe the coupon columns
+    they need (else a warning and none)."""
+    tc = cfg.train
     missing = [c for c in PAIR_COUPON_COLUMNS if c not in transform.coupon_columns]
-    use_pairs = tc.pair_features and not missing
     if tc.pair_features and missing:
         log.warning(
             "train.pair_features: the feature stats describe no %s: the model is trained without pair features "
             "(build the features with `coupon-spark features`, or set train.pair_features=false to silence this)",
             ", ".join(missing),
         )
-    spec = ModelSpec(
+    return ModelSpec(
         user_dim=transform.user_dim,
         coupon_dim=transform.coupon_dim,
         embedding_dim=tc.embedding_dim,
@@ -384,30 +410,44 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         id_embedding_dim=tc.id_embedding_dim,
         user_id_buckets=tc.user_id_buckets,
         coupon_ids=coupon_ids,
-        pair_dim=len(PAIR_FEATURES) if use_pairs else 0,
+        pair_dim=len(PAIR_FEATURES) if tc.pair_features and not missing else 0,
         default_basket_eur=cfg.score.default_basket_eur,
         heads=tc.heads,
     )
+
+
+def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = False) -> TrainOutcome:
+    """Train on every example issued before ``run_date`` (or the last ``train.history_days`` days of them) and
+    publish a new registry version; a rerun with the same inputs returns the version it made (unless
+    ``force``).
+
+    The steps: pin the inputs (:func:`pin_snapshot`), the architecture (:func:`model_spec`), the content
+    fingerprint (a version trained on the same inputs is returned as it is), the Horovod ranks
+    (:func:`run_ranks`), the decision gate (:func:`decision_gate`), then :func:`publish`.
+
+    Raises:
+        NoTrainingDataError: Nothing to train on.
+        MissingColumnsError: The training table does not follow the contract.
+    """
+    tc = cfg.train
+    lake = Lake.from_config(spark, cfg.lake)
+    snap = pin_snapshot(lake, cfg, run_date)
+    coupon_ids = sorted(
+        r[0] for r in snap.examples.select("coupon_id").where(F.col("coupon_id").isNotNull()).distinct().collect()
+    )
+    spec = model_spec(cfg, snap.transform, coupon_ids)
     use_horovod = tc.num_proc >= 1 and horovod_available()
     if tc.num_proc >= 1 and not use_horovod:
         log.warning("horovod is not installed: training in this process as a single rank")
     ranks = tc.num_proc if use_horovod else 1
-    training_table = {
-        "location": location,
-        "version": version,
-        "since": since,
-        "until": run_date,
-        "files": len(files),
-        "rows": sum(f.num_records for f in files),
-    }
     # by content, not by table versions: a rerun of the features that rewrites the same rows (new Delta
     # versions) trains nothing new
     fp = fingerprint(
         {
             "train": dataclasses.asdict(tc),
-            "examples": content_digest(examples),
-            "since": since,
-            "stats": stats_info["digest"],
+            "examples": content_digest(snap.examples),
+            "since": snap.since,
+            "stats": snap.stats["digest"],
             "ranks": ranks,
             "run_date": run_date,
         }
@@ -431,15 +471,15 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
 
     model_version = registry.new_version(name)
     uri = registry.version_uri(name, model_version)
-    task = RankTask(split_files(files, ranks), use_horovod, spec.to_json(), transform.to_json(), tc, uri)
+    task = RankTask(split_files(snap.files, ranks), use_horovod, spec.to_json(), snap.transform.to_json(), tc, uri)
     log.info(
         "training %s v%d on %s v%d (%d files, %d rows) with %d %s",
         name,
         model_version,
-        location,
-        version,
-        len(files),
-        training_table["rows"],
+        snap.location,
+        snap.version,
+        len(snap.files),
+        snap.manifest["rows"],
         ranks,
         "Horovod rank(s)" if use_horovod else "local process",
     )
@@ -456,34 +496,38 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         )
         monitor, confirmed_by = monitors(earlier, tc.gate_monitor)
         test_index = confirmed_by if monitor else next_test_index(earlier)
-        gate = decision_gate(lake, cfg, files, spec, transform, weights, test_index, fold_task, ensemble, monitor)
+        gate = decision_gate(
+            lake, cfg, snap.files, spec, snap.transform, weights, test_index, fold_task, ensemble, monitor
+        )
     gate_seconds = round(time.time() - gate_started, 1)
     log.info("decision gate of %s v%d (%.1f s): %s", name, model_version, gate_seconds, gate.describe())
     if ensemble:  # before the manifest: a version is complete only with everything its scorer reads
         write_npz(f"{uri}/{FOLD_WEIGHTS_FILE}", {f"{k}/{n}": a for k, w in enumerate(ensemble) for n, a in w.items()})
     publish(
         registry,
-        name,
-        model_version,
-        spec,
-        transform,
-        weights,
-        result | {"decision": gate.to_json()},
-        {
-            "name": name,
-            "version": model_version,
-            "run_id": uuid.uuid4().hex,
-            "run_date": run_date,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "fingerprint": fp,
-            "training_table": training_table,
-            "feature_stats": stats_info,
-            "ranks": ranks,
-            "horovod": use_horovod,
-            "seconds": round(time.time() - started, 1),
-            "gate_seconds": gate_seconds,
-        },
-        tc,
+        NewVersion(
+            name,
+            model_version,
+            spec,
+            snap.transform,
+            weights,
+            result | {"decision": gate.to_json()},
+            {
+                "name": name,
+                "version": model_version,
+                "run_id": uuid.uuid4().hex,
+                "run_date": run_date,
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "fingerprint": fp,
+                "training_table": snap.manifest,
+                "feature_stats": snap.stats,
+                "ranks": ranks,
+                "horovod": use_horovod,
+                "seconds": round(time.time() - started, 1),
+                "gate_seconds": gate_seconds,
+            },
+            tc,
+        ),
     )
     return TrainOutcome(name, model_version, uri, result["metrics"], gate=gate)
 
@@ -649,21 +693,45 @@ def exploration_options(lake: Lake, rows: pd.DataFrame) -> dict[tuple[dt.date, s
     return {(d, u): sets.get((d, u), frozenset()) for d, u in keys}
 
 
-def publish(
-    registry: Registry,
-    name: str,
-    version: int,
-    spec: ModelSpec,
-    transform: FeatureTransform,
-    weights: dict[str, np.ndarray],
-    result: dict[str, Any],
-    manifest: dict[str, Any],
-    tc: TrainConfig,
-) -> None:
+@dataclass(frozen=True)
+class NewVersion:
+    """A trained model on its way into the registry: everything :func:`publish` writes.
+
+    Attributes:
+        name: The model's name in the registry.
+        version: The version number the run took (:meth:`Registry.new_version`).
+        spec: The architecture.
+        transform: The feature transformation.
+        weights: The published weights (``weights.npz`` is already in the version folder).
+        result: Rank 0's answer (metrics, history, run shape) and the gate's ``decision``.
+        manifest: What was trained on what (fingerprint, tables, ranks, timings).
+        train: The training configuration.
+    """
+
+    name: str
+    version: int
+    spec: ModelSpec
+    transform: FeatureTransform
+    weights: dict[str, np.ndarray]
+    result: dict[str, Any]
+    manifest: dict[str, Any]
+    train: TrainConfig
+
+
+def publish(registry: Registry, new: NewVersion) -> None:
     """Write the SavedModel, spec, transformation, metrics and config next to the weights, check the numpy
     forward pass against TensorFlow, write the manifest last and move ``latest``."""
     from coupon_spark.model.network import build_model, dummy_batch, export_saved_model
     from coupon_spark.model.scorer import NumpyScorer
+
+    name, version, spec, transform, weights, result = (
+        new.name,
+        new.version,
+        new.spec,
+        new.transform,
+        new.weights,
+        new.result,
+    )
 
     model = build_model(spec, weights=weights)
     uri = registry.version_uri(name, version)
@@ -686,7 +754,7 @@ def publish(
     )
     registry.write_json(name, version, "spec.json", json.loads(spec.to_json()))
     registry.write_json(name, version, "transform.json", json.loads(transform.to_json()))
-    registry.write_json(name, version, "train_config.json", dataclasses.asdict(tc))
+    registry.write_json(name, version, "train_config.json", dataclasses.asdict(new.train))
     registry.write_json(name, version, DECISION_FILE, result.get("decision") or NO_GATE.to_json())
     registry.write_json(
         name,
@@ -707,7 +775,7 @@ def publish(
             "decision": result.get("decision"),
         },
     )
-    registry.write_json(name, version, "manifest.json", manifest | {"numpy_vs_tensorflow_max_abs_diff": diff})
+    registry.write_json(name, version, "manifest.json", new.manifest | {"numpy_vs_tensorflow_max_abs_diff": diff})
     registry.set_latest(name, version)
 
 
