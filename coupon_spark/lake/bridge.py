@@ -193,6 +193,22 @@ def _normalise_where(
     return {c: [partition_value_to_str(v) for v in vals] for c, vals in predicate_values(where).items()}
 
 
+def _remove_selector(
+    mode: WriteMode, parts: list[str], files: list[dict[str, Any]], where: dict[str, list[str | None]] | None
+) -> Callable[[dict[str, str | None]], bool] | None:
+    """Which existing files (by their partition values) a write of ``mode`` removes: none (``append``), those
+    of the partitions the new files fill (``replace_partitions``), those ``replace_where`` matches, or all (an
+    ``overwrite`` without it)."""
+    if mode == "append":
+        return None
+    if mode == "replace_partitions":
+        present = {tuple(f["partition_values"].get(c) for c in parts) for f in files}
+        return lambda pv: tuple(pv.get(c) for c in parts) in present
+    if where is not None:
+        return lambda pv: _matches(pv, where)
+    return lambda pv: True  # the whole table
+
+
 class BridgeBackend:
     """Delta tables through Spark tasks + pyarrow + one delta-rs commit per write."""
 
@@ -263,6 +279,15 @@ class BridgeBackend:
         schema_mode: SchemaMode,
         description: str | None,
     ) -> WriteResult:
+        """Write ``df`` to the table at ``location`` in one Delta commit (see :meth:`coupon_spark.lake.Lake.write`).
+
+        The steps: skip when ``txn`` is already committed; reconcile the schema and the partitioning
+        (:meth:`_plan_schema`; nothing is written on a mismatch); add new nullable columns first
+        (``add_columns``); write the data files with Spark's writer (:meth:`_write_files`) and refuse nulls in
+        NOT NULL columns and rows outside ``replace_where``; choose the files the commit removes by the write
+        mode (:func:`_remove_selector`); commit on the snapshot read (:meth:`_commit`). Whatever stops the
+        write after the files exist deletes them, so a failed write leaves no new version and no file.
+        """
         started = time.perf_counter()
         table = self._open(location)
         if table is not None:
@@ -274,6 +299,58 @@ class BridgeBackend:
                     return WriteResult(location, table.version(), skipped=True)
 
         incoming = delta_fields(delta_schema_of(df, location))
+        fields, evolved, parts = self._plan_schema(table, incoming, partition_by, schema_mode, location)
+        where = _normalise_where(replace_where, parts, location) if replace_where is not None else None
+        if table is not None and evolved and schema_mode == "add_columns":
+            # delta-rs keeps the table's schema on an append, so the new nullable columns are added first, in
+            # a metadata-only commit. Should the data commit then fail, the table only has extra null columns.
+            new = [f for f in fields if f["name"] not in set(table.schema().to_arrow().names)]
+            table.alter.add_columns([Field.from_json(json.dumps(f)) for f in new])
+            table = DeltaTable(location)
+        target = DeltaSchema.from_json(json.dumps({"type": "struct", "fields": fields}))
+        files = self._staged_files(df, location, fields, incoming, target, parts, where, replace_where)
+        adds = [
+            AddAction(f["path"], f["size"], f["partition_values"], f["modification_time"], True, f["stats"])
+            for f in files
+        ]
+        props = CommitProperties(
+            custom_metadata={"userMetadata": description} if description else None,
+            app_transactions=[Transaction(txn.app_id, txn.version)] if txn is not None else None,
+            max_commit_retries=0,  # a commit lands on the snapshot it read, or _commit decides what to do
+        )
+        selector = _remove_selector(mode, parts, files, where)
+        try:
+            whole = mode == "overwrite" and where is None
+            replaced = self._commit(location, table, whole, selector, adds, target, parts, props, txn)
+        except ConcurrentWriteError:
+            _delete_files(location, files)
+            raise
+        if replaced is None:
+            _delete_files(location, files)
+            assert txn is not None
+            log.info("%s: %s v%s committed by another writer meanwhile", location, txn.app_id, txn.version)
+            return WriteResult(location, DeltaTable(location).version(), skipped=True)
+        after = DeltaTable(location)
+        num_rows = sum(f["num_records"] for f in files)
+        result = WriteResult(location, after.version(), len(adds), num_rows, replaced)
+        log.info("%s (%s, %.1fs%s)", result, mode, time.perf_counter() - started, ", schema evolved" if evolved else "")
+        return result
+
+    @staticmethod
+    def _plan_schema(
+        table: DeltaTable | None,
+        incoming: list[dict[str, Any]],
+        partition_by: list[str] | None,
+        schema_mode: SchemaMode,
+        location: str,
+    ) -> tuple[list[dict[str, Any]], bool, list[str]]:
+        """``(fields, evolved, partition columns)`` of the write: the incoming schema reconciled with the
+        table's (:func:`reconcile_schema`) and the partitioning checked against it.
+
+        Raises:
+            SchemaMismatchError: Other partition columns than the table's, partition columns missing from the
+                frame or of a type a partition cannot hold; nothing was written.
+        """
         if table is None:
             fields, evolved = incoming, False
             parts = list(partition_by or [])
@@ -297,19 +374,28 @@ class BridgeBackend:
             raise SchemaMismatchError(
                 f"{location}: cannot partition by {bad_parts}: use string, date, integer or boolean columns"
             )
-        where = _normalise_where(replace_where, parts, location) if replace_where is not None else None
+        return fields, evolved, parts
 
-        if table is not None and evolved and schema_mode == "add_columns":
-            # delta-rs keeps the table's schema on an append, so the new nullable columns are added first, in
-            # a metadata-only commit. Should the data commit then fail, the table only has extra null columns.
-            new = [f for f in fields if f["name"] not in set(table.schema().to_arrow().names)]
-            table.alter.add_columns([Field.from_json(json.dumps(f)) for f in new])
-            table = DeltaTable(location)
-        target = DeltaSchema.from_json(json.dumps({"type": "struct", "fields": fields}))
-        target_arrow = pa.schema(target.to_arrow())
-        write_id = uuid.uuid4().hex[:16]
+    def _staged_files(
+        self,
+        df: DataFrame,
+        location: str,
+        fields: list[dict[str, Any]],
+        incoming: list[dict[str, Any]],
+        target: DeltaSchema,
+        parts: list[str],
+        where: dict[str, list[str | None]] | None,
+        replace_where: PartitionPredicate | None,
+    ) -> list[dict[str, Any]]:
+        """Write the data files (not yet committed) and check them; on a refusal they are deleted first.
+
+        Raises:
+            SchemaMismatchError: Nulls in NOT NULL columns.
+            ValueError: Rows outside ``replace_where``.
+        """
         columns = [f["name"] for f in fields if f["name"] in {x["name"] for x in incoming}]
-        files, counts = self._write_files(df.select(*columns), location, target_arrow, parts, write_id)
+        target_arrow = pa.schema(target.to_arrow())
+        files, counts = self._write_files(df.select(*columns), location, target_arrow, parts, uuid.uuid4().hex[:16])
         if counts:
             _delete_files(location, files)
             raise SchemaMismatchError(
@@ -317,12 +403,6 @@ class BridgeBackend:
                 + ", ".join(f"{c} ({n} rows)" for c, n in sorted(counts.items()))
                 + "; nothing was written (fill or filter them first)"
             )
-        adds = [
-            AddAction(f["path"], f["size"], f["partition_values"], f["modification_time"], True, f["stats"])
-            for f in files
-        ]
-        num_rows = sum(f["num_records"] for f in files)
-
         if where is not None:
             outside = {json.dumps(f["partition_values"]) for f in files if not _matches(f["partition_values"], where)}
             if outside:
@@ -331,35 +411,7 @@ class BridgeBackend:
                     f"{location}: replace_where={replace_where} but the data has rows in other partitions "
                     f"{sorted(outside)[:5]}; nothing was committed"
                 )
-        props = CommitProperties(
-            custom_metadata={"userMetadata": description} if description else None,
-            app_transactions=[Transaction(txn.app_id, txn.version)] if txn is not None else None,
-            max_commit_retries=0,  # a commit lands on the snapshot it read, or _commit decides what to do
-        )
-        if mode == "append":
-            selector = None
-        elif mode == "replace_partitions":
-            present = {tuple(f["partition_values"].get(c) for c in parts) for f in files}
-            selector = lambda pv: tuple(pv.get(c) for c in parts) in present  # noqa: E731
-        elif where is not None:
-            selector = lambda pv: _matches(pv, where)  # noqa: E731
-        else:
-            selector = lambda pv: True  # noqa: E731  (the whole table)
-        try:
-            whole = mode == "overwrite" and where is None
-            replaced = self._commit(location, table, whole, selector, adds, target, parts, props, txn)
-        except ConcurrentWriteError:
-            _delete_files(location, files)
-            raise
-        if replaced is None:
-            _delete_files(location, files)
-            assert txn is not None
-            log.info("%s: %s v%s committed by another writer meanwhile", location, txn.app_id, txn.version)
-            return WriteResult(location, DeltaTable(location).version(), skipped=True)
-        after = DeltaTable(location)
-        result = WriteResult(location, after.version(), len(adds), num_rows, replaced)
-        log.info("%s (%s, %.1fs%s)", result, mode, time.perf_counter() - started, ", schema evolved" if evolved else "")
-        return result
+        return files
 
     def _commit(
         self,
