@@ -165,12 +165,12 @@ _TITLES = {
 def write_report(ev: Evaluation, hist: pd.DataFrame, folder: str) -> str:
     """Write ``<folder>/index.html`` and its PNG plots; returns the path of ``index.html``."""
     plots = {
-        "calibration.png": ("Calibration", plot_calibration(ev.plots.get("calibration", {}))),
-        "uplift_curve.png": ("Uplift curve", plot_uplift_curve(ev.plots.get("uplift_curve", {}))),
-        "budgets.png": ("Spend per campaign", plot_budgets(ev.plots.get("budgets", []))),
+        "calibration.png": ("Calibration", plot_calibration(ev.plots.calibration)),
+        "uplift_curve.png": ("Uplift curve", plot_uplift_curve(ev.plots.uplift_curve)),
+        "budgets.png": ("Spend per campaign", plot_budgets(ev.plots.budgets)),
         "policy_value.png": (
             "Policy value against the baselines",
-            plot_policy_values(ev.plots.get("policy_values", {})),
+            plot_policy_values(ev.plots.policy_values),
         ),
         "value_over_days.png": ("Value over days", plot_history(hist)),
     }

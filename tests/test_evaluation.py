@@ -18,6 +18,7 @@ from coupon_spark.allocation import AllocationParams, allocate_in_memory, make_b
 from coupon_spark.config import AllocationConfig, Config, ShopConfig
 from coupon_spark.datagen.response import CouponParams, UserTraits, response_matrix
 from coupon_spark.datagen.shop import truth_table
+from coupon_spark.datagen.truth import oracle_allocation, redeem_targeting, with_true_values
 from coupon_spark.datagen.world import CATEGORIES, COUPON_TRUTH, coupons_pandas, season_logit, users_frame
 from coupon_spark.evaluation import (
     NoAllocationError,
@@ -25,10 +26,7 @@ from coupon_spark.evaluation import (
     cross_fitted_cell_means,
     doubly_robust,
     ips,
-    oracle_allocation,
-    redeem_targeting,
     snips,
-    with_true_values,
 )
 from coupon_spark.evaluation import run as evaluate_run
 from coupon_spark.lake import Lake
@@ -437,3 +435,26 @@ def test_off_policy_rows_are_the_ones_the_model_did_not_fit(lake: Lake) -> None:
     reg.write_json(name, v2, "manifest.json", {"run_date": "2026-11-05"})
     everything, warn = held_out(pdf, cfg, f"{name}/{v2}")
     assert len(everything) == 2000 and "optimistic" in warn
+
+
+def test_the_evaluation_does_not_import_the_simulator():
+    """Production evaluation (the DAG has no simulator) imports coupon_spark.datagen only through the truth
+    plug-in, and only where the lake holds the shop's truth."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, coupon_spark.evaluation; "
+        "print(sorted(m for m in sys.modules if m.startswith('coupon_spark.datagen')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_lake_without_the_shops_truth_has_no_truth_plug_in(spark, tmp_path):
+    from coupon_spark.config import Config
+    from coupon_spark.evaluation.job import find_truth
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config.from_file(root / "conf" / "local.yaml", overrides=[f"lake.root={tmp_path}", "lake.backend=bridge"])
+    assert find_truth(Lake.from_config(spark, cfg.lake), cfg) is None

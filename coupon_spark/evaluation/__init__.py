@@ -4,7 +4,8 @@ uplift against the holdout, budget use, fairness; the metrics table and the repo
 - :mod:`~coupon_spark.evaluation.estimators`: IPS, self-normalised IPS, doubly robust, bootstrap (numpy).
 - :mod:`~coupon_spark.evaluation.uplift_metrics`: Qini and uplift curves, Qini coefficient, AUUC from randomised
   logs (numpy).
-- :mod:`~coupon_spark.evaluation.policy`: true value of allocations on the synthetic shop; oracle, baselines.
+- the true value of allocations on the synthetic shop (oracle, baselines) is the simulator's plug-in,
+  :mod:`coupon_spark.datagen.truth`, passed to the evaluation only where the lake holds the shop's truth.
 - :mod:`~coupon_spark.evaluation.job`: the sections on Spark, the metrics table, the stage.
 """
 
@@ -23,19 +24,14 @@ from coupon_spark.evaluation.job import (
     Evaluation,
     Metric,
     NoAllocationError,
+    PlotData,
+    TruthPlugin,
     evaluate,
     metrics_frame,
     report_dir,
     run,
     summary_lines,
     write,
-)
-from coupon_spark.evaluation.policy import (
-    greedy_within_budgets,
-    oracle_allocation,
-    random_targeting,
-    redeem_targeting,
-    with_true_values,
 )
 from coupon_spark.evaluation.uplift_metrics import UpliftCurves, auuc, qini_coefficient, uplift_curves
 
@@ -45,24 +41,21 @@ __all__ = [
     "Evaluation",
     "Metric",
     "NoAllocationError",
+    "PlotData",
+    "TruthPlugin",
     "UpliftCurves",
     "auuc",
     "bootstrap_mean_difference",
     "cross_fitted_cell_means",
     "doubly_robust",
     "evaluate",
-    "greedy_within_budgets",
     "ips",
     "metrics_frame",
-    "oracle_allocation",
     "qini_coefficient",
-    "random_targeting",
-    "redeem_targeting",
     "report_dir",
     "run",
     "snips",
     "summary_lines",
     "uplift_curves",
-    "with_true_values",
     "write",
 ]

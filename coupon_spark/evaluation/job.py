@@ -7,7 +7,7 @@ Sections (the ``section`` column of ``evaluation_metrics``):
 - ``policy_truth`` (synthetic shop only): the true incremental profit of the run's allocation (model arm;
   exploration apart; the holdout gets nothing by design) against the oracle, random targeting and targeting
   by redemption probability at the same budgets, as ratios to the oracle; uplift types reached; the uplift
-  curve of the model's ranking (see :mod:`coupon_spark.evaluation.policy`).
+  curve of the model's ranking (the simulator's plug-in, :mod:`coupon_spark.datagen.truth`).
 - ``policy_logs`` (what a real shop can measure): IPS, self-normalised IPS and doubly robust estimates of the
   run's policy's value per decision, from the randomised logged issuances of the last
   ``evaluate.ope_lookback_days`` (reward ``revenue_eur * margin_rate - coupon_cost_eur``), of the
@@ -27,8 +27,9 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -40,16 +41,8 @@ from coupon_spark.allocation import POLICY_EXPLORATION, POLICY_HOLDOUT, POLICY_M
 from coupon_spark.allocation.job import budgets_from_config, params_from_config
 from coupon_spark.allocation.plan import AllocationParams
 from coupon_spark.config import Config, join_uri
-from coupon_spark.datagen.response import UPLIFT_TYPES
 from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.evaluation import estimators as est
-from coupon_spark.evaluation.policy import (
-    budget_spend,
-    oracle_allocation,
-    random_targeting,
-    redeem_targeting,
-    with_true_values,
-)
 from coupon_spark.lake import Lake
 from coupon_spark.runner import Context
 from coupon_spark.schemas import EVALUATION_METRICS
@@ -76,13 +69,25 @@ class Metric:
 
 
 @dataclass
+class PlotData:
+    """What the report draws, one typed field per plot (empty: no data for it, the report says so)."""
+
+    model_version: str | None = None  # "<name> v<version>" of the evaluated model
+    calibration: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # curve -> bins
+    uplift_curve: dict[str, np.ndarray] = field(default_factory=dict)  # fraction, model, random, perfect
+    policy_values: dict[str, float] = field(default_factory=dict)  # policy -> true incremental profit
+    budgets: list[tuple[str, float, float, float]] = field(default_factory=list)  # name, limit, spend, exploration
+    fairness: dict[str, list[tuple[Any, int, int, float]]] = field(default_factory=dict)  # dimension -> groups
+
+
+@dataclass
 class Evaluation:
     """What :func:`evaluate` found: the metric rows, what could not be computed and why, and plot data."""
 
     run_date: dt.date
     metrics: list[Metric] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
-    plots: dict[str, Any] = field(default_factory=dict)
+    plots: PlotData = field(default_factory=PlotData)
 
     def add(self, section: str, metric: str, value: float | None, **kw: Any) -> None:
         v = None if value is None or not np.isfinite(value) else float(value)
@@ -158,13 +163,6 @@ def run_budgets(lake: Lake, cfg: Config, run_date: dt.date) -> tuple[list[Budget
     return budgets, rows
 
 
-def _sample_users(df: DataFrame, share: float, seed: int) -> DataFrame:
-    if share >= 1.0:
-        return df
-    bucket = F.pmod(F.xxhash64(F.lit(f"evaluate:{seed}"), F.col("user_id")), F.lit(1_000_000))
-    return df.where(bucket < F.lit(round(share * 1_000_000)))
-
-
 # ---- model --------------------------------------------------------------------------------------------------
 
 
@@ -194,7 +192,7 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
             continue
         _add_binary(ev, m, target, "registry_validation", note)
         calibration[f"{target} (validation)"] = m.get("calibration", [])
-    ev.plots["model_version"] = note
+    ev.plots.model_version = note
     if metrics.get("decision"):  # the decision gate (coupon_spark.model.gate) the version was published with
         from coupon_spark.model.gate import Gate
 
@@ -218,7 +216,7 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
             for target, m in oot.items():
                 _add_binary(ev, m, target, "out_of_time", note + f", issued {since}..{ev.run_date - dt.timedelta(1)}")
                 calibration[f"{target} (out of time)"] = m.get("calibration", [])
-    ev.plots["calibration"] = calibration
+    ev.plots.calibration = calibration
 
 
 def _add_binary(ev: Evaluation, m: dict[str, Any], target: str, source: str, note: str) -> None:
@@ -265,70 +263,47 @@ def _out_of_time(lake: Lake, model_dir: Any, since: dt.date, run_date: dt.date, 
 # ---- policy on the synthetic shop -------------------------------------------------------------------------------
 
 
-@dataclass
-class TruthSample:
-    """The run's allocation and the model users' options on a sample of users, with their true values."""
-
-    allocations: pd.DataFrame  # every arm's rows of the sampled users
-    issued: pd.DataFrame  # the coupons issued, with their true values
-    options: pd.DataFrame  # the model users' candidates, with their true values
-    share: float  # users sampled (evaluate.truth_sample_share)
+class TruthSampleLike(Protocol):
+    allocations: pd.DataFrame
+    issued: pd.DataFrame
+    options: pd.DataFrame
+    share: float
 
     @property
-    def note(self) -> str | None:
-        return f"users sampled at {self.share:g}" if self.share < 1 else None
+    def note(self) -> str | None: ...
 
 
-def truth_sample(
-    ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
-) -> TruthSample | None:
-    """The sample the truth section values, or None in a lake without the synthetic shop's hidden truth."""
-    from coupon_spark.datagen.shop import truth_table
-    from coupon_spark.datagen.world import season_logit
+class TruthPlugin(Protocol):
+    """Where a truth exists (the synthetic shop: :class:`coupon_spark.datagen.truth.ShopTruth`), what the truth
+    section asks of it: a valued sample of the run, each policy's coupons at the sample's budgets, the uplift
+    curve and the true spend. The evaluation itself never imports the simulator."""
 
-    users_t, coupons_t = truth_table(cfg, "user_traits"), truth_table(cfg, "coupons")
-    if not (lake.exists(users_t) and lake.exists(coupons_t)):
-        return None
-    share, seed = cfg.evaluate.truth_sample_share, cfg.evaluate.seed
-    alloc = _sample_users(allocations, share, seed)
-    traits = lake.read(users_t).join(alloc.select("user_id").distinct(), on="user_id", how="left_semi").toPandas()
-    coupons = lake.read(coupons_t).toPandas()
-    a = alloc.toPandas()
-    model_users = alloc.where(F.col("policy") == POLICY_MODEL).select("user_id").distinct()
-    options = candidates.join(model_users, on="user_id", how="left_semi").toPandas()
-    season = season_logit(ev.run_date)
-    issued = with_true_values(a[a["coupon_id"].notna()], traits, coupons, season)
-    return TruthSample(a, issued, with_true_values(options, traits, coupons, season), share)
+    @property
+    def uplift_types(self) -> tuple[str, ...]: ...
 
+    def sample(self, run_date: dt.date, allocations: DataFrame, candidates: DataFrame) -> TruthSampleLike: ...
 
-def truth_policies(
-    sample: TruthSample, budgets: list[Budget], params: AllocationParams, run_date: dt.date, seed: int
-) -> dict[str, pd.DataFrame]:
-    """The coupons each policy issues to the sample at the sample's share of the budgets: the model's (as the
-    run allocated them), the oracle's (the same solver on the true values), random and redemption-propensity
-    targeting."""
-    basis_cost = "expected_cost" if params.cost_basis == "expected" else "coupon_cost"
-    issued, options = sample.issued, sample.options
-    return {
-        "model": issued[issued["policy"] == POLICY_MODEL],
-        "oracle": oracle_allocation(options, budgets, params, run_date=run_date.isoformat()),
-        "random": random_targeting(options, budgets, basis_cost, params.max_per_user, seed),
-        "redeem": redeem_targeting(options, budgets, basis_cost, params.max_per_user),
-    }
+    def policies(
+        self, sample: Any, budgets: list[Budget], params: AllocationParams, run_date: dt.date
+    ) -> dict[str, pd.DataFrame]: ...
+
+    def uplift_curve(self, options: pd.DataFrame) -> dict[str, np.ndarray]: ...
+
+    def spend(self, issued: pd.DataFrame, budgets: Sequence[Budget]) -> np.ndarray: ...
 
 
 def truth_section(
-    ev: Evaluation, spark: SparkSession, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
+    ev: Evaluation, truth: TruthPlugin | None, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
 ) -> None:
-    """True value of the run's allocation against the oracle and the baselines (synthetic shop only):
-    :func:`truth_sample`, :func:`truth_policies`, then each policy's value, cost and coupons by uplift type."""
-    sample = truth_sample(ev, lake, cfg, allocations, candidates)
-    if sample is None:
+    """True value of the run's allocation against the oracle and the baselines, where a truth exists: the
+    plug-in's sample and policies, then each policy's value, cost and coupons by uplift type."""
+    if truth is None:
         ev.say("policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped")
         return
+    sample = truth.sample(ev.run_date, allocations, candidates)
     budgets, _ = run_budgets(lake, cfg, ev.run_date)
     budgets = [dataclasses.replace(b, limit=b.limit * sample.share) for b in budgets]
-    policies = truth_policies(sample, budgets, params_from_config(cfg.allocation), ev.run_date, cfg.evaluate.seed)
+    policies = truth.policies(sample, budgets, params_from_config(cfg.allocation), ev.run_date)
     note = sample.note
     oracle_value = float(policies["oracle"]["true_incremental_profit"].sum())
     values = {}
@@ -339,7 +314,7 @@ def truth_section(
         ev.add("policy_truth", "true_incremental_profit", v, **per_policy)
         ev.add("policy_truth", "ratio_to_oracle", v / oracle_value if oracle_value > 0 else float("nan"), **per_policy)
         ev.add("policy_truth", "true_expected_cost", float(rows["true_expected_cost"].sum()), **per_policy)
-        for t in UPLIFT_TYPES:
+        for t in truth.uplift_types:
             ev.add("policy_truth", f"coupons_to_{t}", float((rows["uplift_type"] == t).sum()), **per_policy)
     ev.add(
         "policy_truth",
@@ -368,7 +343,7 @@ def truth_section(
         n=int((sample.allocations["policy"] == POLICY_HOLDOUT).sum()),
         note="the holdout gets no coupon: no increment by construction",
     )
-    model_true_spend = budget_spend(policies["model"].assign(_c=policies["model"]["true_expected_cost"]), budgets, "_c")
+    model_true_spend = truth.spend(policies["model"], budgets)
     for b, s in zip(budgets, model_true_spend, strict=True):
         if b.kind == "amount":
             ev.add(
@@ -379,28 +354,8 @@ def truth_section(
                 dimension_value=b.name,
                 note=f"model-arm limit {b.limit:.2f} on the model's estimated cost",
             )
-    ev.plots["policy_values"] = values
-    ev.plots["uplift_curve"] = uplift_curve(sample.options)
-
-
-def uplift_curve(options: pd.DataFrame, points: int = 200) -> dict[str, np.ndarray]:
-    """Cumulative true incremental profit when users are targeted (with their best candidate by the model)
-    in the order of the model's expected profit, against random order and the true (perfect) order."""
-    if options.empty:
-        return {}
-    best = options.sort_values(["user_id", "expected_profit"], ascending=[True, False]).drop_duplicates("user_id")
-    true = best["true_incremental_profit"].to_numpy(np.float64)
-    n = len(true)
-    order = np.argsort(-best["expected_profit"].to_numpy(np.float64), kind="stable")
-    model = np.concatenate([[0.0], np.cumsum(true[order])])
-    perfect_true = options.groupby("user_id")["true_incremental_profit"].max().to_numpy(np.float64)
-    perfect = np.concatenate([[0.0], np.cumsum(np.sort(perfect_true)[::-1])])
-    idx = np.unique(np.linspace(0, n, min(points, n + 1)).round().astype(int))
-    frac = idx / n
-    return {"fraction": frac, "model": model[idx], "random": frac * true.sum(), "perfect": perfect[idx]}
-
-
-# ---- policy from logs -------------------------------------------------------------------------------------------
+    ev.plots.policy_values = values
+    ev.plots.uplift_curve = truth.uplift_curve(sample.options)
 
 
 def logged_decisions(lake: Lake, cfg: Config, run_date: dt.date) -> DataFrame | None:
@@ -689,7 +644,7 @@ def budget_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
         for key in ("limit", "spend", "exploration_spend", "use", "multiplier"):
             ev.add("budget", key, b[key], dimension="budget", dimension_value=b["name"], note=b["campaign_id"])
         spend.append((b["name"], float(b["limit"]), float(b["spend"]), float(b["exploration_spend"] or 0.0)))
-    ev.plots["budgets"] = spend
+    ev.plots.budgets = spend
 
 
 def fairness_section(ev: Evaluation, spark: SparkSession, lake: Lake, allocations: DataFrame) -> None:
@@ -733,14 +688,17 @@ def fairness_section(ev: Evaluation, spark: SparkSession, lake: Lake, allocation
                 note="1 = spend in proportion to users",
             )
         groups[dim] = [(r["g"], r["users"], r["coupons"], float(r["expected_cost"] or 0.0)) for r in rows]
-    ev.plots["fairness"] = groups
+    ev.plots.fairness = groups
 
 
 # ---- the whole evaluation ----------------------------------------------------------------------------------------
 
 
-def evaluate(spark: SparkSession, cfg: Config, run_date: dt.date, lake: Lake | None = None) -> Evaluation:
-    """Every section for ``run_date``; writes nothing (see :func:`write` and :func:`run`).
+def evaluate(
+    spark: SparkSession, cfg: Config, run_date: dt.date, lake: Lake | None = None, truth: TruthPlugin | None = None
+) -> Evaluation:
+    """Every section for ``run_date``; writes nothing (see :func:`write` and :func:`run`). ``truth``: the
+    synthetic shop's plug-in where the lake has one (:func:`find_truth`), for the true policy values.
 
     Raises:
         NoAllocationError: The allocations table has no row for ``run_date``.
@@ -758,7 +716,7 @@ def evaluate(spark: SparkSession, cfg: Config, run_date: dt.date, lake: Lake | N
         model_section(ev, lake, cfg, model_version)
         if lake.exists(tables.CANDIDATES):
             candidates = lake.read(tables.CANDIDATES, where={"run_date": run_date})
-            truth_section(ev, spark, lake, cfg, allocations, candidates)
+            truth_section(ev, truth, lake, cfg, allocations, candidates)
         else:
             ev.say("policy (synthetic shop): no candidates table")
         logs_section(ev, lake, cfg, allocations, model_version)
@@ -820,10 +778,10 @@ def summary_lines(ev: Evaluation) -> list[str]:
     auc = ev.value("model", "registry_validation.auc", "purchase")
     if auc is not None:
         lines.append(
-            f"  model {ev.plots.get('model_version', '')}: validation purchase AUC {auc:.4f}, log loss "
+            f"  model {ev.plots.model_version or ''}: validation purchase AUC {auc:.4f}, log loss "
             f"{ev.value('model', 'registry_validation.log_loss', 'purchase') or float('nan'):.4f}"
         )
-    values = ev.plots.get("policy_values")
+    values = ev.plots.policy_values
     if values:
         o = values.get("oracle", float("nan"))
         parts = [f"{k} {v:,.2f} ({v / o:.1%})" if o > 0 else f"{k} {v:,.2f}" for k, v in values.items()]
@@ -840,7 +798,7 @@ def summary_lines(ev: Evaluation) -> list[str]:
             f"  realised uplift vs holdout ({m.dimension_value}): {m.value:.4f} EUR/user "
             f"[{m.ci_low:.4f}, {m.ci_high:.4f}]"
         )
-    for name, limit, spend, _ in ev.plots.get("budgets", []):
+    for name, limit, spend, _ in ev.plots.budgets:
         lines.append(
             f"  budget {name}: {spend:,.2f} of {limit:,.2f} ({spend / limit:.1%})"
             if limit
@@ -850,13 +808,23 @@ def summary_lines(ev: Evaluation) -> list[str]:
     return lines
 
 
+def find_truth(lake: Lake, cfg: Config) -> TruthPlugin | None:
+    """The synthetic shop's truth plug-in where the lake holds its hidden truth (``shop.truth_dir`` under the
+    root), else None; the simulator is imported only then."""
+    if not lake.exists(f"{cfg.shop.truth_dir.rstrip('/')}/user_traits"):
+        return None
+    from coupon_spark.datagen.truth import ShopTruth
+
+    return ShopTruth.find(lake, cfg)
+
+
 def run(ctx: Context, run_date: dt.date) -> int:
     """``coupon-spark evaluate``: evaluate the run date's allocation, write the metrics and the report.
 
     Raises:
         NoAllocationError: Nothing allocated for ``run_date`` yet (the command line exits with 75: retry later).
     """
-    ev = evaluate(ctx.spark, ctx.cfg, run_date, ctx.lake)
+    ev = evaluate(ctx.spark, ctx.cfg, run_date, ctx.lake, find_truth(ctx.lake, ctx.cfg))
     result, path = write(ctx.spark, ctx.cfg, ev, ctx.lake)
     print("\n".join(summary_lines(ev)))
     print(f"  {result}\n  report {path}")

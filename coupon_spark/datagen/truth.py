@@ -1,4 +1,9 @@
-"""The true value of allocations on the synthetic shop: the run's, the oracle's and two baselines'.
+"""The synthetic shop's truth as the evaluation's plug-in: the true value of the run's allocation, the oracle's
+and two baselines'.
+
+The evaluation stage (:mod:`coupon_spark.evaluation.job`) never imports this module: its driver asks
+:func:`ShopTruth.find` only where the lake holds the shop's hidden truth (``<lake.root>/<shop.truth_dir>``), and
+passes the plug-in to the truth section; on a real shop's lake there is none and the section says so.
 
 Everything here works on pandas frames on the driver, with the hidden response model
 (:mod:`coupon_spark.datagen.response`) as the judge. The options are the run's candidates (the same users and
@@ -23,13 +28,21 @@ user and day; with ``max_per_user > 1`` the coupons' increments are added, an ap
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from coupon_spark.allocation import POLICY_MODEL, AllocationParams, Budget, allocate_in_memory
-from coupon_spark.datagen.response import CouponParams, UserTraits, response_matrix, uplift_type
+from coupon_spark.config import Config
+from coupon_spark.datagen.response import UPLIFT_TYPES, CouponParams, UserTraits, response_matrix, uplift_type
+from coupon_spark.datagen.shop import truth_table
+from coupon_spark.datagen.world import season_logit
+from coupon_spark.lake import Lake
 
 TRUE_COLUMNS = ("true_uplift", "true_p_redeem", "true_expected_cost", "true_incremental_profit", "uplift_type")
 
@@ -164,3 +177,112 @@ def oracle_allocation(
     rows, _ = allocate_in_memory(cand, budgets, oracle_params, run_date=run_date)
     issued = rows[rows["coupon_id"].notna() & (rows["policy"] == POLICY_MODEL)][["user_id", "coupon_id"]]
     return options.merge(issued, on=["user_id", "coupon_id"], how="inner")
+
+
+# ---- the plug-in ---------------------------------------------------------------------------------------------
+
+
+def _sample_users(df: DataFrame, share: float, seed: int) -> DataFrame:
+    if share >= 1.0:
+        return df
+    bucket = F.pmod(F.xxhash64(F.lit(f"evaluate:{seed}"), F.col("user_id")), F.lit(1_000_000))
+    return df.where(bucket < F.lit(round(share * 1_000_000)))
+
+
+@dataclass
+class TruthSample:
+    """The run's allocation and the model users' options on a sample of users, with their true values."""
+
+    allocations: pd.DataFrame  # every arm's rows of the sampled users
+    issued: pd.DataFrame  # the coupons issued, with their true values
+    options: pd.DataFrame  # the model users' candidates, with their true values
+    share: float  # users sampled (evaluate.truth_sample_share)
+
+    @property
+    def note(self) -> str | None:
+        return f"users sampled at {self.share:g}" if self.share < 1 else None
+
+
+def truth_sample(
+    lake: Lake, cfg: Config, run_date: dt.date, allocations: DataFrame, candidates: DataFrame
+) -> TruthSample:
+    """The run's allocation and the model users' candidates on ``evaluate.truth_sample_share`` of the users, valued
+    with the hidden truth of ``run_date``."""
+    users_t, coupons_t = truth_table(cfg, "user_traits"), truth_table(cfg, "coupons")
+    share, seed = cfg.evaluate.truth_sample_share, cfg.evaluate.seed
+    alloc = _sample_users(allocations, share, seed)
+    traits = lake.read(users_t).join(alloc.select("user_id").distinct(), on="user_id", how="left_semi").toPandas()
+    coupons = lake.read(coupons_t).toPandas()
+    a = alloc.toPandas()
+    model_users = alloc.where(F.col("policy") == POLICY_MODEL).select("user_id").distinct()
+    options = candidates.join(model_users, on="user_id", how="left_semi").toPandas()
+    season = season_logit(run_date)
+    issued = with_true_values(a[a["coupon_id"].notna()], traits, coupons, season)
+    return TruthSample(a, issued, with_true_values(options, traits, coupons, season), share)
+
+
+def truth_policies(
+    sample: TruthSample, budgets: list[Budget], params: AllocationParams, run_date: dt.date, seed: int
+) -> dict[str, pd.DataFrame]:
+    """The coupons each policy issues to the sample at the sample's share of the budgets: the model's (as the
+    run allocated them), the oracle's (the same solver on the true values), random and redemption-propensity
+    targeting."""
+    basis_cost = "expected_cost" if params.cost_basis == "expected" else "coupon_cost"
+    issued, options = sample.issued, sample.options
+    return {
+        "model": issued[issued["policy"] == POLICY_MODEL],
+        "oracle": oracle_allocation(options, budgets, params, run_date=run_date.isoformat()),
+        "random": random_targeting(options, budgets, basis_cost, params.max_per_user, seed),
+        "redeem": redeem_targeting(options, budgets, basis_cost, params.max_per_user),
+    }
+
+
+def uplift_curve(options: pd.DataFrame, points: int = 200) -> dict[str, np.ndarray]:
+    """Cumulative true incremental profit when users are targeted (with their best candidate by the model)
+    in the order of the model's expected profit, against random order and the true (perfect) order."""
+    if options.empty:
+        return {}
+    best = options.sort_values(["user_id", "expected_profit"], ascending=[True, False]).drop_duplicates("user_id")
+    true = best["true_incremental_profit"].to_numpy(np.float64)
+    n = len(true)
+    order = np.argsort(-best["expected_profit"].to_numpy(np.float64), kind="stable")
+    model = np.concatenate([[0.0], np.cumsum(true[order])])
+    perfect_true = options.groupby("user_id")["true_incremental_profit"].max().to_numpy(np.float64)
+    perfect = np.concatenate([[0.0], np.cumsum(np.sort(perfect_true)[::-1])])
+    idx = np.unique(np.linspace(0, n, min(points, n + 1)).round().astype(int))
+    frac = idx / n
+    return {"fraction": frac, "model": model[idx], "random": frac * true.sum(), "perfect": perfect[idx]}
+
+
+# ---- policy from logs -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShopTruth:
+    """The plug-in the evaluation's truth section takes (:class:`coupon_spark.evaluation.job.TruthPlugin`)."""
+
+    lake: Lake
+    cfg: Config
+    uplift_types: tuple[str, ...] = tuple(UPLIFT_TYPES)
+
+    @classmethod
+    def find(cls, lake: Lake, cfg: Config) -> ShopTruth | None:
+        """The plug-in where the lake holds the shop's hidden truth, else None (a real shop)."""
+        if all(lake.exists(truth_table(cfg, t)) for t in ("user_traits", "coupons")):
+            return cls(lake, cfg)
+        return None
+
+    def sample(self, run_date: dt.date, allocations: DataFrame, candidates: DataFrame) -> TruthSample:
+        return truth_sample(self.lake, self.cfg, run_date, allocations, candidates)
+
+    def policies(
+        self, sample: TruthSample, budgets: list[Budget], params: AllocationParams, run_date: dt.date
+    ) -> dict[str, pd.DataFrame]:
+        return truth_policies(sample, budgets, params, run_date, self.cfg.evaluate.seed)
+
+    def uplift_curve(self, options: pd.DataFrame) -> dict[str, np.ndarray]:
+        return uplift_curve(options)
+
+    def spend(self, issued: pd.DataFrame, budgets: Sequence[Budget]) -> np.ndarray:
+        """What ``issued`` truly costs each budget (its true expected cost)."""
+        return budget_spend(issued.assign(_c=issued["true_expected_cost"]), budgets, "_c")
