@@ -49,6 +49,18 @@ class Table:
     def __str__(self) -> str:
         return self.name
 
+    def __eq__(self, other: object) -> bool:
+        """A table equals its catalog entry and its logical name (``tables.ORDERS == "orders"``), so code that
+        compares table arguments with names keeps working."""
+        if isinstance(other, Table):
+            return self.name == other.name
+        if isinstance(other, str):
+            return self.name == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
     def __repr__(self) -> str:
         return f"Table({self.name!r})"
 

@@ -101,3 +101,9 @@ def test_a_write_through_the_catalog_takes_its_partitions_and_refuses_a_whole_ta
     assert got == {(d1, 1.0), (d2, 2.0)}
     assert lake.dates(t) == [d1, d2]
     assert lake.dates(tables.CANDIDATES) == []  # not written yet: no dates, no error
+
+
+def test_a_table_equals_its_name_so_comparisons_and_lookups_by_name_keep_working():
+    assert tables.ORDERS == "orders" and "orders" == tables.ORDERS and tables.ORDERS != "order"
+    assert tables.ORDERS == tables.table("orders") and tables.ORDERS != tables.USERS
+    assert {tables.ORDERS: 1}["orders"] == 1 and "quarantine" in {tables.QUARANTINE}
