@@ -235,7 +235,6 @@ class Source:
     rules: tuple[Rule, ...]
     key: str
     table: tables.Table
-    schema: StructType
     version: str | None = None  # the record's own update time: the latest wins among duplicates
     event_time: str | None = None  # checked for future and stale timestamps
     future_only: tuple[str, ...] = ()  # checked for future timestamps only
@@ -247,6 +246,13 @@ class Source:
     @property
     def is_fact(self) -> bool:
         return self.event_time is not None
+
+    @property
+    def schema(self) -> StructType:
+        """The silver contract, as the catalog declares it."""
+        if self.table.schema is None:  # every silver table is declared with its contract
+            raise TypeError(f"the catalog declares no schema for silver table {self.table.name!r}")
+        return self.table.schema
 
     @property
     def key_column(self) -> str:
@@ -278,7 +284,6 @@ SOURCES: dict[str, Source] = {
             ),
             key="user_id",
             table=tables.USERS,
-            schema=schemas.USERS,
             version="updated_at",
             future_only=("updated_at",),
         ),
@@ -300,7 +305,6 @@ SOURCES: dict[str, Source] = {
             ),
             key="coupon_id",
             table=tables.COUPONS,
-            schema=schemas.COUPONS,
             version="updated_at",
             future_only=("updated_at",),
             currency="currency",
@@ -321,7 +325,6 @@ SOURCES: dict[str, Source] = {
             ),
             key="event_id",
             table=tables.EVENTS,
-            schema=schemas.EVENTS,
             event_time="ts",
             refs=(("user_id", "user"),),
             currency="currency",
@@ -342,7 +345,6 @@ SOURCES: dict[str, Source] = {
             ),
             key="order_id",
             table=tables.ORDERS,
-            schema=schemas.ORDERS,
             version="updated_at",
             event_time="ordered_at",
             refs=(("user_id", "user"), ("coupon_id", "coupon")),
@@ -361,7 +363,6 @@ SOURCES: dict[str, Source] = {
             ),
             key="issuance_id",
             table=tables.ISSUANCES,
-            schema=schemas.ISSUANCES,
             event_time="issued_at",
             refs=(("user_id", "user"), ("coupon_id", "coupon")),
         ),
@@ -379,7 +380,6 @@ SOURCES: dict[str, Source] = {
             ),
             key="redemption_id",
             table=tables.REDEMPTIONS,
-            schema=schemas.REDEMPTIONS,
             event_time="redeemed_at",
             refs=(("user_id", "user"), ("coupon_id", "coupon"), ("issuance_id", "issuance")),
             currency="currency",

@@ -15,12 +15,14 @@ synthetic shop its hidden truth (``<lake.root>/_truth``, which the pipeline neve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pyspark.sql.types import StructType
 
 from coupon_spark import schemas
 
-WriteMode = str  # "append" | "overwrite" | "replace_partitions" (coupon_spark.lake.api.WriteMode)
+WriteMode = Literal["append", "overwrite", "replace_partitions"]
+"""How a write replaces data (:meth:`coupon_spark.lake.Lake.write`); declared here, beside the tables."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,9 +13,8 @@ from pyspark.sql import DataFrame, SparkSession
 from coupon_spark.config import LakeConfig
 from coupon_spark.errors import EX_TEMPFAIL, CouponSparkError, InputError, UpstreamNotReady, one_line
 from coupon_spark.session import resolve_backend
-from coupon_spark.tables import CATALOG, Table
+from coupon_spark.tables import CATALOG, Table, WriteMode
 
-WriteMode = Literal["append", "overwrite", "replace_partitions"]
 SchemaMode = Literal["strict", "add_columns", "overwrite"]
 # Partition predicate: column -> one value or a list of values (the union), all columns ANDed.
 PartitionPredicate = dict[str, Any]
@@ -229,7 +228,7 @@ class Lake:
                     f"table {table.name!r} is replaced date by date: give replace_where={{{table.partition_by[0]!r}: "
                     "<date>}} (or mode='overwrite' explicitly to replace the whole table)"
                 )
-            mode = mode or table.mode  # type: ignore[assignment]
+            mode = mode or table.mode
             partition_by = list(table.partition_by) if partition_by is None else partition_by
         mode = mode or "append"
         if mode not in ("append", "overwrite", "replace_partitions"):

@@ -50,7 +50,6 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from coupon_spark.lake._files import (
     FILE_META_DDL,
     HIVE_NULL,
-    filesystem_for,
     footer_stats,
     make_task_writer,
     partition_value_to_str,
@@ -68,6 +67,7 @@ from coupon_spark.lake.api import (
     WriteResult,
     predicate_values,
 )
+from coupon_spark.storage import filesystem_for
 
 log = logging.getLogger(__name__)
 

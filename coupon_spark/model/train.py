@@ -416,7 +416,9 @@ def model_spec(cfg: Config, transform: FeatureTransform, coupon_ids: list[str]) 
     )
 
 
-def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = False) -> TrainOutcome:
+def train(
+    spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = False, lake: Lake | None = None
+) -> TrainOutcome:
     """Train on every example issued before ``run_date`` (or the last ``train.history_days`` days of them) and
     publish a new registry version; a rerun with the same inputs returns the version it made (unless
     ``force``).
@@ -430,7 +432,7 @@ def train(spark: SparkSession, cfg: Config, run_date: dt.date, force: bool = Fal
         MissingColumnsError: The training table does not follow the contract.
     """
     tc = cfg.train
-    lake = Lake.from_config(spark, cfg.lake)
+    lake = lake or Lake.from_config(spark, cfg.lake)
     snap = pin_snapshot(lake, cfg, run_date)
     coupon_ids = sorted(
         r[0] for r in snap.examples.select("coupon_id").where(F.col("coupon_id").isNotNull()).distinct().collect()
@@ -781,7 +783,7 @@ def publish(registry: Registry, new: NewVersion) -> None:
 
 def run(ctx: Context, run_date: dt.date) -> int:
     """The ``train`` stage: train, publish, print where the version went and its validation metrics."""
-    out = train(ctx.spark, ctx.cfg, run_date, force=ctx.options.force)
+    out = train(ctx.spark, ctx.cfg, run_date, force=ctx.options.force, lake=ctx.lake)
     p = out.metrics.get("purchase", {})
     r = out.metrics.get("redeem", {})
     print(f"model {out.name} version {out.version}{' (already trained: unchanged)' if out.skipped else ''}: {out.uri}")
