@@ -208,6 +208,11 @@ class ShopConfig:
         """``start_date`` as a date."""
         return dt.date.fromisoformat(self.start_date)
 
+    def truth_table(self, name: str) -> str:
+        """Where the hidden-truth table ``name`` (``user_traits``, ``coupons``, ``defects``) lives, relative to
+        ``lake.root`` (or absolute, as ``truth_dir`` is)."""
+        return f"{self.truth_dir.rstrip('/')}/{name}"
+
 
 @dataclass(frozen=True)
 class CleanseConfig:

@@ -195,6 +195,13 @@ def test_truth_is_saved_apart(spark: SparkSession, shop_runs: tuple[Config, Conf
     assert lake.read(truth_table(cfg, "user_traits")).count() == 300
     assert not (Path(cfg.lake.landing) / "_truth").exists()
     assert Path(cfg.lake.table_path(cfg.shop.truth_dir)).is_dir()
+    assert truth_table(cfg, "coupons") == cfg.shop.truth_dir.rstrip("/") + "/coupons"
+    # the evaluation finds the truth plug-in on this lake (and none on a real shop's: test_evaluation)
+    from coupon_spark.datagen.truth import ShopTruth
+    from coupon_spark.evaluation.job import find_truth
+
+    found = find_truth(lake, cfg)
+    assert isinstance(found, ShopTruth) and found.cfg is cfg
 
 
 def test_logging_policy_propensities(spark: SparkSession, shop_runs: tuple[Config, Config]) -> None:

@@ -56,7 +56,7 @@ TRUTH_TABLES = ("user_traits", "coupons", "defects")
 
 def truth_table(cfg: Config, name: str) -> str:
     """Location of a hidden-truth table (``user_traits``, ``coupons``, ``defects``) under ``shop.truth_dir``."""
-    return f"{cfg.shop.truth_dir.rstrip('/')}/{name}"
+    return cfg.shop.truth_table(name)
 
 
 # ---- renderings ---------------------------------------------------------------------------------------------

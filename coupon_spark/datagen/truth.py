@@ -1,9 +1,10 @@
 """The synthetic shop's truth as the evaluation's plug-in: the true value of the run's allocation, the oracle's
 and two baselines'.
 
-The evaluation stage (:mod:`coupon_spark.evaluation.job`) never imports this module: its driver asks
-:func:`ShopTruth.find` only where the lake holds the shop's hidden truth (``<lake.root>/<shop.truth_dir>``), and
-passes the plug-in to the truth section; on a real shop's lake there is none and the section says so.
+The evaluation stage (:mod:`coupon_spark.evaluation.job`) never imports this module at load: its
+``find_truth`` builds a :class:`ShopTruth` only where the lake holds the shop's hidden truth
+(``<lake.root>/<shop.truth_dir>``), and passes the plug-in to the truth section; on a real shop's lake there is
+none and the section says so.
 
 Everything here works on pandas frames on the driver, with the hidden response model
 (:mod:`coupon_spark.datagen.response`) as the judge. The options are the run's candidates (the same users and
@@ -264,13 +265,6 @@ class ShopTruth:
     lake: Lake
     cfg: Config
     uplift_types: tuple[str, ...] = tuple(UPLIFT_TYPES)
-
-    @classmethod
-    def find(cls, lake: Lake, cfg: Config) -> ShopTruth | None:
-        """The plug-in where the lake holds the shop's hidden truth, else None (a real shop)."""
-        if all(lake.exists(truth_table(cfg, t)) for t in ("user_traits", "coupons")):
-            return cls(lake, cfg)
-        return None
 
     def sample(self, run_date: dt.date, allocations: DataFrame, candidates: DataFrame) -> TruthSample:
         return truth_sample(self.lake, self.cfg, run_date, allocations, candidates)

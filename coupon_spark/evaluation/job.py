@@ -808,14 +808,18 @@ def summary_lines(ev: Evaluation) -> list[str]:
     return lines
 
 
+TRUTH_PLUGIN_NEEDS = ("user_traits", "coupons")
+"""The hidden-truth tables (``shop.truth_dir``) whose presence marks a lake as the synthetic shop's."""
+
+
 def find_truth(lake: Lake, cfg: Config) -> TruthPlugin | None:
     """The synthetic shop's truth plug-in where the lake holds its hidden truth (``shop.truth_dir`` under the
     root), else None; the simulator is imported only then."""
-    if not lake.exists(f"{cfg.shop.truth_dir.rstrip('/')}/user_traits"):
+    if not all(lake.exists(cfg.shop.truth_table(t)) for t in TRUTH_PLUGIN_NEEDS):
         return None
     from coupon_spark.datagen.truth import ShopTruth
 
-    return ShopTruth.find(lake, cfg)
+    return ShopTruth(lake, cfg)
 
 
 def run(ctx: Context, run_date: dt.date) -> int:
