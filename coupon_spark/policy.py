@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from coupon_spark.basket import basket_of, log_normal_top_up
 from coupon_spark.config import ScoreConfig
@@ -47,9 +47,9 @@ class LiveCoupons:
     """The coupons that can be issued on the run date, as the scoring tasks need them (small: driver side)."""
 
     frame: pd.DataFrame  # coupon_id, campaign_id, cf_*/cc_* columns
-    embeddings: np.ndarray  # [m, 2d + 2], the coupon tower's output
-    cost: np.ndarray  # [m] money per redemption
-    min_spend: np.ndarray  # [m]
+    embeddings: NDArray[Any]  # [m, 2d + 2], the coupon tower's output
+    cost: NDArray[Any]  # [m] money per redemption
+    min_spend: NDArray[Any]  # [m]
     allowed_segments: list[frozenset[str] | None]  # per coupon: None = every segment
 
 
@@ -66,7 +66,7 @@ def prepare_coupons(frame: pd.DataFrame, scorer: Any, cfg: ScoreConfig) -> LiveC
     )
 
 
-def mask_ineligible(values: np.ndarray, users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
+def mask_ineligible(values: NDArray[Any], users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> NDArray[Any]:
     """Set ``values[i, j]`` to -inf where user i may not get coupon j: frequency cap, segment targeting,
     minimum-spend plausibility. In place; returns ``values``."""
     if RECENT_COLUMN in users:
@@ -87,7 +87,7 @@ CV_PRIOR_ORDERS = 4.0
 seen on this many more orders."""
 
 
-def basket_cv(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
+def basket_cv(users: pd.DataFrame, cfg: ScoreConfig) -> NDArray[Any]:
     """Each user's coefficient of variation of order amounts: from the year's orders (``uf_hist_basket_sd`` /
     ``uf_hist_basket`` on ``uf_hist_orders_*``) shrunk toward ``score.basket_cv``; that alone where the
     history has fewer than two orders or the columns are missing."""
@@ -104,7 +104,7 @@ def basket_cv(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
     return np.where((n >= 2) & (mean > 0), np.sqrt(cv2), prior)
 
 
-def expected_top_up(basket: np.ndarray, cv: np.ndarray, min_spend: np.ndarray) -> np.ndarray:
+def expected_top_up(basket: NDArray[Any], cv: NDArray[Any], min_spend: NDArray[Any]) -> NDArray[Any]:
     """``[n, m]`` EUR: what a redeeming order adds to reach each minimum spend ``[m]``, for amounts log-normal
     with mean ``basket`` and coefficient of variation ``cv`` (per user, ``[n]``; log-sd ``sqrt(ln(1 + cv^2))``):
     :func:`coupon_spark.basket.log_normal_top_up`. 0 without a minimum spend."""
@@ -112,7 +112,7 @@ def expected_top_up(basket: np.ndarray, cv: np.ndarray, min_spend: np.ndarray) -
     return log_normal_top_up(np.asarray(basket)[:, None], sd[:, None], np.asarray(min_spend)[None, :])
 
 
-def redemption_cost(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> np.ndarray:
+def redemption_cost(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig) -> NDArray[Any]:
     """``[n, m]`` float32: what a redemption of each coupon by each user costs the shop, net of the margin on
     the spend it adds. A redeeming order reaches the coupon's minimum spend by the coupon's terms, so a user
     whose basket would fall short tops it up (:func:`expected_top_up`; ``score.top_up``); the cost of the
@@ -125,29 +125,31 @@ def redemption_cost(users: pd.DataFrame, coupons: LiveCoupons, cfg: ScoreConfig)
     return cost.astype(np.float32)
 
 
-def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
+def user_basket(users: pd.DataFrame, cfg: ScoreConfig) -> NDArray[Any]:
     """Each user's basket (EUR): :func:`coupon_spark.basket.basket_of` with ``cfg.default_basket_eur`` for a
     user without orders."""
     return basket_of(users, cfg.default_basket_eur)
 
 
-def purchase_value(users: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
+def purchase_value(users: pd.DataFrame, cfg: ScoreConfig) -> NDArray[Any]:
     """``[n]`` EUR a purchase by each user is worth to the shop: ``margin_rate * basket`` (float64)."""
     return cfg.margin_rate * user_basket(users, cfg)
 
 
-def expected_profit(uplift: np.ndarray, p_redeem: np.ndarray, value: np.ndarray, cost: np.ndarray) -> np.ndarray:
+def expected_profit(
+    uplift: NDArray[Any], p_redeem: NDArray[Any], value: NDArray[Any], cost: NDArray[Any]
+) -> NDArray[Any]:
     """``uplift * value - p_redeem * cost``: the expected incremental profit of each (user, coupon) against no
     coupon, with ``value`` ``[n, 1]`` (:func:`purchase_value`) and ``cost`` ``[n, m]`` (:func:`redemption_cost`)."""
-    return uplift * value - p_redeem * cost
+    return np.asarray(uplift * value - p_redeem * cost)
 
 
-def logged_reward(revenue_eur: ArrayLike, coupon_cost_eur: ArrayLike, margin_rate: float) -> np.ndarray:
+def logged_reward(revenue_eur: ArrayLike, coupon_cost_eur: ArrayLike, margin_rate: float) -> NDArray[Any]:
     """What a logged decision earned the shop: the margin on its revenue (at list price) less the coupon's cost."""
     return np.asarray(revenue_eur, np.float64) * margin_rate - np.asarray(coupon_cost_eur, np.float64)
 
 
-def effect(scorer: Any, users: pd.DataFrame, coupons: pd.DataFrame, cfg: ScoreConfig) -> np.ndarray:
+def effect(scorer: Any, users: pd.DataFrame, coupons: pd.DataFrame, cfg: ScoreConfig) -> NDArray[Any]:
     """``[n, m]`` float64: the model's expected incremental profit of each live coupon for each user, as the
     score job computes it before its lower bound, gate and eligibility (the causalml-like ``effect`` surface).
 

@@ -17,7 +17,7 @@ import pandas as pd
 from coupon_spark.model.registry import write_bytes
 
 if TYPE_CHECKING:
-    from coupon_spark.evaluation.job import Evaluation
+    from coupon_spark.evaluation.results import Evaluation
 
 
 def _figure() -> tuple[Any, Any]:

@@ -458,3 +458,74 @@ def test_a_lake_without_the_shops_truth_has_no_truth_plug_in(spark, tmp_path):
     root = Path(__file__).resolve().parents[1]
     cfg = Config.from_file(root / "conf" / "local.yaml", overrides=[f"lake.root={tmp_path}", "lake.backend=bridge"])
     assert find_truth(Lake.from_config(spark, cfg.lake), cfg) is None
+
+
+# ---- sections as functions of frames (no lake) ----------------------------------------------------------------
+
+
+def test_the_sections_do_not_touch_the_lake_or_the_registry() -> None:
+    """Only the stage's driver reads the lake: the sections module imports neither the lake, the registry nor
+    the storage layer (by AST, with a probe that must be found)."""
+    import ast
+
+    import coupon_spark.evaluation.sections as sections
+
+    def imported(source: str) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        return names
+
+    banned = ("coupon_spark.lake", "coupon_spark.model.registry", "coupon_spark.storage", "coupon_spark.tables")
+    probe = imported("from coupon_spark.lake import Lake\ndef f():\n    import coupon_spark.model.registry\n")
+    assert {m for m in probe if m.startswith(banned)} == {"coupon_spark.lake", "coupon_spark.model.registry"}
+    assert not {m for m in imported(Path(sections.__file__).read_text()) if m.startswith(banned)}
+
+
+def test_budget_and_holdout_sections_by_hand() -> None:
+    from coupon_spark.evaluation import Evaluation, Section
+    from coupon_spark.evaluation.sections import PlayedAllocation, budget_section, holdout_section
+
+    run = {
+        "run_id": "r1", "primal_value": 12.5, "dual_bound": 13.0, "gap": 0.5, "n_users": 4, "n_holdout": 2,
+        "n_exploration": 0, "n_model": 2,
+        "budgets": [{"name": "c1/amount", "campaign_id": "c1", "limit": 100.0, "spend": 40.0,
+                     "exploration_spend": None, "use": 0.4, "multiplier": 0.0}],
+    }  # fmt: skip
+    b = budget_section(run)
+    assert b.value("budget", "gap") == 0.5 and b.value("budget", "use", "c1/amount") == 0.4
+    assert b.value("budget", "exploration_spend", "c1/amount") is None
+    assert b.plots.budgets == [("c1/amount", 100.0, 40.0, 0.0)] and not b.messages
+
+    # model arm rewards 3 and 1 (bought once), holdout 0 and 2 (bought once): uplift 2 - 1 = 1 EUR a user
+    rewards = pd.DataFrame(
+        {"user_id": ["a", "b", "c", "d"], "arm": ["model", "model", "holdout", "holdout"],
+         "purchased": [1, 0, 0, 1], "reward": [3.0, 1.0, 0.0, 2.0]}
+    )  # fmt: skip
+    root = Path(__file__).resolve().parents[1]
+    cfg = Config.from_file(root / "conf" / "local.yaml", overrides=["evaluate.bootstrap_samples=200"])
+    h = holdout_section(PlayedAllocation(dt.date(2026, 11, 14), dt.date(2026, 11, 15), rewards), cfg)
+    assert h.value("holdout", "mean_reward", "model") == 2.0 and h.value("holdout", "mean_reward", "holdout") == 1.0
+    assert h.value("holdout", "purchase_rate", "model") == 0.5
+    assert h.value("holdout", "uplift_per_user") == 1.0 and h.value("holdout", "purchase_rate_uplift") == 0.0
+    profit = next(m for m in h.metrics if m.metric == "incremental_profit")
+    assert (profit.value, profit.n, profit.dimension_value) == (2.0, 2, "2026-11-14")
+    assert profit.ci_low <= 2.0 <= profit.ci_high
+    only_model = holdout_section(
+        PlayedAllocation(dt.date(2026, 11, 14), dt.date(2026, 11, 15), rewards[rewards["arm"] == "model"]), cfg
+    )
+    assert only_model.messages == ["holdout: the allocation of 2026-11-14 has no holdout arm"]
+
+    # a section without its inputs: one message, no rows; the evaluation keeps a plot field no section filled
+    ev = Evaluation(dt.date(2026, 11, 14))
+    ev.include(b)
+    ev.include(Section.missing("holdout", "holdout: nothing played"))
+    ev.include(h)
+    assert ev.plots.budgets == b.plots.budgets and ev.messages == ["holdout: nothing played"]
+    assert len(ev.metrics) == len(b.metrics) + len(h.metrics)
+    assert {m.section for m in ev.metrics} == {"budget", "holdout"}
+    with pytest.raises(ValueError, match="unknown evaluation section"):
+        Section("holdouts")

@@ -6,7 +6,12 @@ uplift against the holdout, budget use, fairness; the metrics table and the repo
   logs (numpy).
 - the true value of allocations on the synthetic shop (oracle, baselines) is the simulator's plug-in,
   :mod:`coupon_spark.datagen.truth`, passed to the evaluation only where the lake holds the shop's truth.
-- :mod:`~coupon_spark.evaluation.job`: the sections on Spark, the metrics table, the stage.
+- :mod:`~coupon_spark.evaluation.results`: the typed findings (metric rows, messages, plot data) of a section
+  and of the whole evaluation, which the metrics table, the summary and the report read.
+- :mod:`~coupon_spark.evaluation.sections`: the sections, each a function of frames and config returning a
+  typed section; none touches the lake.
+- :mod:`~coupon_spark.evaluation.job`: the stage's driver (reads what each section needs, writes the metrics
+  table and the report).
 """
 
 from __future__ import annotations
@@ -21,11 +26,7 @@ from coupon_spark.evaluation.estimators import (
 )
 from coupon_spark.evaluation.job import (
     METRICS_TABLE,
-    Evaluation,
-    Metric,
     NoAllocationError,
-    PlotData,
-    TruthPlugin,
     evaluate,
     metrics_frame,
     report_dir,
@@ -33,6 +34,8 @@ from coupon_spark.evaluation.job import (
     summary_lines,
     write,
 )
+from coupon_spark.evaluation.results import Evaluation, Metric, PlotData, Section
+from coupon_spark.evaluation.sections import TruthPlugin
 from coupon_spark.evaluation.uplift_metrics import UpliftCurves, auuc, qini_coefficient, uplift_curves
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "Metric",
     "NoAllocationError",
     "PlotData",
+    "Section",
     "TruthPlugin",
     "UpliftCurves",
     "auuc",

@@ -1,5 +1,9 @@
 """``coupon-spark evaluate --run-date D``: every figure of the run, in the metrics table and in a report.
 
+This module is the stage's driver, the only part of the evaluation that touches the lake and the registry: it
+reads what each section needs (or the sentence saying why it is not there) and passes it to the sections of
+:mod:`coupon_spark.evaluation.sections`, which return typed results (:mod:`coupon_spark.evaluation.results`).
+
 Sections (the ``section`` column of ``evaluation_metrics``):
 
 - ``model``: the registry's validation metrics of the run's model (AUC, log loss, calibration), and the same
@@ -23,94 +27,57 @@ Nothing is made up: a section without its inputs says so (``messages``) and writ
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import logging
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark import tables
-from coupon_spark.allocation import POLICY_EXPLORATION, POLICY_HOLDOUT, POLICY_MODEL, Budget, make_budget
+from coupon_spark.allocation import POLICY_MODEL, Budget, make_budget
 from coupon_spark.allocation.job import budgets_from_config, params_from_config
-from coupon_spark.allocation.plan import AllocationParams
 from coupon_spark.config import Config, join_uri
 from coupon_spark.errors import UpstreamNotReady
-from coupon_spark.evaluation import estimators as est
+from coupon_spark.evaluation.results import SECTIONS, Evaluation, Metric, PlotData, Section
+from coupon_spark.evaluation.sections import (
+    HeldOutLogs,
+    ModelEvidence,
+    PlayedAllocation,
+    TruthPlugin,
+    budget_section,
+    fairness_section,
+    holdout_section,
+    logs_section,
+    margin_rate,
+    model_section,
+    ope_frame,
+    truth_section,
+)
 from coupon_spark.lake import Lake
 from coupon_spark.runner import Context
 from coupon_spark.schemas import EVALUATION_METRICS
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "METRICS_TABLE",
+    "SECTIONS",
+    "Evaluation",
+    "Metric",
+    "NoAllocationError",
+    "PlotData",
+    "TruthPlugin",
+    "evaluate",
+    "find_truth",
+    "held_out",
+    "metrics_frame",
+    "report_dir",
+    "run",
+    "summary_lines",
+    "write",
+]
 
 METRICS_TABLE = tables.EVALUATION_METRICS
-SECTIONS = ("model", "policy_truth", "policy_logs", "holdout", "budget", "fairness")
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One row of ``evaluation_metrics`` (without run_date, run_id and evaluated_at)."""
-
-    section: str
-    metric: str
-    value: float | None
-    dimension: str | None = None
-    dimension_value: str | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    n: int | None = None
-    note: str | None = None
-
-
-@dataclass
-class PlotData:
-    """What the report draws, one typed field per plot (empty: no data for it, the report says so)."""
-
-    model_version: str | None = None  # "<name> v<version>" of the evaluated model
-    calibration: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # curve -> bins
-    uplift_curve: dict[str, np.ndarray] = field(default_factory=dict)  # fraction, model, random, perfect
-    policy_values: dict[str, float] = field(default_factory=dict)  # policy -> true incremental profit
-    budgets: list[tuple[str, float, float, float]] = field(default_factory=list)  # name, limit, spend, exploration
-    fairness: dict[str, list[tuple[Any, int, int, float]]] = field(default_factory=dict)  # dimension -> groups
-
-
-@dataclass
-class Evaluation:
-    """What :func:`evaluate` found: the metric rows, what could not be computed and why, and plot data."""
-
-    run_date: dt.date
-    metrics: list[Metric] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-    plots: PlotData = field(default_factory=PlotData)
-
-    def add(self, section: str, metric: str, value: float | None, **kw: Any) -> None:
-        v = None if value is None or not np.isfinite(value) else float(value)
-        clean = {k: (None if isinstance(x, float) and not np.isfinite(x) else x) for k, x in kw.items()}
-        self.metrics.append(Metric(section, metric, v, **clean))
-
-    def add_estimate(self, section: str, metric: str, e: est.Estimate, **kw: Any) -> None:
-        self.add(section, metric, e.value, ci_low=e.ci_low, ci_high=e.ci_high, n=e.n, **kw)
-
-    def say(self, text: str) -> None:
-        log.info(text)
-        self.messages.append(text)
-
-    def value(self, section: str, metric: str, dimension_value: str | None = None) -> float | None:
-        """The value of the first matching row (None when absent)."""
-        for m in self.metrics:
-            if (
-                m.section == section
-                and m.metric == metric
-                and (dimension_value is None or m.dimension_value == dimension_value)
-            ):
-                return m.value
-        return None
 
 
 def metrics_frame(spark: SparkSession, ev: Evaluation, run_id: str | None = None) -> DataFrame:
@@ -137,33 +104,27 @@ def metrics_frame(spark: SparkSession, ev: Evaluation, run_id: str | None = None
     return spark.createDataFrame(rows, EVALUATION_METRICS)
 
 
-# ---- inputs -------------------------------------------------------------------------------------------------
+# ---- what the sections read ----------------------------------------------------------------------------------
 
 
-def _margin(cfg: Config) -> float:
-    return cfg.evaluate.margin_rate or cfg.score.margin_rate
+def allocation_run(lake: Lake, run_date: dt.date) -> dict[str, Any] | str:
+    """The latest ``allocation_runs`` row of ``run_date`` as a dict (budgets as a list of dicts); else why not."""
+    if not lake.exists(tables.ALLOCATION_RUNS):
+        return "budget: no allocation_runs table"
+    row = lake.read(tables.ALLOCATION_RUNS, where={"run_date": run_date}).orderBy(F.col("started_at").desc()).first()
+    return f"budget: no allocation run for {run_date}" if row is None else row.asDict(recursive=True)
 
 
-def run_budgets(lake: Lake, cfg: Config, run_date: dt.date) -> tuple[list[Budget], list[dict[str, Any]]]:
-    """The run's budgets for the model arm (limit less the exploration spend) and the raw budget rows of
-    ``allocation_runs`` (empty when the table has no row for the date: the configured budgets then)."""
-    rows: list[dict[str, Any]] = []
-    if lake.exists(tables.ALLOCATION_RUNS):
-        got = (
-            lake.read(tables.ALLOCATION_RUNS, where={"run_date": run_date}).orderBy(F.col("started_at").desc()).first()
-        )
-        if got is not None:
-            rows = [b.asDict() for b in got["budgets"] or []]
+def run_budgets(run: dict[str, Any] | str, cfg: Config) -> list[Budget]:
+    """The run's budgets for the model arm (limit less the exploration spend) from its ``allocation_runs`` row;
+    the configured budgets where there is no row or it holds none."""
+    rows = [] if isinstance(run, str) else run.get("budgets") or []
     if not rows:
-        return budgets_from_config(cfg.allocation), []
-    budgets = [
+        return budgets_from_config(cfg.allocation)
+    return [
         make_budget(r["campaign_id"], r["kind"], max(float(r["limit"]) - float(r["exploration_spend"] or 0.0), 0.0))
         for r in rows
     ]
-    return budgets, rows
-
-
-# ---- model --------------------------------------------------------------------------------------------------
 
 
 def _registry_version(registry: Any, name: str, label: str | None) -> int:
@@ -172,8 +133,9 @@ def _registry_version(registry: Any, name: str, label: str | None) -> int:
     return int(tail) if tail.isdigit() else int(registry.latest(name))
 
 
-def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | None) -> None:
-    """Registry validation metrics of the run's model, and out-of-time metrics recomputed with the scorer."""
+def model_evidence(lake: Lake, cfg: Config, run_date: dt.date, model_version: str | None) -> ModelEvidence | str:
+    """The run's model from the registry, with the closed examples issued since its training date (for
+    out-of-time metrics, where ``evaluate.out_of_time_max_rows`` asks for them); else why not."""
     from coupon_spark.model.registry import ModelNotFoundError, Registry
 
     registry = Registry.from_config(cfg)
@@ -183,179 +145,23 @@ def model_section(ev: Evaluation, lake: Lake, cfg: Config, model_version: str | 
         metrics = registry.read_json(name, version, "metrics.json")
         manifest = registry.manifest(name, version)
     except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
-        ev.say(f"model: no registry metrics ({exc})")
-        return
-    note = f"{name} v{version}"
-    calibration: dict[str, list[dict[str, Any]]] = {}
-    for target, m in (metrics.get("validation") or {}).items():
-        if not isinstance(m, dict):  # e.g. the scalar validation_loss beside the per-target metrics
-            continue
-        _add_binary(ev, m, target, "registry_validation", note)
-        calibration[f"{target} (validation)"] = m.get("calibration", [])
-    ev.plots.model_version = note
-    if metrics.get("decision"):  # the decision gate (coupon_spark.model.gate) the version was published with
-        from coupon_spark.model.gate import Gate
-
-        gate = Gate.from_json(metrics["decision"])
-        ev.add("model", "decision_gate.open", float(gate.is_open), n=gate.rows, note=f"{note}: {gate.describe()}")
-        ev.add("model", "decision_gate.threshold", gate.threshold, n=gate.rows, note="EUR; null: closed")
-        ev.add("model", "decision_gate.gain_lower_bound", gate.lower, n=gate.rows, note="EUR per decision")
-        ev.say(f"model {note}: decision gate {gate.describe()}")
-    trained = manifest.get("run_date")
-    if cfg.evaluate.out_of_time_max_rows and trained and lake.exists(tables.TRAINING_EXAMPLES):
-        since = dt.date.fromisoformat(str(trained)[:10])
-        oot = _out_of_time(
-            lake, registry.local_dir(name, version), since, ev.run_date, cfg.evaluate.out_of_time_max_rows
-        )
-        if oot is None:
-            ev.say(
-                f"model: no closed example issued on or after the model's training date {since} yet: "
-                "out-of-time metrics not available"
-            )
-        else:
-            for target, m in oot.items():
-                _add_binary(ev, m, target, "out_of_time", note + f", issued {since}..{ev.run_date - dt.timedelta(1)}")
-                calibration[f"{target} (out of time)"] = m.get("calibration", [])
-    ev.plots.calibration = calibration
-
-
-def _add_binary(ev: Evaluation, m: dict[str, Any], target: str, source: str, note: str) -> None:
-    for key in ("auc", "log_loss", "mean_prediction", "observed_rate", "expected_calibration_error"):
-        if key in m:
-            ev.add(
-                "model", f"{source}.{key}", m[key], dimension="target", dimension_value=target, n=m.get("n"), note=note
-            )
-    for b in m.get("calibration", []):
-        for key in ("mean_prediction", "observed_rate"):
-            ev.add(
-                "model",
-                f"{source}.calibration.{target}.{key}",
-                b[key],
-                dimension="bin",
-                dimension_value=b["bin"],
-                n=b["n"],
-                note=note,
-            )
-
-
-def _out_of_time(lake: Lake, model_dir: Any, since: dt.date, run_date: dt.date, max_rows: int) -> dict | None:
-    from coupon_spark.model.data import make_examples
-    from coupon_spark.model.metrics import binary_summary, summary_metrics
-    from coupon_spark.model.scorer import NumpyScorer
-
-    df = lake.read(tables.TRAINING_EXAMPLES).where(
-        (F.col("issue_date") >= F.lit(since)) & (F.col("issue_date") < F.lit(run_date))
+        return f"model: no registry metrics ({exc})"
+    trained = dt.date.fromisoformat(str(manifest["run_date"])[:10]) if manifest.get("run_date") else None
+    max_rows = cfg.evaluate.out_of_time_max_rows
+    if not (max_rows and trained and lake.exists(tables.TRAINING_EXAMPLES)):
+        return ModelEvidence(f"{name} v{version}", metrics, trained)
+    rows = (
+        lake.read(tables.TRAINING_EXAMPLES)
+        .where((F.col("issue_date") >= F.lit(trained)) & (F.col("issue_date") < F.lit(run_date)))
+        .limit(max_rows)
+        .toPandas()
     )
-    pdf = df.limit(max_rows).toPandas()
-    if pdf.empty:
-        return None
-    scorer = NumpyScorer.load(model_dir)
-    ex = make_examples(pdf, scorer.transform, scorer.spec, 0.0, 0)
-    keys = ("user_x", "user_bucket", "coupon_x", "coupon_index", "pair_x")
-    out = scorer.predict_rows({k: getattr(ex, k) for k in keys})
-    treated = pdf["coupon_id"].notna().to_numpy()
-    return {
-        "purchase": summary_metrics(binary_summary(ex.purchased, out["p_purchase"])),
-        "redeem": summary_metrics(binary_summary(ex.redeemed[treated], out["p_redeem"][treated])),
-    }
+    scorer = None
+    if not rows.empty:
+        from coupon_spark.model.scorer import NumpyScorer
 
-
-# ---- policy on the synthetic shop -------------------------------------------------------------------------------
-
-
-class TruthSampleLike(Protocol):
-    allocations: pd.DataFrame
-    issued: pd.DataFrame
-    options: pd.DataFrame
-    share: float
-
-    @property
-    def note(self) -> str | None: ...
-
-
-class TruthPlugin(Protocol):
-    """Where a truth exists (the synthetic shop: :class:`coupon_spark.datagen.truth.ShopTruth`), what the truth
-    section asks of it: a valued sample of the run, each policy's coupons at the sample's budgets, the uplift
-    curve and the true spend. The evaluation itself never imports the simulator."""
-
-    @property
-    def uplift_types(self) -> tuple[str, ...]: ...
-
-    def sample(self, run_date: dt.date, allocations: DataFrame, candidates: DataFrame) -> TruthSampleLike: ...
-
-    def policies(
-        self, sample: Any, budgets: list[Budget], params: AllocationParams, run_date: dt.date
-    ) -> dict[str, pd.DataFrame]: ...
-
-    def uplift_curve(self, options: pd.DataFrame) -> dict[str, np.ndarray]: ...
-
-    def spend(self, issued: pd.DataFrame, budgets: Sequence[Budget]) -> np.ndarray: ...
-
-
-def truth_section(
-    ev: Evaluation, truth: TruthPlugin | None, lake: Lake, cfg: Config, allocations: DataFrame, candidates: DataFrame
-) -> None:
-    """True value of the run's allocation against the oracle and the baselines, where a truth exists: the
-    plug-in's sample and policies, then each policy's value, cost and coupons by uplift type."""
-    if truth is None:
-        ev.say("policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped")
-        return
-    sample = truth.sample(ev.run_date, allocations, candidates)
-    budgets, _ = run_budgets(lake, cfg, ev.run_date)
-    budgets = [dataclasses.replace(b, limit=b.limit * sample.share) for b in budgets]
-    policies = truth.policies(sample, budgets, params_from_config(cfg.allocation), ev.run_date)
-    note = sample.note
-    oracle_value = float(policies["oracle"]["true_incremental_profit"].sum())
-    values = {}
-    for name, rows in policies.items():
-        v = float(rows["true_incremental_profit"].sum())
-        values[name] = v
-        per_policy = {"dimension": "policy", "dimension_value": name, "n": len(rows), "note": note}
-        ev.add("policy_truth", "true_incremental_profit", v, **per_policy)
-        ev.add("policy_truth", "ratio_to_oracle", v / oracle_value if oracle_value > 0 else float("nan"), **per_policy)
-        ev.add("policy_truth", "true_expected_cost", float(rows["true_expected_cost"].sum()), **per_policy)
-        for t in truth.uplift_types:
-            ev.add("policy_truth", f"coupons_to_{t}", float((rows["uplift_type"] == t).sum()), **per_policy)
-    ev.add(
-        "policy_truth",
-        "predicted_incremental_profit",
-        float(policies["model"]["expected_profit"].sum()),
-        dimension="policy",
-        dimension_value="model",
-        note="the model's own estimate of the same coupons",
-    )
-    explore = sample.issued[sample.issued["policy"] == POLICY_EXPLORATION]
-    ev.add(
-        "policy_truth",
-        "true_incremental_profit",
-        float(explore["true_incremental_profit"].sum()),
-        dimension="policy",
-        dimension_value="exploration",
-        n=len(explore),
-        note=note,
-    )
-    ev.add(
-        "policy_truth",
-        "true_incremental_profit",
-        0.0,
-        dimension="policy",
-        dimension_value="holdout",
-        n=int((sample.allocations["policy"] == POLICY_HOLDOUT).sum()),
-        note="the holdout gets no coupon: no increment by construction",
-    )
-    model_true_spend = truth.spend(policies["model"], budgets)
-    for b, s in zip(budgets, model_true_spend, strict=True):
-        if b.kind == "amount":
-            ev.add(
-                "policy_truth",
-                "model_true_expected_spend",
-                s,
-                dimension="budget",
-                dimension_value=b.name,
-                note=f"model-arm limit {b.limit:.2f} on the model's estimated cost",
-            )
-    ev.plots.policy_values = values
-    ev.plots.uplift_curve = truth.uplift_curve(sample.options)
+        scorer = NumpyScorer.load(registry.local_dir(name, version))
+    return ModelEvidence(f"{name} v{version}", metrics, trained, rows, scorer)
 
 
 def logged_decisions(lake: Lake, cfg: Config, run_date: dt.date) -> DataFrame | None:
@@ -372,66 +178,9 @@ def logged_decisions(lake: Lake, cfg: Config, run_date: dt.date) -> DataFrame | 
     seg = F.col("uc_segment") if "uc_segment" in df.columns else F.lit("all")
     return df.select(
         "issuance_id", "issue_date", "user_id", "coupon_id", "propensity",
-        (F.col("revenue_eur") * F.lit(_margin(cfg)) - F.col("coupon_cost_eur")).alias("reward"),
+        (F.col("revenue_eur") * F.lit(margin_rate(cfg)) - F.col("coupon_cost_eur")).alias("reward"),
         seg.alias("segment"),
     )  # fmt: skip
-
-
-def target_actions(allocations: DataFrame) -> DataFrame:
-    """The run's decision per user: its (first) coupon, or null for none (holdout and untreated users)."""
-    return allocations.groupBy("user_id").agg(F.min("coupon_id").alias("target_coupon"))
-
-
-def ope_frame(logged: DataFrame, allocations: DataFrame) -> pd.DataFrame:
-    """Logged decisions with the run's action for their user and whether the logs support it (the target
-    coupon was logged on that day by the randomised policies); users without a decision get none."""
-    live = logged.where(F.col("coupon_id").isNotNull()).select("issue_date", F.col("coupon_id").alias("_c")).distinct()
-    t = target_actions(allocations)
-    joined = (
-        logged.alias("l")
-        .join(t.alias("t"), on="user_id", how="left")
-        .join(live.alias("v"), how="left",
-              on=(F.col("l.issue_date") == F.col("v.issue_date")) & (F.col("t.target_coupon") == F.col("v._c")))
-        .select("l.*", F.col("t.target_coupon").alias("target_coupon"),
-                (F.col("t.target_coupon").isNull() | F.col("v._c").isNotNull()).alias("supported"))
-    )  # fmt: skip
-    return joined.toPandas()
-
-
-def ope_estimates(pdf: pd.DataFrame, confidence: float, seed: int) -> dict[str, est.Estimate]:
-    """IPS, SNIPS and DR of the target policy (``target_coupon``), of "no coupon", and DR/IPS of their
-    difference, on the supported rows of :func:`ope_frame`; the logging policy's mean reward."""
-    d = pdf[pdf["supported"]].reset_index(drop=True)
-    r, p = d["reward"].to_numpy(np.float64), d["propensity"].to_numpy(np.float64)
-    same = (d["coupon_id"].fillna("\x00") == d["target_coupon"].fillna("\x00")).to_numpy(np.float64)
-    none = d["coupon_id"].isna().to_numpy(np.float64)
-    folds = pd.util.hash_pandas_object(d["issuance_id"].astype(str) + f":{seed}", index=False).to_numpy() % 2
-    q_log, q_pi = (
-        est.cross_fitted_cell_means(d.assign(_none=None), folds, ["segment"], "coupon_id", "reward", "target_coupon")
-        if len(d)
-        else (np.zeros(0), np.zeros(0))
-    )
-    _, q_none = (
-        est.cross_fitted_cell_means(d.assign(_none=None), folds, ["segment"], "coupon_id", "reward", "_none")
-        if len(d)
-        else (np.zeros(0), np.zeros(0))
-    )
-    out = {
-        "ips.policy": est.ips(r, same, p, confidence),
-        "snips.policy": est.snips(r, same, p, confidence),
-        "dr.policy": est.doubly_robust(r, same, p, q_log, q_pi, confidence),
-        "ips.no_coupon": est.ips(r, none, p, confidence),
-        "snips.no_coupon": est.snips(r, none, p, confidence),
-        "dr.no_coupon": est.doubly_robust(r, none, p, q_log, q_none, confidence),
-        "logging_policy": est.mean_estimate(r, confidence),
-    }
-    if len(d):
-        w_pi, w_0 = same / p, none / p
-        out["ips.policy_minus_no_coupon"] = est.mean_estimate((w_pi - w_0) * r, confidence)
-        out["dr.policy_minus_no_coupon"] = est.mean_estimate(
-            est.dr_terms(r, same, p, q_log, q_pi) - est.dr_terms(r, none, p, q_log, q_none), confidence
-        )
-    return out
 
 
 def held_out(pdf: pd.DataFrame, cfg: Config, model_version: str | None) -> tuple[pd.DataFrame, str]:
@@ -460,41 +209,15 @@ def held_out(pdf: pd.DataFrame, cfg: Config, model_version: str | None) -> tuple
     return pdf[keep].reset_index(drop=True), note
 
 
-def logs_section(ev: Evaluation, lake: Lake, cfg: Config, allocations: DataFrame, model_version: str | None) -> None:
-    logged = logged_decisions(lake, cfg, ev.run_date)
+def held_out_logs(
+    lake: Lake, cfg: Config, run_date: dt.date, allocations: DataFrame, model_version: str | None
+) -> HeldOutLogs | str:
+    """The look-back window's randomised logged decisions with the run's action per user (:func:`ope_frame`),
+    less the rows the run's model fitted (:func:`held_out`); else why not."""
+    logged = logged_decisions(lake, cfg, run_date)
     if logged is None:
-        ev.say("policy (logs): no training_examples table: off-policy estimates not available")
-        return
-    pdf, rows_note = held_out(ope_frame(logged, allocations), cfg, model_version)
-    ev.say(f"policy (logs): {len(pdf)} logged randomised decisions: {rows_note}")
-    if pdf.empty:
-        ev.say(
-            f"policy (logs): no closed randomised issuance ({', '.join(cfg.evaluate.ope_policies)}) in the "
-            f"{cfg.evaluate.ope_lookback_days} days before {ev.run_date}: off-policy estimates not available"
-        )
-        return
-    support = float(pdf["supported"].mean())
-    ev.add(
-        "policy_logs",
-        "support_share",
-        support,
-        n=len(pdf),
-        note="share of logged decisions whose run action was available to the logging policy that day",
-    )
-    note = f"EUR per decision; reward = revenue * {_margin(cfg):g} - coupon cost"
-    for key, e in ope_estimates(pdf, cfg.evaluate.confidence, cfg.evaluate.seed).items():
-        estimator, _, target = key.partition(".")
-        ev.add_estimate(
-            "policy_logs",
-            estimator if target else "mean_reward",
-            e,
-            dimension="target",
-            dimension_value=target or "logging_policy",
-            note=note,
-        )
-
-
-# ---- realised uplift against the holdout ------------------------------------------------------------------------
+        return "policy (logs): no training_examples table: off-policy estimates not available"
+    return HeldOutLogs(*held_out(ope_frame(logged, allocations), cfg, model_version))
 
 
 def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: dt.date) -> dt.date | None:
@@ -546,149 +269,48 @@ def realised_rewards(lake: Lake, cfg: Config, allocations: DataFrame, day: dt.da
         out = out.withColumn("coupon_cost", F.lit(0.0))
     return out.select(
         "user_id", "arm", F.col("revenue").isNotNull().cast("int").alias("purchased"),
-        (F.coalesce("revenue", F.lit(0.0)) * F.lit(_margin(cfg)) - F.coalesce("coupon_cost", F.lit(0.0)))
+        (F.coalesce("revenue", F.lit(0.0)) * F.lit(margin_rate(cfg)) - F.coalesce("coupon_cost", F.lit(0.0)))
         .alias("reward"),
     ).toPandas()  # fmt: skip
 
 
-def holdout_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
-    """Realised uplift of the latest played allocation (up to the run date) against its holdout."""
-    dates = [d for d in lake.dates(tables.ALLOCATIONS) if d <= ev.run_date][-3:]
-    for alloc_date in reversed(dates):
+def played_allocation(lake: Lake, cfg: Config, run_date: dt.date) -> PlayedAllocation | str:
+    """The latest of the last three allocations up to ``run_date`` whose day has been played and has orders in
+    silver, with each user's realised reward; else why not."""
+    for alloc_date in reversed([d for d in lake.dates(tables.ALLOCATIONS) if d <= run_date][-3:]):
         allocations = lake.read(tables.ALLOCATIONS, where={"run_date": alloc_date})
-        day = played_day(lake, allocations, alloc_date, ev.run_date)
+        day = played_day(lake, allocations, alloc_date, run_date)
         if day is None or not lake.exists(tables.ORDERS) or not [d for d in lake.dates(tables.ORDERS) if d >= day]:
             continue
-        pdf = realised_rewards(lake, cfg, allocations, day)
-        e = cfg.evaluate
-        note = f"allocation of {alloc_date}, outcomes of {day}; reward = revenue * {_margin(cfg):g} - coupon cost"
-        arms = {a: g for a, g in pdf.groupby("arm")}
-        for arm, g in arms.items():
-            ev.add(
-                "holdout",
-                "mean_reward",
-                float(g["reward"].mean()),
-                dimension="arm",
-                dimension_value=arm,
-                n=len(g),
-                note=note,
-            )
-            ev.add(
-                "holdout",
-                "purchase_rate",
-                float(g["purchased"].mean()),
-                dimension="arm",
-                dimension_value=arm,
-                n=len(g),
-                note=note,
-            )
-        model, hold = arms.get(POLICY_MODEL), arms.get(POLICY_HOLDOUT)
-        if model is None or hold is None:
-            ev.say(f"holdout: the allocation of {alloc_date} has no {'model' if model is None else 'holdout'} arm")
-            return
-        up = est.bootstrap_mean_difference(
-            model["reward"].to_numpy(), hold["reward"].to_numpy(), e.bootstrap_samples, e.confidence, e.seed
-        )
-        ev.add_estimate(
-            "holdout",
-            "uplift_per_user",
-            up,
-            dimension="allocation_date",
-            dimension_value=alloc_date.isoformat(),
-            note=note + "; model arm minus holdout, bootstrap",
-        )
-        pr = est.bootstrap_mean_difference(
-            model["purchased"].to_numpy(), hold["purchased"].to_numpy(), e.bootstrap_samples, e.confidence, e.seed + 1
-        )
-        ev.add_estimate(
-            "holdout",
-            "purchase_rate_uplift",
-            pr,
-            dimension="allocation_date",
-            dimension_value=alloc_date.isoformat(),
-            note=note,
-        )
-        ev.add(
-            "holdout",
-            "incremental_profit",
-            up.value * len(model),
-            ci_low=up.ci_low * len(model),
-            ci_high=up.ci_high * len(model),
-            n=len(model),
-            dimension="allocation_date",
-            dimension_value=alloc_date.isoformat(),
-            note=note + "; per-user uplift times model-arm users",
-        )
-        return
-    ev.say(
-        f"holdout: no allocation up to {ev.run_date} has been played yet (no issuance of its coupons in "
+        return PlayedAllocation(alloc_date, day, realised_rewards(lake, cfg, allocations, day))
+    return (
+        f"holdout: no allocation up to {run_date} has been played yet (no issuance of its coupons in "
         "silver): realised uplift not available"
     )
 
 
-# ---- budgets and fairness ----------------------------------------------------------------------------------------
-
-
-def budget_section(ev: Evaluation, lake: Lake, cfg: Config) -> None:
-    if not lake.exists(tables.ALLOCATION_RUNS):
-        ev.say("budget: no allocation_runs table")
-        return
-    row = lake.read(tables.ALLOCATION_RUNS, where={"run_date": ev.run_date}).orderBy(F.col("started_at").desc()).first()
-    if row is None:
-        ev.say(f"budget: no allocation run for {ev.run_date}")
-        return
-    for key in ("primal_value", "dual_bound", "gap", "n_users", "n_holdout", "n_exploration", "n_model"):
-        ev.add("budget", key, float(row[key]) if row[key] is not None else None, note=row["run_id"])
-    spend = []
-    for b in row["budgets"] or []:
-        for key in ("limit", "spend", "exploration_spend", "use", "multiplier"):
-            ev.add("budget", key, b[key], dimension="budget", dimension_value=b["name"], note=b["campaign_id"])
-        spend.append((b["name"], float(b["limit"]), float(b["spend"]), float(b["exploration_spend"] or 0.0)))
-    ev.plots.budgets = spend
-
-
-def fairness_section(ev: Evaluation, spark: SparkSession, lake: Lake, allocations: DataFrame) -> None:
-    """Coupons, spend and expected value by segment and region (the silver users snapshot of the run date)."""
-    dates = [d for d in lake.dates(tables.USERS) if d <= ev.run_date]
+def users_snapshot(lake: Lake, run_date: dt.date) -> DataFrame | str:
+    """``user_id``, ``segment`` and ``region`` of the latest silver users snapshot up to ``run_date``."""
+    dates = [d for d in lake.dates(tables.USERS) if d <= run_date]
     if not dates:
-        ev.say("fairness: no silver users snapshot up to the run date")
-        return
-    users = lake.read(tables.USERS, where={"ingest_date": dates[-1]}).select("user_id", "segment", "region")
-    a = allocations.where(F.col("policy") != POLICY_HOLDOUT).join(users, on="user_id", how="left")
-    groups = {}
-    for dim in ("segment", "region"):
-        rows = (
-            a.groupBy(F.coalesce(F.col(dim), F.lit("unknown")).alias("g"))
-            .agg(F.countDistinct("user_id").alias("users"), F.count("coupon_id").alias("coupons"),
-                 F.sum("expected_cost").alias("expected_cost"), F.sum("coupon_cost").alias("face_cost"),
-                 F.sum("expected_profit").alias("expected_profit"))
-            .orderBy("g").collect()
-        )  # fmt: skip
-        total_users = sum(r["users"] for r in rows) or 1
-        total_cost = sum(r["expected_cost"] or 0.0 for r in rows) or float("nan")
-        for r in rows:
-            g = r["g"]
-            for key in ("users", "coupons", "expected_cost", "face_cost", "expected_profit"):
-                ev.add("fairness", key, float(r[key] or 0.0), dimension=dim, dimension_value=g)
-            ev.add(
-                "fairness",
-                "coupon_rate",
-                r["coupons"] / r["users"] if r["users"] else None,
-                dimension=dim,
-                dimension_value=g,
-                n=r["users"],
-            )
-            ev.add(
-                "fairness",
-                "spend_share_over_user_share",
-                ((r["expected_cost"] or 0.0) / total_cost) / (r["users"] / total_users),
-                dimension=dim,
-                dimension_value=g,
-                n=r["users"],
-                note="1 = spend in proportion to users",
-            )
-        groups[dim] = [(r["g"], r["users"], r["coupons"], float(r["expected_cost"] or 0.0)) for r in rows]
-    ev.plots.fairness = groups
+        return "fairness: no silver users snapshot up to the run date"
+    return lake.read(tables.USERS, where={"ingest_date": dates[-1]}).select("user_id", "segment", "region")
+
+
+def truth_inputs(
+    lake: Lake, cfg: Config, run_date: dt.date, allocations: DataFrame, truth: TruthPlugin | None, budgets: list[Budget]
+) -> Section:
+    """The truth section where the lake has the run's candidates and a truth plug-in is given; else why not."""
+    if not lake.exists(tables.CANDIDATES):
+        return Section.missing("policy_truth", "policy (synthetic shop): no candidates table")
+    if truth is None:
+        return Section.missing(
+            "policy_truth",
+            "policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped",
+        )
+    candidates = lake.read(tables.CANDIDATES, where={"run_date": run_date})
+    sample = truth.sample(run_date, allocations, candidates)
+    return truth_section(truth, sample, budgets, params_from_config(cfg.allocation), run_date)
 
 
 # ---- the whole evaluation ----------------------------------------------------------------------------------------
@@ -713,16 +335,13 @@ def evaluate(
     try:
         version = allocations.where(F.col("model_version").isNotNull()).select("model_version").first()
         model_version = None if version is None else version[0]
-        model_section(ev, lake, cfg, model_version)
-        if lake.exists(tables.CANDIDATES):
-            candidates = lake.read(tables.CANDIDATES, where={"run_date": run_date})
-            truth_section(ev, truth, lake, cfg, allocations, candidates)
-        else:
-            ev.say("policy (synthetic shop): no candidates table")
-        logs_section(ev, lake, cfg, allocations, model_version)
-        holdout_section(ev, lake, cfg)
-        budget_section(ev, lake, cfg)
-        fairness_section(ev, spark, lake, allocations)
+        run = allocation_run(lake, run_date)
+        ev.include(model_section(model_evidence(lake, cfg, run_date, model_version), run_date))
+        ev.include(truth_inputs(lake, cfg, run_date, allocations, truth, run_budgets(run, cfg)))
+        ev.include(logs_section(held_out_logs(lake, cfg, run_date, allocations, model_version), cfg, run_date))
+        ev.include(holdout_section(played_allocation(lake, cfg, run_date), cfg))
+        ev.include(budget_section(run))
+        ev.include(fairness_section(allocations, users_snapshot(lake, run_date)))
     finally:
         allocations.unpersist()
     return ev
