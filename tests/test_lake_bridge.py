@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -595,3 +596,49 @@ def test_write_leaves_the_session_arrow_batch_size_as_it_was(spark, lake):
     before = spark.conf.get(key)
     lake.write(spark.range(0, 10).withColumnRenamed("id", "k"), "t")
     assert spark.conf.get(key) == before
+
+
+def test_task_writer_splits_partitions_and_rolls_files_over(tmp_path):
+    """The bridge task's writer on its own (pyarrow only): 5 rows of partition "a", 1 of "b" and 1 null, at
+    most 2 rows a file, give 3 + 1 + 1 files whose rows, names and metadata are checked by hand."""
+    from coupon_spark.lake._files import FILE_META_SCHEMA, HIVE_NULL, make_task_writer
+
+    schema = pa.schema([("id", pa.int64(), False), ("p", pa.string())])
+    rows = {"id": [1, 2, 3, 4, 5, 6, 7], "p": ["a", "a", "b", "a", None, "a", "a"]}
+    write = make_task_writer(
+        str(tmp_path), schema.serialize().to_pybytes(), ["p"], 2, "snappy", "w1", row_group_rows=500_000
+    )
+    batches = [pa.RecordBatch.from_pydict({k: v[:4] for k, v in rows.items()}, schema),
+               pa.RecordBatch.from_pydict({k: v[4:] for k, v in rows.items()}, schema)]  # fmt: skip
+    (meta,) = list(write(iter(batches)))
+    assert meta.schema == FILE_META_SCHEMA
+    files = meta.to_pylist()
+    by_part: dict[str | None, list[int]] = {}
+    for f in files:
+        pv = json.loads(f["partition_values"])["p"]
+        folder = "p=" + (HIVE_NULL if pv is None else pv)
+        assert re.fullmatch(re.escape(folder) + r"/part-\d{5}-w1-[0-9a-f]{12}\.c000\.snappy\.parquet", f["path"])
+        ids = pq.read_table(tmp_path / f["path"]).column("id").to_pylist()
+        assert f["num_records"] == len(ids) <= 2 and json.loads(f["stats"])["numRecords"] == len(ids)
+        by_part.setdefault(pv, []).extend(ids)
+    assert sorted(len(ids) for ids in by_part.values()) == [1, 1, 5]
+    assert by_part == {"a": [1, 2, 4, 6, 7], "b": [3], None: [5]}
+    assert len(files) == 5 and len({f["path"] for f in files}) == 5
+
+    # a null in the non-nullable id: nothing more is written, the nulls come back in a row without a path
+    bad = pa.RecordBatch.from_pydict(
+        {"id": [None, 9], "p": ["a", "a"]}, pa.schema([("id", pa.int64()), ("p", pa.string())])
+    )
+    refused = make_task_writer(str(tmp_path / "r"), schema.serialize().to_pybytes(), ["p"], 2, "snappy", "w2")
+    (out,) = list(refused(iter([bad])))
+    assert out.to_pylist() == [
+        {
+            "path": "",
+            "size": 0,
+            "partition_values": "{}",
+            "num_records": 0,
+            "stats": '{"id": 1}',
+            "modification_time": 0,
+        }
+    ]
+    assert not (tmp_path / "r").exists()

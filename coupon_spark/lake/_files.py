@@ -160,6 +160,103 @@ def footer_stats(meta: pq.FileMetaData, schema: pa.Schema) -> str:
     )
 
 
+FILE_META_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("size", pa.int64()),
+        ("partition_values", pa.string()),
+        ("num_records", pa.int64()),
+        ("stats", pa.string()),
+        ("modification_time", pa.int64()),
+    ]
+)
+"""Arrow form of :data:`FILE_META_DDL`."""
+
+PartitionKey = tuple[str | None, ...]
+
+
+def split_by_partition(tbl: pa.Table, partition_by: list[str]) -> list[tuple[PartitionKey, pa.Table]]:
+    """The rows of ``tbl`` grouped by their partition values (as folder strings; nulls form their own group),
+    in one pass; the whole table under the key ``()`` when the table is not partitioned."""
+    if not partition_by:
+        return [((), tbl)]
+    idx = tbl.select(partition_by).append_column("__row", pa.array(range(tbl.num_rows), pa.int64()))
+    groups = idx.group_by(partition_by, use_threads=False).aggregate([("__row", "list")])
+    rows = groups.column("__row_list").combine_chunks()
+    keys = groups.select(partition_by).to_pylist()
+    return [
+        (tuple(partition_value_to_str(k[c]) for c in partition_by), tbl.take(rows[i].values))
+        for i, k in enumerate(keys)
+    ]
+
+
+class TaskFiles:
+    """The data files one task writes: one open file per partition, rolled over at ``max_rows_per_file``, each
+    named ``[<partition dirs>/]part-<seq>-<write_id>-<task>.c000.<codec>.parquet`` (unique across tasks,
+    retries and concurrent writers); :meth:`close` returns the metadata row of every file."""
+
+    def __init__(
+        self,
+        table_uri: str,
+        data_schema: pa.Schema,
+        partition_by: list[str],
+        max_rows_per_file: int,
+        compression: str,
+        write_id: str,
+        row_group_rows: int,
+    ):
+        self.fs, self.base = filesystem_for(table_uri)
+        self.data_schema = data_schema
+        self.partition_by = partition_by
+        self.max_rows_per_file = max_rows_per_file
+        self.compression = compression
+        self.name_tail = f"{write_id}-{uuid.uuid4().hex[:12]}.c000.{compression}.parquet"
+        self.row_group_rows = min(row_group_rows, max_rows_per_file)
+        self.open: dict[PartitionKey, tuple[_OpenFile, dict[str, str | None]]] = {}
+        self.done: list[dict[str, Any]] = []
+        self.seq = 0
+
+    def _file(self, key: PartitionKey) -> _OpenFile:
+        if key not in self.open:
+            pvals = dict(zip(self.partition_by, key, strict=True))
+            prefix = partition_dir(self.partition_by, pvals) + "/" if self.partition_by else ""
+            rel = f"{prefix}part-{self.seq:05d}-{self.name_tail}"
+            self.seq += 1
+            f = _OpenFile(self.fs, self.base, rel, self.data_schema, self.compression, self.row_group_rows)
+            self.open[key] = (f, pvals)
+        return self.open[key][0]
+
+    def _finish(self, key: PartitionKey) -> None:
+        f, pvals = self.open.pop(key)
+        self.done.append(f.close(pvals))
+
+    def write(self, key: PartitionKey, data: pa.Table) -> None:
+        """Append the data columns of one partition's rows, rolling over to a new file when one is full."""
+        for chunk in data.to_batches():
+            offset = 0
+            while offset < chunk.num_rows:
+                f = self._file(key)
+                take = min(chunk.num_rows - offset, self.max_rows_per_file - f.rows)
+                f.write(chunk.slice(offset, take))
+                offset += take
+                if f.rows >= self.max_rows_per_file:
+                    self._finish(key)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Close every open file; the metadata rows of all files written."""
+        for key in list(self.open):
+            self._finish(key)
+        return self.done
+
+
+def count_nulls(batch: pa.RecordBatch, columns: list[str], into: dict[str, int]) -> None:
+    """Add the nulls of ``batch`` in each of ``columns`` (the non-nullable ones) to ``into``."""
+    for name in columns:
+        n = batch.column(batch.schema.get_field_index(name)).null_count
+        if n:
+            into[name] = into.get(name, 0) + n
+
+
 def make_task_writer(
     table_uri: str,
     target_schema_ipc: bytes,
@@ -170,6 +267,9 @@ def make_task_writer(
     row_group_rows: int = 500_000,
 ):
     """Build the ``mapInArrow`` function that writes one task's rows as Parquet files under ``table_uri``.
+
+    Each batch is cast to the table's schema, split by partition (:func:`split_by_partition`) and appended to
+    the task's files (:class:`TaskFiles`); the task returns one metadata row per file (:data:`FILE_META_DDL`).
 
     Args:
         table_uri: Table location.
@@ -186,67 +286,24 @@ def make_task_writer(
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         target = pa.ipc.read_schema(pa.py_buffer(target_schema_ipc))
-        data_fields = [f for f in target if f.name not in partition_by]
-        data_schema = pa.schema(data_fields)
-        data_columns = [f.name for f in data_fields]
+        data_schema = pa.schema([f for f in target if f.name not in partition_by])
         non_null = [f.name for f in target if not f.nullable]
-        fs, base = filesystem_for(table_uri)
-        task = uuid.uuid4().hex[:12]
-        open_files: dict[tuple[str | None, ...], _OpenFile] = {}
-        done: list[dict[str, Any]] = []
-        seq = 0
-        pvals_of: dict[tuple[str | None, ...], dict[str, str | None]] = {}
-
-        def finish(key: tuple[str | None, ...]) -> None:
-            done.append(open_files.pop(key).close(pvals_of[key]))
-
+        files = TaskFiles(
+            table_uri, data_schema, partition_by, max_rows_per_file, compression, write_id, row_group_rows
+        )
         nulls: dict[str, int] = {}
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            for name in non_null:
-                n = batch.column(batch.schema.get_field_index(name)).null_count
-                if n:
-                    nulls[name] = nulls.get(name, 0) + n
+            count_nulls(batch, non_null, nulls)
             if nulls:
                 continue  # the write is refused: count the rest, write nothing more
             tbl = pa.Table.from_batches([batch]).select(target.names)
             if tbl.schema != target:
                 tbl = tbl.cast(target)
-            if partition_by:
-                # one pass: row indices grouped by partition value (nulls form their own group)
-                idx = tbl.select(partition_by).append_column("__row", pa.array(range(tbl.num_rows), pa.int64()))
-                groups = idx.group_by(partition_by, use_threads=False).aggregate([("__row", "list")])
-                rows = groups.column("__row_list").combine_chunks()
-                keys = groups.select(partition_by).to_pylist()
-                parts = [
-                    (tuple(partition_value_to_str(k[c]) for c in partition_by), tbl.take(rows[i].values))
-                    for i, k in enumerate(keys)
-                ]
-            else:
-                parts = [((), tbl)]
-            for key, part in parts:
-                data = part.select(data_columns)
-                for chunk in data.to_batches():
-                    offset = 0
-                    while offset < chunk.num_rows:
-                        f = open_files.get(key)
-                        if f is None:
-                            pvals = dict(zip(partition_by, key, strict=True))
-                            pvals_of[key] = pvals
-                            prefix = partition_dir(partition_by, pvals) + "/" if partition_by else ""
-                            rel = f"{prefix}part-{seq:05d}-{write_id}-{task}.c000.{compression}.parquet"
-                            seq += 1
-                            f = open_files[key] = _OpenFile(
-                                fs, base, rel, data_schema, compression, min(row_group_rows, max_rows_per_file)
-                            )
-                        take = min(chunk.num_rows - offset, max_rows_per_file - f.rows)
-                        f.write(chunk.slice(offset, take))
-                        offset += take
-                        if f.rows >= max_rows_per_file:
-                            finish(key)
-        for key in list(open_files):
-            finish(key)
+            for key, part in split_by_partition(tbl, partition_by):
+                files.write(key, part.select(data_schema.names))
+        done = files.close()
         if nulls:  # reported as a row without a path: the driver refuses the write and deletes the files
             done.append(
                 {
@@ -259,18 +316,6 @@ def make_task_writer(
                 }
             )
         if done:
-            yield pa.RecordBatch.from_pylist(
-                done,
-                schema=pa.schema(
-                    [
-                        ("path", pa.string()),
-                        ("size", pa.int64()),
-                        ("partition_values", pa.string()),
-                        ("num_records", pa.int64()),
-                        ("stats", pa.string()),
-                        ("modification_time", pa.int64()),
-                    ]
-                ),
-            )
+            yield pa.RecordBatch.from_pylist(done, schema=FILE_META_SCHEMA)
 
     return write_partition
