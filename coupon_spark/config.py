@@ -67,6 +67,13 @@ class SparkConfig:
     conf: dict[str, str] = field(default_factory=dict)
     connector_jars: str = "auto"
 
+    def __post_init__(self) -> None:
+        checks = [
+            ("shuffle_partitions", self.shuffle_partitions >= 1, "an integer >= 1"),
+            ("arrow_batch_size", self.arrow_batch_size >= 1, "an integer >= 1"),
+        ]
+        require("spark", self, checks)
+
 
 @dataclass(frozen=True)
 class LakeConfig:
@@ -93,6 +100,9 @@ class LakeConfig:
     compression: Literal["snappy", "zstd", "gzip", "none"] = "snappy"
     bridge_writer: Literal["spark", "arrow"] = "spark"
     tables: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require("lake", self, [("target_file_rows", self.target_file_rows >= 1, "an integer >= 1")])
 
     def table_path(self, name: str) -> str:
         """Absolute location of the table ``name`` (a logical name from ``tables`` or a relative path)."""
@@ -182,8 +192,6 @@ class ShopConfig:
         unknown = sorted(set(self.defects) - set(DEFECT_KINDS))
         if unknown:
             raise ConfigError(f"shop.defects: unknown kinds {unknown}; known: {', '.join(DEFECT_KINDS)}")
-        if self.backfill_days < 0:
-            raise ConfigError(f"shop.backfill_days: expected >= 0, found {self.backfill_days}")
         for name in (
             "new_signup_share",
             "cart_rate",
@@ -200,8 +208,19 @@ class ShopConfig:
                 f"shop.latent_weights: expected 4 shares >= 0 (casual, loyal, dormant, averse) with a positive sum, "
                 f"found {w!r}"
             )
-        if self.users < 1 or self.campaigns < 1 or self.coupons_per_campaign < 1 or self.partitions < 1:
-            raise ConfigError("shop.users, shop.campaigns, shop.coupons_per_campaign and shop.partitions must be >= 1")
+        checks = [
+            ("users", self.users >= 1, "an integer >= 1"),
+            ("campaigns", self.campaigns >= 1, "an integer >= 1"),
+            ("coupons_per_campaign", self.coupons_per_campaign >= 1, "an integer >= 1"),
+            ("partitions", self.partitions >= 1, "an integer >= 1"),
+            ("backfill_days", self.backfill_days >= 0, "an integer >= 0"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("signup_history_days", self.signup_history_days >= 0, "an integer >= 0"),
+            ("signup_horizon_days", self.signup_horizon_days >= 0, "an integer >= 0"),
+            ("views_per_user_day", self.views_per_user_day > 0, "> 0"),
+            ("budget_eur_per_1k_users", self.budget_eur_per_1k_users >= 0, ">= 0"),
+        ]
+        require("shop", self, checks)
 
     @property
     def start(self) -> dt.date:
@@ -269,6 +288,17 @@ class CleanseConfig:
         bad = sorted(k for k, v in self.category_aliases.items() if v not in self.categories)
         if bad:
             raise ConfigError(f"cleanse.category_aliases: {bad} map to categories not in cleanse.categories")
+        rates = sorted(k for k, v in self.fx_to_eur.items() if not v > 0)
+        if rates:
+            raise ConfigError(f"cleanse.fx_to_eur: every rate must be > 0; {rates} are not")
+        checks = [
+            ("max_amount_eur", self.max_amount_eur > 0, "> 0"),
+            ("max_field_chars", self.max_field_chars >= 1, "an integer >= 1"),
+            ("future_tolerance_minutes", self.future_tolerance_minutes >= 0, "an integer >= 0"),
+            ("max_lateness_days", self.max_lateness_days >= 0, "an integer >= 0"),
+            ("issuance_lookback_days", self.issuance_lookback_days >= 0, "an integer >= 0"),
+        ]
+        require("cleanse", self, checks)
 
 
 @dataclass(frozen=True)
@@ -340,6 +370,12 @@ class FeaturesConfig:
             ("import_snapshot_days", self.import_snapshot_days >= 1, ">= 1"),
             ("import_min_history_days", self.import_min_history_days >= 0, ">= 0"),
             ("outcome_window_days", self.outcome_window_days >= 1, ">= 1"),
+            ("windows_days", bool(self.windows_days) and min(self.windows_days) >= 1, "a non-empty list of days >= 1"),
+            ("history_window_days", self.history_window_days >= 1, "an integer >= 1"),
+            ("response_prior_issuances", self.response_prior_issuances >= 0, ">= 0"),
+            ("training_lookback_days", self.training_lookback_days >= 1, "an integer >= 1"),
+            ("recency_cap_days", self.recency_cap_days >= 1, "an integer >= 1"),
+            ("vocabulary_max_size", self.vocabulary_max_size >= 1, "an integer >= 1"),
         ]
         require("features", self, checks)
 
@@ -416,6 +452,13 @@ class PipelineConfig:
     history_days: int = 14
     train_every_days: int = 1
 
+    def __post_init__(self) -> None:
+        checks = [
+            ("history_days", self.history_days >= 0, "an integer >= 0"),
+            ("train_every_days", self.train_every_days >= 0, "an integer >= 0 (0: only while no model exists)"),
+        ]
+        require("pipeline", self, checks)
+
 
 @dataclass(frozen=True)
 class AllocationConfig:
@@ -491,6 +534,11 @@ class AllocationConfig:
             ("tolerance", self.tolerance > 0, "> 0"),
             ("grid_points", self.grid_points >= 2, ">= 2"),
             ("block_rows", self.block_rows >= 1, ">= 1"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("max_rounds", self.max_rounds >= 1, "an integer >= 1"),
+            ("max_passes", self.max_passes >= 1, "an integer >= 1"),
+            ("fill_moves", self.fill_moves >= 0, "an integer >= 0"),
+            ("partitions", self.partitions >= 0, "an integer >= 0 (0: Spark's default)"),
         ]
         require("allocation", self, checks)
         limits = [("budget", self.budget), *((f"campaign_budgets.{c}", v) for c, v in self.campaign_budgets.items())]
@@ -606,6 +654,10 @@ class TrainConfig:
             ("user_id_buckets", self.user_id_buckets >= 0, ">= 0"),
             ("heads", self.heads >= 1, ">= 1"),
             ("l2", self.l2 >= 0, ">= 0"),
+            ("id_l2", self.id_l2 >= 0, ">= 0"),
+            ("min_delta", self.min_delta >= 0, ">= 0"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
+            ("start_timeout_s", self.start_timeout_s >= 1, "an integer >= 1"),
             ("validation_share", 0.0 < self.validation_share < 1.0, "in (0, 1)"),
             ("early_stopping_patience", self.early_stopping_patience >= 1, ">= 1"),
             ("average_epochs", self.average_epochs >= 0, ">= 0"),
@@ -662,6 +714,7 @@ class EvaluateConfig:
             ("out_of_time_max_rows", self.out_of_time_max_rows >= 0, ">= 0"),
             ("truth_sample_share", 0.0 < self.truth_sample_share <= 1.0, "in (0, 1]"),
             ("history_days", self.history_days >= 1, ">= 1"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
         ]
         require("evaluate", self, checks)
 
@@ -862,6 +915,8 @@ def _coerce(tp: Any, value: Any, origin: dict[str, str], key: str, default_file:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key}: expected a number, found {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {key}: expected a finite number, found {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,53 @@ def test_an_unknown_key_from_set_blames_set_not_the_file():
         Config.from_file(CONF / "local.yaml", overrides=["foo.bar=1"])
     with pytest.raises(ConfigError, match=r"^--set: unknown key 'lake.rooot'"):
         Config.from_file(CONF / "local.yaml", overrides=["lake.rooot=1"])
+
+
+def _numeric_keys() -> list[tuple[str, type]]:
+    """Every int and float key of every section (found from the dataclasses, so a key added later is in)."""
+    import dataclasses
+    import typing
+
+    out = []
+    hints = typing.get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        tp = hints[section.name]
+        if not dataclasses.is_dataclass(tp):
+            continue
+        for name, ftp in typing.get_type_hints(tp).items():
+            if ftp in (int, float):
+                out.append((f"{section.name}.{name}", ftp))
+    return out
+
+
+def test_every_numeric_key_has_a_range():
+    """A value no setting can mean (-1 for any count, share, rate, size, seed or duration) is refused with an
+    error naming the key, for every int and float key there is; floats also refuse NaN and infinity."""
+    keys = _numeric_keys()
+    assert len(keys) > 80 and ("train.learning_rate", float) in keys and ("spark.shuffle_partitions", int) in keys
+    for key, tp in keys:
+        escaped = re.escape(key)
+        with pytest.raises(ConfigError, match=rf"{escaped}: must be"):
+            Config.from_file(CONF / "local.yaml", overrides=[f"{key}=-1"])
+        if tp is float:
+            for bad in (".nan", ".inf"):
+                with pytest.raises(ConfigError, match=rf"{escaped}: expected a finite number"):
+                    Config.from_file(CONF / "local.yaml", overrides=[f"{key}={bad}"])
+
+
+def test_lists_and_maps_of_numbers_are_checked_too():
+    cases = {
+        "features.windows_days=[]": r"features\.windows_days: must be a non-empty list",
+        "features.windows_days=[7, 0]": r"features\.windows_days: must be a non-empty list of days >= 1",
+        "train.hidden_units=[64, -3]": r"train\.hidden_units: must be a list of integers >= 1",
+        "cleanse.fx_to_eur={EUR: 1.0, GBP: 0}": r"cleanse\.fx_to_eur: every rate must be > 0; \['GBP'\]",
+        "cleanse.fx_to_eur={EUR: 1.0, GBP: .nan}": r"cleanse\.fx_to_eur\.GBP: expected a finite number",
+        "allocation.budget={amount: -5}": r"allocation\.budget\.amount: must be >= 0",
+        "shop.latent_weights=[1, 1, 1, -1]": r"shop\.latent_weights: expected 4 shares >= 0",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            Config.from_file(CONF / "local.yaml", overrides=[override])
+    # the shipped environments pass
+    for env in sorted(CONF.glob("*.yaml")):
+        Config.from_file(env)
