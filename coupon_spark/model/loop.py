@@ -139,6 +139,35 @@ class FitResult:
     examples_per_second: float
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls,
+        weights: dict[str, np.ndarray],
+        history: list[dict[str, float]],
+        best_epoch: int,
+        metrics: dict[str, Any],
+        plan: BatchPlan,
+        n_train: int,
+        n_validation: int,
+    ) -> FitResult:
+        """The result of a training run of ``plan``'s shape, its time and throughput summed over ``history``."""
+        seconds = sum(h["seconds"] for h in history)
+        examples = sum(h["examples_per_second"] * h["seconds"] for h in history)
+        return cls(
+            weights=weights,
+            history=history,
+            best_epoch=best_epoch,
+            metrics=metrics,
+            world=plan.world,
+            local_batch=plan.local_batch,
+            steps_per_epoch=plan.steps,
+            learning_rate=plan.learning_rate,
+            n_train=n_train,
+            n_validation=n_validation,
+            train_seconds=seconds,
+            examples_per_second=examples / seconds if seconds else 0.0,
+        )
+
 
 def make_optimizer(cfg: TrainConfig, learning_rate: float) -> tf_keras.optimizers.Optimizer:
     if cfg.optimizer == "sgd":
@@ -282,75 +311,52 @@ def fit(
     history: list[dict[str, float]] = []
     stopping = EarlyStopping(cfg.early_stopping_patience, cfg.min_delta)
     best_weights = export_weights(model)
-    if comm.rank == 0:
-        log.info(
-            "training: %d shard(s) x %d rows/step = global batch %d, %d steps/epoch, lr %.4g, %d epochs max",
-            plan.world,
-            plan.local_batch,
-            plan.global_batch,
-            plan.steps,
-            plan.learning_rate,
-            cfg.epochs,
-        )
+    say = log.info if comm.rank == 0 else (lambda *a: None)
+    say(
+        "training: %d shard(s) x %d rows/step = global batch %d, %d steps/epoch, lr %.4g, %d epochs max",
+        plan.world, plan.local_batch, plan.global_batch, plan.steps, plan.learning_rate, cfg.epochs,
+    )  # fmt: skip
     for epoch in range(1, cfg.epochs + 1):
         seconds, train_loss = train_epoch(train_step, train, w_train, plan, cfg.seed, epoch, first_shard, comm)
         current = averager.swap_in()
         val_loss = validation_loss(weighted_loss_sum, val, w_val, comm, default=train_loss)
         improved = stopping.update(epoch, val_loss)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "validation_loss": val_loss,
-                "seconds": seconds,
-                "examples_per_second": plan.steps * plan.global_batch / seconds,
-            }
-        )
+        history.append(epoch_record(epoch, train_loss, val_loss, seconds, plan))
         if improved:
             best_weights = export_weights(model)
             if checkpoint is not None and comm.rank == 0:
                 checkpoint(best_weights, {"epoch": epoch, "validation_loss": val_loss})
         averager.swap_out(current)
-        if comm.rank == 0:
-            log.info(
-                "epoch %d/%d: train loss %.5f, validation loss %.5f%s, %.0f examples/s",
-                epoch,
-                cfg.epochs,
-                train_loss,
-                val_loss,
-                " (best)" if improved else f" (no better for {stopping.wait})",
-                plan.steps * plan.global_batch / seconds,
-            )
+        say(
+            "epoch %d/%d: train loss %.5f, validation loss %.5f%s, %.0f examples/s",
+            epoch, cfg.epochs, train_loss, val_loss,
+            " (best)" if improved else f" (no better for {stopping.wait})", history[-1]["examples_per_second"],
+        )  # fmt: skip
         if stopping.stop:
-            if comm.rank == 0:
-                log.info(
-                    "early stop after epoch %d: best validation loss %.5f at epoch %d",
-                    epoch,
-                    stopping.best,
-                    stopping.best_epoch,
-                )
+            say(
+                "early stop after epoch %d: best validation loss %.5f at epoch %d",
+                epoch,
+                stopping.best,
+                stopping.best_epoch,
+            )
             break
 
     import_weights(model, best_weights)
     metrics = validation_metrics(model, val, comm)
     metrics["validation_loss"] = stopping.best
     n = comm.allreduce_sum(np.array([sum(len(t) for t in train), sum(len(v) for v in val)]))
-    train_seconds = sum(h["seconds"] for h in history)
-    examples = sum(h["examples_per_second"] * h["seconds"] for h in history)
-    return FitResult(
-        weights=best_weights,
-        history=history,
-        best_epoch=stopping.best_epoch,
-        metrics=metrics,
-        world=plan.world,
-        local_batch=plan.local_batch,
-        steps_per_epoch=plan.steps,
-        learning_rate=plan.learning_rate,
-        n_train=int(n[0]),
-        n_validation=int(n[1]),
-        train_seconds=train_seconds,
-        examples_per_second=examples / train_seconds if train_seconds else 0.0,
-    )
+    return FitResult.of(best_weights, history, stopping.best_epoch, metrics, plan, int(n[0]), int(n[1]))
+
+
+def epoch_record(epoch: int, train_loss: float, val_loss: float, seconds: float, plan: BatchPlan) -> dict[str, float]:
+    """One epoch's row of :attr:`FitResult.history`."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "validation_loss": val_loss,
+        "seconds": seconds,
+        "examples_per_second": plan.steps * plan.global_batch / seconds,
+    }
 
 
 def train_epoch(
