@@ -35,6 +35,7 @@ feature for every as-of date in one sort, without replicating facts per date.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import logging
 import time
 from collections.abc import Iterable
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import DateType, StructField, StructType
+from pyspark.sql.types import DateType, DecimalType, StructField, StructType
 
 from coupon_spark import tables
 from coupon_spark.config import Config, FeaturesConfig
@@ -83,6 +84,21 @@ def safe_ratio(num: Column, den: Column) -> Column:
     return F.when(den > 0, num / den).otherwise(F.lit(0.0))
 
 
+EXACT = DecimalType(38, 18)
+
+
+def exact_sum(col: Column) -> Column:
+    """``sum(col)`` as a double that does not depend on the order Spark adds the rows in.
+
+    Spark adds a group's rows in the order its tasks deliver them, which changes from run to run; doubles added
+    in another order differ in their last bits, and a model trained on them ends elsewhere (the demo's figures
+    moved between runs of the same world). Here each value is rounded once to 18 decimals (a function of the
+    value alone) and the decimals are added exactly. Money columns (decimal(12,2)) are added without rounding.
+    Sums of 0/1 flags stay doubles: whole numbers below 2**53 add exactly in any order.
+    """
+    return F.sum(col.cast(EXACT)).cast("double")
+
+
 def _slug(value: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in value.lower()).strip("_")
 
@@ -98,13 +114,11 @@ def daily_orders(orders: DataFrame, categories: list[str]) -> DataFrame:
         .groupBy("user_id", "day")
         .agg(
             F.count("*").cast("double").alias("orders"),
-            F.sum(F.col("amount_eur").cast("double")).alias("spend"),
-            F.sum(F.pow(F.col("amount_eur").cast("double"), 2)).alias("spend_sq"),
+            exact_sum(F.col("amount_eur")).alias("spend"),
+            exact_sum(F.col("amount_eur") * F.col("amount_eur")).alias("spend_sq"),
             F.sum(F.when(F.col("discount_eur") > 0, 1.0).otherwise(0.0)).alias("discount_orders"),
             *[
-                F.sum(F.when(cat == c, F.col("amount_eur").cast("double")).otherwise(0.0)).alias(
-                    f"spend_cat_{_slug(c)}"
-                )
+                exact_sum(F.when(cat == c, F.col("amount_eur")).otherwise(0)).alias(f"spend_cat_{_slug(c)}")
                 for c in categories
             ],
         )
@@ -121,7 +135,7 @@ def daily_events(events: DataFrame) -> DataFrame:
             F.sum(F.when(kind == "view", 1.0).otherwise(0.0)).alias("views"),
             F.sum(F.when(kind == "cart", 1.0).otherwise(0.0)).alias("carts"),
             F.countDistinct("session_id").cast("double").alias("sessions"),
-            F.sum(F.when((kind == "view") & F.col("price_eur").isNotNull(), F.col("price_eur").cast("double"))).alias(
+            exact_sum(F.when((kind == "view") & F.col("price_eur").isNotNull(), F.col("price_eur"))).alias(
                 "viewed_price_sum"
             ),
             F.sum(F.when((kind == "view") & F.col("price_eur").isNotNull(), 1.0).otherwise(0.0)).alias("viewed_priced"),
@@ -152,7 +166,7 @@ def daily_coupons(
     issued = iss.groupBy("user_id", "day").agg(F.count("*").cast("double").alias("issued"), *per_kind("issued"))
     redeemed = red.groupBy("user_id", "day").agg(
         F.count("*").cast("double").alias("redeemed"),
-        F.sum(F.coalesce(F.col("discount_eur").cast("double"), F.lit(0.0))).alias("discount_taken"),
+        exact_sum(F.coalesce(F.col("discount_eur"), F.lit(0))).alias("discount_taken"),
         *per_kind("redeemed"),
     )
     return issued.join(redeemed, on=["user_id", "day"], how="full_outer")
@@ -392,7 +406,7 @@ def user_features(
     )
     # the population's lift and redemption rate per snapshot: the prior every user is shrunk toward
     prior = raw.groupBy("as_of_date").agg(
-        *[safe_ratio(F.sum(f"_excess_{g}"), F.sum(h(n))).alias(f"_delta_{g}") for g, n, _, _ in groups],
+        *[safe_ratio(exact_sum(F.col(f"_excess_{g}")), F.sum(h(n))).alias(f"_delta_{g}") for g, n, _, _ in groups],
         *[safe_ratio(F.sum(h(r)), F.sum(h(n))).alias(f"_rho_{g}") for g, n, r, _ in groups],
     )
     m = F.lit(float(cfg.response_prior_issuances))
@@ -495,7 +509,7 @@ def training_examples(
         "ordered_at",
         # at list price: a price-off coupon's discount is its cost to the shop (coupon_cost_eur), counted once in
         # the reward revenue * margin - cost; the net amount would count it twice (as margin lost and as cost)
-        F.col("amount_eur").cast("double").alias("gross"),
+        F.col("amount_eur").alias("gross"),
     )
     purchases = (
         iss.alias("i")
@@ -507,7 +521,7 @@ def training_examples(
             how="inner",
         )
         .groupBy("issuance_id")
-        .agg(F.lit(1).alias("purchased"), F.sum("gross").alias("revenue_eur"))
+        .agg(F.lit(1).alias("purchased"), exact_sum(F.col("gross")).alias("revenue_eur"))
     )
     cost = coupons.groupBy("coupon_id").agg(F.max(F.col("cost_eur").cast("double")).alias("unit_cost"))
     redeemed = (
@@ -538,15 +552,23 @@ def training_examples(
         "outcome_window_days": F.lit(window_days).cast("int"),
         "propensity": F.col("propensity").cast("double"),
     }
-    return out.select(
-        *[exprs.get(k, F.col(k)).alias(k) for k in keys],
-        *[F.coalesce(F.col(c), F.lit(0.0 if c.startswith("uf_") else UNKNOWN)).alias(c) for c in ucols],
-        *[
-            F.when(control, F.lit(0.0 if c.startswith("cf_") else CONTROL))
-            .otherwise(F.coalesce(F.col(c), F.lit(0.0 if c.startswith("cf_") else UNKNOWN)))
-            .alias(c)
-            for c in ccols
-        ],
+    # files that are a function of the rows: each row's task by a hash of (issue_date, issuance_id), over a
+    # fixed number of tasks, and sorted in it. The training splits the files among its ranks, so files that
+    # changed with the order Spark delivered the rows in would change the model (same rows, same model)
+    tasks = int(out.sparkSession.conf.get("spark.sql.shuffle.partitions") or 1)
+    return (
+        out.select(
+            *[exprs.get(k, F.col(k)).alias(k) for k in keys],
+            *[F.coalesce(F.col(c), F.lit(0.0 if c.startswith("uf_") else UNKNOWN)).alias(c) for c in ucols],
+            *[
+                F.when(control, F.lit(0.0 if c.startswith("cf_") else CONTROL))
+                .otherwise(F.coalesce(F.col(c), F.lit(0.0 if c.startswith("cf_") else UNKNOWN)))
+                .alias(c)
+                for c in ccols
+            ],
+        )
+        .repartition(tasks, "issue_date", "issuance_id")
+        .sortWithinPartitions("issue_date", "issuance_id")
     )
 
 
@@ -555,6 +577,38 @@ def transform_of(name: str, log1p_fragments: list[str]) -> str:
     if any(tag in name for tag in ("share", "rate", "ratio")):
         return "standard"
     return "log1p_standard" if any(f in name for f in log1p_fragments) else "standard"
+
+
+def exact_moments(df: DataFrame, columns: dict[str, Column]) -> dict[str, tuple[float, float]]:
+    """Mean and population standard deviation of each column (nulls skipped; none: 0, 0), the same bits
+    whatever order Spark adds the rows in (:func:`exact_sum`). Two passes: the largest ``|x|`` of each column,
+    then the exact sums of ``x / max|x|`` and its square, which lie in [-1, 1] and so cannot overflow; the
+    variance ``E[x^2] - E[x]^2`` is then worked out in the driver with 50 digits, so the rounding of each row to
+    18 decimals of its scale costs at most ~1e-18 of it, also for a nearly constant column."""
+    if not columns:
+        return {}
+    top = df.agg(*[F.max(F.abs(x)).alias(c) for c, x in columns.items()]).first()
+    assert top is not None
+    scale = {c: float(top[c] or 0.0) or 1.0 for c in columns}
+    aggs = []
+    for c, x in columns.items():
+        z = x / F.lit(scale[c])
+        aggs += [F.count(x).alias(f"{c}__n"), F.sum(z.cast(EXACT)).alias(f"{c}__s1"),
+                 F.sum((z * z).cast(EXACT)).alias(f"{c}__s2")]  # fmt: skip
+    sums = df.agg(*aggs).first()
+    assert sums is not None
+    out = {}
+    with decimal.localcontext() as ctx:
+        ctx.prec = 50
+        for c in columns:
+            n = sums[f"{c}__n"]
+            if not n:
+                out[c] = (0.0, 0.0)
+                continue
+            m1, m2 = sums[f"{c}__s1"] / n, sums[f"{c}__s2"] / n
+            var = max(m2 - m1 * m1, decimal.Decimal(0))
+            out[c] = (float(m1) * scale[c], float(var.sqrt()) * scale[c])
+    return out
 
 
 def feature_stats(
@@ -576,18 +630,10 @@ def feature_stats(
         return F.log1p(F.greatest(x, F.lit(0.0))) if kinds[c] == "log1p_standard" else x
 
     rows: list[tuple] = []
-    if numeric:
-        aggs = []
-        for c in numeric:
-            aggs += [F.avg(transformed(c)).alias(f"{c}__m"), F.stddev_pop(transformed(c)).alias(f"{c}__s")]
-        stats = df.agg(*aggs).first()
-        assert stats is not None
-        for c in numeric:
-            mean = float(stats[f"{c}__m"] or 0.0)
-            sd = float(stats[f"{c}__s"] or 0.0)
-            rows.append(
-                (as_of, c, "numeric", kinds[c], mean, sd if sd > 1e-12 else 1.0, None, source_table, source_version)
-            )
+    for c, (mean, sd) in exact_moments(df, {c: transformed(c) for c in numeric}).items():
+        rows.append(
+            (as_of, c, "numeric", kinds[c], mean, sd if sd > 1e-12 else 1.0, None, source_table, source_version)
+        )
     for c in categorical:
         top = (
             df.groupBy(c)

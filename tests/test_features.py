@@ -14,6 +14,7 @@ from coupon_spark import features
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
 from coupon_spark.lake.bridge import BridgeBackend
+from coupon_spark.model.data import read_files, snapshot_files
 from coupon_spark.schemas import COUPONS, EVENTS, ISSUANCES, ORDERS, REDEMPTIONS, TRAINING_EXAMPLES_KEYS, USERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,3 +332,73 @@ def test_a_date_before_any_data_is_refused_and_nothing_is_written(
     assert err.value.exit_code == 75  # the command line: upstream not ready, retry later
     written = [t for t in ("user_features", "coupon_features", "feature_stats", "training_examples") if shop.exists(t)]
     assert written == []
+
+
+def random_shop(n_users: int, seed: int) -> dict[str, list[tuple]]:
+    """A shop of ``n_users`` with several orders, views and coupons per user and day, in cents and random: sums
+    whose value depends on the order they are added in, if added as doubles."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    start = d("2026-10-01")
+    kinds = {"c1": "price_off", "c2": "free_shipping", "c3": "bonus_points"}
+    rows: dict[str, list[tuple]] = {"users": [], "orders": [], "events": [], "issuances": [], "redemptions": []}
+    rows["coupons"] = [
+        (c, f"camp{c}", k, "grocery", eur(5), eur(10), eur(2), start, d("2026-12-01"), eur(10_000), ts(start), start)
+        for c, k in kinds.items()
+    ]
+    for u in range(n_users):
+        uid = f"u{u:04d}"
+        rows["users"].append((uid, start - dt.timedelta(days=int(rng.integers(0, 60))), "DE", "Berlin", "web",
+                              "regular", ts(start), start))  # fmt: skip
+        for k in range(int(rng.integers(0, 12))):
+            day = start + dt.timedelta(days=int(rng.integers(0, 30)))
+            amount, disc = eur(rng.integers(100, 30_000) / 100), eur(rng.integers(0, 3) * 1.37)
+            rows["orders"].append((f"o{u}_{k}", uid, ts(day, int(rng.integers(0, 24))), "grocery", amount, disc,
+                                   None, 1, "EUR", None, day))  # fmt: skip
+        for k in range(int(rng.integers(0, 10))):
+            day = start + dt.timedelta(days=int(rng.integers(0, 30)))
+            rows["events"].append((f"e{u}_{k}", "view", uid, ts(day), f"s{u}_{k % 3}", "p1", "grocery",
+                                   eur(rng.integers(100, 9_000) / 100), None, day))  # fmt: skip
+        for k in range(int(rng.integers(0, 6))):
+            day = start + dt.timedelta(days=int(rng.integers(0, 30)))
+            coupon = f"c{int(rng.integers(1, 4))}"
+            iid = f"i{u}_{k}"
+            rows["issuances"].append((iid, uid, coupon, ts(day, 9), "random", 0.25, day))
+            if rng.random() < 0.4:
+                rows["redemptions"].append((f"r{u}_{k}", iid, uid, coupon, f"o{u}_0", ts(day, 10),
+                                            eur(rng.integers(1, 500) / 100), day))  # fmt: skip
+    return rows
+
+
+def test_features_do_not_depend_on_the_order_spark_adds_rows_in(spark, tmp_path):
+    """The same silver rows, landed in one file in one order and in five files in another, give bit-identical
+    feature tables and statistics. Spark adds a sum's rows in the order its tasks deliver them, which changes
+    from run to run; doubles added in another order differ in the last bits, and the model trained on them
+    differs (README, "Model quality": the demo's figures moved between runs of the same world)."""
+    from pyspark.sql import functions as F
+
+    rows = random_shop(400, seed=3)
+    schemas = {"users": USERS, "coupons": COUPONS, "orders": ORDERS, "events": EVENTS, "issuances": ISSUANCES,
+               "redemptions": REDEMPTIONS}  # fmt: skip
+    tables = ("user_features", "coupon_features", "training_examples", "feature_stats")
+    run_date = d("2026-11-02")
+    out = []
+    for layout in ("one", "five"):
+        cfg = Config.from_file(ROOT / "conf" / "local.yaml", overrides=[f"lake.root={tmp_path / layout}"])
+        lake = Lake(spark, cfg.lake, BridgeBackend(spark))
+        for name, schema in schemas.items():
+            df = spark.createDataFrame(rows[name], schema)
+            first = schema.fieldNames()[0]
+            df = (df.coalesce(1).orderBy(first) if layout == "one"
+                  else df.repartition(5).sortWithinPartitions(F.desc(first)))  # fmt: skip
+            lake.write(df, name, partition_by=["ingest_date"])
+        features.build_features(spark, lake, cfg, run_date)
+        out.append({t: sorted(map(tuple, lake.read(t).drop("source_version").collect()), key=repr) for t in tables})
+        # ...and the same files, which the training splits among its ranks: the same rows in each, in one order
+        files = snapshot_files(lake.location("training_examples"), lake.version("training_examples"))
+        out[-1]["files"] = [(f.partition, list(read_files([f], ["issuance_id"])["issuance_id"])) for f in files]
+    for t in (*tables, "files"):
+        assert len(out[0][t]) > 0, t
+        assert out[0][t] == out[1][t], t  # exact: == on every double
+    assert len(out[0]["files"]) >= 2
