@@ -621,7 +621,6 @@ def test_task_writer_splits_partitions_and_rolls_files_over(tmp_path):
         ids = pq.read_table(tmp_path / f["path"]).column("id").to_pylist()
         assert f["num_records"] == len(ids) <= 2 and json.loads(f["stats"])["numRecords"] == len(ids)
         by_part.setdefault(pv, []).extend(ids)
-    assert sorted(len(ids) for ids in by_part.values()) == [1, 1, 5]
     assert by_part == {"a": [1, 2, 4, 6, 7], "b": [3], None: [5]}
     assert len(files) == 5 and len({f["path"] for f in files}) == 5
 
