@@ -413,7 +413,7 @@ def test_evaluate_says_what_is_missing(spark: SparkSession, lake: Lake) -> None:
 def test_off_policy_rows_are_the_ones_the_model_did_not_fit(lake: Lake) -> None:
     """Before the model's training cut-off only its validation split (the training job's own hash) is kept;
     rows after it all are; without the model's training range every row stays, with a warning."""
-    from coupon_spark.evaluation.job import held_out
+    from coupon_spark.evaluation.job import held_out, run_model
     from coupon_spark.model.data import validation_mask
     from coupon_spark.model.registry import Registry
 
@@ -426,15 +426,18 @@ def test_off_policy_rows_are_the_ones_the_model_did_not_fit(lake: Lake) -> None:
     v = reg.new_version(name)
     reg.write_json(name, v, "train_config.json", {"validation_share": 0.2, "seed": 3})
     reg.write_json(name, v, "manifest.json", {"run_date": "2026-11-05", "training_table": {"until": "2026-11-05"}})
-    kept, note = held_out(pdf, cfg, f"{name}/{v}")
+    kept, note = held_out(pdf, run_model(cfg, f"{name}/{v}"))
     before = validation_mask(pd.Series(ids[:1500]), 0.2, 3)
     assert set(kept["issuance_id"]) == {i for i, b in zip(ids[:1500], before, strict=True) if b} | set(ids[1500:])
     assert 200 < before.sum() < 400 and "validation split" in note
     # a version without a manifest's training range: everything, and the note says why
     v2 = reg.new_version(name)
     reg.write_json(name, v2, "manifest.json", {"run_date": "2026-11-05"})
-    everything, warn = held_out(pdf, cfg, f"{name}/{v2}")
+    everything, warn = held_out(pdf, run_model(cfg, f"{name}/{v2}"))
     assert len(everything) == 2000 and "optimistic" in warn
+    # a label of a version that does not exist: everything too, and the note names the registry's error
+    missing = run_model(cfg, f"{name}/{v2 + 5}")
+    assert isinstance(missing, str) and held_out(pdf, missing)[0] is pdf
 
 
 def test_the_evaluation_does_not_import_the_simulator():

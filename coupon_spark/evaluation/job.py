@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -46,6 +47,7 @@ from coupon_spark.evaluation.sections import (
     ModelEvidence,
     PlayedAllocation,
     TruthPlugin,
+    TruthSampleLike,
     budget_section,
     fairness_section,
     holdout_section,
@@ -56,6 +58,9 @@ from coupon_spark.evaluation.sections import (
     truth_section,
 )
 from coupon_spark.lake import Lake
+from coupon_spark.model.data import validation_mask
+from coupon_spark.model.registry import ModelNotFoundError, Registry
+from coupon_spark.model.scorer import NumpyScorer
 from coupon_spark.runner import Context
 from coupon_spark.schemas import EVALUATION_METRICS
 
@@ -127,41 +132,53 @@ def run_budgets(run: dict[str, Any] | str, cfg: Config) -> list[Budget]:
     ]
 
 
-def _registry_version(registry: Any, name: str, label: str | None) -> int:
-    """The version of a ``"<name>/<version>"`` label as the allocations carry it; the latest without one."""
-    tail = (label or "").rsplit("/", 1)[-1]
-    return int(tail) if tail.isdigit() else int(registry.latest(name))
+@dataclass(frozen=True)
+class RunModel:
+    """The run's model in the registry, resolved once per evaluation (:func:`run_model`) and read by the model
+    section and the off-policy rows."""
+
+    registry: Registry
+    name: str
+    version: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} v{self.version}"
 
 
-def model_evidence(lake: Lake, cfg: Config, run_date: dt.date, model_version: str | None) -> ModelEvidence | str:
+def run_model(cfg: Config, model_version: str | None) -> RunModel | str:
+    """The version of a ``"<name>/<version>"`` label as the allocations carry it (the latest without one);
+    else why there is none."""
+    registry, name = Registry.from_config(cfg), cfg.train.model_name
+    tail = (model_version or "").rsplit("/", 1)[-1]
+    try:
+        return RunModel(registry, name, int(tail) if tail.isdigit() else int(registry.latest(name)))
+    except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        return str(exc)
+
+
+def model_evidence(lake: Lake, cfg: Config, run_date: dt.date, model: RunModel | str) -> ModelEvidence | str:
     """The run's model from the registry, with the closed examples issued since its training date (for
     out-of-time metrics, where ``evaluate.out_of_time_max_rows`` asks for them); else why not."""
-    from coupon_spark.model.registry import ModelNotFoundError, Registry
-
-    registry = Registry.from_config(cfg)
-    name = cfg.train.model_name
     try:
-        version = _registry_version(registry, name, model_version)
-        metrics = registry.read_json(name, version, "metrics.json")
-        manifest = registry.manifest(name, version)
+        if isinstance(model, str):
+            raise ModelNotFoundError(model)
+        metrics = model.registry.read_json(model.name, model.version, "metrics.json")
+        manifest = model.registry.manifest(model.name, model.version)
     except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
         return f"model: no registry metrics ({exc})"
     trained = dt.date.fromisoformat(str(manifest["run_date"])[:10]) if manifest.get("run_date") else None
     max_rows = cfg.evaluate.out_of_time_max_rows
     if not (max_rows and trained and lake.exists(tables.TRAINING_EXAMPLES)):
-        return ModelEvidence(f"{name} v{version}", metrics, trained)
+        return ModelEvidence(model.label, metrics, trained)
     rows = (
         lake.read(tables.TRAINING_EXAMPLES)
         .where((F.col("issue_date") >= F.lit(trained)) & (F.col("issue_date") < F.lit(run_date)))
         .limit(max_rows)
         .toPandas()
     )
-    scorer = None
-    if not rows.empty:
-        from coupon_spark.model.scorer import NumpyScorer
-
-        scorer = NumpyScorer.load(registry.local_dir(name, version))
-    return ModelEvidence(f"{name} v{version}", metrics, trained, rows, scorer)
+    scorer = None if rows.empty else NumpyScorer.load(model.registry.local_dir(model.name, model.version))
+    return ModelEvidence(model.label, metrics, trained, rows, scorer)
 
 
 def logged_decisions(lake: Lake, cfg: Config, run_date: dt.date) -> DataFrame | None:
@@ -183,7 +200,7 @@ def logged_decisions(lake: Lake, cfg: Config, run_date: dt.date) -> DataFrame | 
     )  # fmt: skip
 
 
-def held_out(pdf: pd.DataFrame, cfg: Config, model_version: str | None) -> tuple[pd.DataFrame, str]:
+def held_out(pdf: pd.DataFrame, model: RunModel | str) -> tuple[pd.DataFrame, str]:
     """The logged decisions the run's model did not fit: of the issue dates it trained on, only its validation
     split (the same hash of ``issuance_id``); later dates all. Evaluating a policy on the rows its model was
     fitted to is optimistic (it favours the coupons that happened to pay for those users), so those rows go.
@@ -192,32 +209,29 @@ def held_out(pdf: pd.DataFrame, cfg: Config, model_version: str | None) -> tuple
         The rows kept and a note saying which (all rows, with a warning, when the model's training range or
         settings are not in the registry).
     """
-    from coupon_spark.model.data import validation_mask
-    from coupon_spark.model.registry import ModelNotFoundError, Registry
-
-    registry, name = Registry.from_config(cfg), cfg.train.model_name
     try:
-        version = _registry_version(registry, name, model_version)
-        until = registry.manifest(name, version)["training_table"]["until"]
-        tc = registry.read_json(name, version, "train_config.json")
+        if isinstance(model, str):
+            raise ModelNotFoundError(model)
+        until = model.registry.manifest(model.name, model.version)["training_table"]["until"]
+        tc = model.registry.read_json(model.name, model.version, "train_config.json")
         share, seed = float(tc["validation_share"]), int(tc["seed"])
     except (ModelNotFoundError, FileNotFoundError, OSError, ValueError, KeyError, TypeError) as exc:
         return pdf, f"all logged rows (the model's training rows are unknown: {exc}); optimistic if it trained on them"
     trained = pd.to_datetime(pdf["issue_date"]).dt.date < dt.date.fromisoformat(str(until)[:10])
     keep = ~trained.to_numpy() | validation_mask(pdf["issuance_id"], share, seed)
-    note = f"rows {name} v{version} did not fit: its {share:.0%} validation split before {until}, all after"
+    note = f"rows {model.label} did not fit: its {share:.0%} validation split before {until}, all after"
     return pdf[keep].reset_index(drop=True), note
 
 
 def held_out_logs(
-    lake: Lake, cfg: Config, run_date: dt.date, allocations: DataFrame, model_version: str | None
+    lake: Lake, cfg: Config, run_date: dt.date, allocations: DataFrame, model: RunModel | str
 ) -> HeldOutLogs | str:
     """The look-back window's randomised logged decisions with the run's action per user (:func:`ope_frame`),
     less the rows the run's model fitted (:func:`held_out`); else why not."""
     logged = logged_decisions(lake, cfg, run_date)
     if logged is None:
         return "policy (logs): no training_examples table: off-policy estimates not available"
-    return HeldOutLogs(*held_out(ope_frame(logged, allocations), cfg, model_version))
+    return HeldOutLogs(*held_out(ope_frame(logged, allocations), model))
 
 
 def played_day(lake: Lake, allocations: DataFrame, alloc_date: dt.date, until: dt.date) -> dt.date | None:
@@ -297,20 +311,15 @@ def users_snapshot(lake: Lake, run_date: dt.date) -> DataFrame | str:
     return lake.read(tables.USERS, where={"ingest_date": dates[-1]}).select("user_id", "segment", "region")
 
 
-def truth_inputs(
-    lake: Lake, cfg: Config, run_date: dt.date, allocations: DataFrame, truth: TruthPlugin | None, budgets: list[Budget]
-) -> Section:
-    """The truth section where the lake has the run's candidates and a truth plug-in is given; else why not."""
+def truth_sample(
+    lake: Lake, run_date: dt.date, allocations: DataFrame, truth: TruthPlugin | None
+) -> TruthSampleLike | str:
+    """The truth plug-in's sample of the run's candidates (what :func:`truth_section` values); else why not."""
     if not lake.exists(tables.CANDIDATES):
-        return Section.missing("policy_truth", "policy (synthetic shop): no candidates table")
+        return "policy (synthetic shop): no candidates table"
     if truth is None:
-        return Section.missing(
-            "policy_truth",
-            "policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped",
-        )
-    candidates = lake.read(tables.CANDIDATES, where={"run_date": run_date})
-    sample = truth.sample(run_date, allocations, candidates)
-    return truth_section(truth, sample, budgets, params_from_config(cfg.allocation), run_date)
+        return "policy (synthetic shop): no hidden truth in this lake (a real shop): true policy value skipped"
+    return truth.sample(run_date, allocations, lake.read(tables.CANDIDATES, where={"run_date": run_date}))
 
 
 # ---- the whole evaluation ----------------------------------------------------------------------------------------
@@ -335,10 +344,16 @@ def evaluate(
     try:
         version = allocations.where(F.col("model_version").isNotNull()).select("model_version").first()
         model_version = None if version is None else version[0]
-        run = allocation_run(lake, run_date)
-        ev.include(model_section(model_evidence(lake, cfg, run_date, model_version), run_date))
-        ev.include(truth_inputs(lake, cfg, run_date, allocations, truth, run_budgets(run, cfg)))
-        ev.include(logs_section(held_out_logs(lake, cfg, run_date, allocations, model_version), cfg, run_date))
+        run, model = allocation_run(lake, run_date), run_model(cfg, model_version)
+        ev.include(model_section(model_evidence(lake, cfg, run_date, model), run_date))
+        sample = truth_sample(lake, run_date, allocations, truth)
+        if truth is None or isinstance(sample, str):
+            ev.include(Section.missing("policy_truth", str(sample)))
+        else:
+            ev.include(
+                truth_section(truth, sample, run_budgets(run, cfg), params_from_config(cfg.allocation), run_date)
+            )
+        ev.include(logs_section(held_out_logs(lake, cfg, run_date, allocations, model), cfg, run_date))
         ev.include(holdout_section(played_allocation(lake, cfg, run_date), cfg))
         ev.include(budget_section(run))
         ev.include(fairness_section(allocations, users_snapshot(lake, run_date)))
