@@ -150,7 +150,9 @@ def read_manifest(folder: str) -> dict[str, Any] | None:
     except ValueError as e:
         raise ImportManifestError(f"{folder}/{MANIFEST}: not JSON ({e}); fix or remove it") from None
     if not isinstance(out, dict):
-        raise ImportManifestError(f"{folder}/{MANIFEST}: expected a JSON object, found {type(out).__name__}")
+        raise ImportManifestError(
+            f"{folder}/{MANIFEST}: expected a JSON object, found {type(out).__name__}; fix or remove it"
+        )
     return out
 
 

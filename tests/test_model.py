@@ -49,6 +49,11 @@ def test_feature_transform_by_hand():
         t.user_matrix(users.drop(columns=["uf_y"]))
     with pytest.raises(FeatureStatsError, match="quantile"):
         FeatureTransform.from_stats([{**HAND_STATS[0], "transform": "quantile"}])
+    # broken statistics name the stage that rewrites them
+    with pytest.raises(FeatureStatsError, match=r"uc_r.*no vocabulary: rerun `coupon-spark features`"):
+        FeatureTransform.from_stats([{**HAND_STATS[2], "vocabulary": None}])
+    with pytest.raises(FeatureStatsError, match=r"no user feature .*: run `coupon-spark features`"):
+        FeatureTransform.from_stats(HAND_STATS[3:])
 
 
 def test_coupon_index_and_stable_user_hash():

@@ -384,7 +384,12 @@ def pin_snapshot(lake: Lake, cfg: Config, run_date: dt.date) -> TrainingSnapshot
     since = run_date - dt.timedelta(days=cfg.train.history_days) if cfg.train.history_days else None
     files = snapshot_files(location, version, since=since, until=run_date)
     if not files:
-        raise NoTrainingDataError(f"{TRAINING_TABLE} v{version} has no example issued before {run_date}")
+        window = f" within train.history_days={cfg.train.history_days}" if since else ""
+        raise NoTrainingDataError(
+            f"{TRAINING_TABLE} v{version} has no example issued before {run_date}{window}: run `coupon-spark "
+            f"features` for a run date after the first logged issue day whose outcome window has closed"
+            + (", or raise train.history_days (0: all)" if since else "")
+        )
     examples = lake.read(TRAINING_TABLE, version=version).where(F.col("issue_date") < F.lit(run_date))
     if since:
         examples = examples.where(F.col("issue_date") >= F.lit(since))

@@ -108,7 +108,10 @@ class FeatureTransform:
             elif transform == "onehot":
                 vocab = r.get("vocabulary")
                 if vocab is None:
-                    raise FeatureStatsError(f"feature_stats: {name!r} is one-hot but has no vocabulary")
+                    raise FeatureStatsError(
+                        f"feature_stats: {name!r} is one-hot but has no vocabulary: rerun `coupon-spark features` "
+                        "for the run date to rewrite the statistics"
+                    )
                 spec = FeatureSpec(name, transform, vocabulary=[str(v) for v in vocab])
             else:
                 raise FeatureStatsError(
@@ -120,7 +123,9 @@ class FeatureTransform:
             elif name.startswith(COUPON_FEATURE_PREFIXES):
                 coupon.append(spec)
         if not user:
-            raise FeatureStatsError("feature_stats: no user feature (uf_*/uc_*); was the features stage run?")
+            raise FeatureStatsError(
+                "feature_stats: no user feature (uf_*/uc_*): run `coupon-spark features` for the run date first"
+            )
         dates = {str(r.get("as_of_date", "")) for r in rows}
         versions = [int(r["source_version"]) for r in rows if r.get("source_version") is not None]
         return cls(
