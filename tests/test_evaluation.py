@@ -435,9 +435,12 @@ def test_off_policy_rows_are_the_ones_the_model_did_not_fit(lake: Lake) -> None:
     reg.write_json(name, v2, "manifest.json", {"run_date": "2026-11-05"})
     everything, warn = held_out(pdf, run_model(cfg, f"{name}/{v2}"))
     assert len(everything) == 2000 and "optimistic" in warn
-    # a label of a version that does not exist: everything too, and the note names the registry's error
-    missing = run_model(cfg, f"{name}/{v2 + 5}")
-    assert isinstance(missing, str) and held_out(pdf, missing)[0] is pdf
+    # a version that does not exist, or a model never published: everything too, and the note says why
+    absent, note = held_out(pdf, run_model(cfg, f"{name}/{v2 + 5}"))
+    assert len(absent) == 2000 and "optimistic" in note
+    never = run_model(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, model_name="none_such")), None)
+    assert isinstance(never, str) and "coupon-spark train" in never
+    assert held_out(pdf, never)[0] is pdf and "coupon-spark train" in held_out(pdf, never)[1]
 
 
 def test_the_evaluation_does_not_import_the_simulator():

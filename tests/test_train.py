@@ -78,6 +78,10 @@ def test_two_horovod_ranks_train_exactly_like_one_process_on_the_same_global_bat
     # ...and the comparison can fail: one rank alone (no averaging) ends elsewhere.
     alone = rank_main(RankTask(groups[:1], False, spec.to_json(), transform.to_json(), cfg.train))
     assert max_diff(alone["weights"], one["weights"]) > 1e-4
+    # and two Horovod runs on the same rows end on the same bits: the same rows give the same model
+    again = train(spark, cfg, RUN_DATE, force=True)
+    assert again.version == out.version + 1
+    assert max_diff(read_npz(f"{again.uri}/weights.npz"), two_ranks) == 0.0
 
 
 def test_registry_version_layout_latest_and_rerun(spark, lake, lake_cfg, capsys):
