@@ -6,7 +6,11 @@ decides, as the loop would have: the versions in order, each the next test of th
 kept the gate open (``train.gate_monitor``). Nothing is retrained and nothing in the lake is written: it shows
 what a change of the gate would have said on a finished run (``make demo``) without running it again.
 
-    python bench/gate_replay.py --lake ./lakehouse [--set train.gate_out_of_bag=false ...]
+    python bench/gate_replay.py --lake ./lakehouse [--version 1 ...] [--set train.gate_out_of_bag=false ...]
+
+Each version's line ``same bits as published: yes`` says that the replay wrote exactly the published
+``decision.json`` (every gain, bound and threshold of its curve to the last bit): what a change that should
+not move the gate (a faster scoring path) must print; otherwise the fields that differ.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from deltalake import DeltaTable
 
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
-from coupon_spark.model.gate import Gate, monitors, next_test_index
+from coupon_spark.model.gate import DECISION_FILE, Gate, monitors, next_test_index
 from coupon_spark.model.registry import Registry
 from coupon_spark.model.scorer import read_version
 from coupon_spark.model.train import gate_columns, gate_of_models, gate_rows
@@ -33,6 +37,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lake", default="./lakehouse")
     ap.add_argument("--conf", default="conf/local.yaml")
+    ap.add_argument(
+        "--version",
+        dest="versions",
+        type=int,
+        action="append",
+        default=[],
+        help="replay only these versions (the earlier ones' published gates count for the loop)",
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override, KEY=VALUE")
     a = ap.parse_args()
     cfg = Config.from_file(a.conf, overrides=[f"lake.root={a.lake}", *a.overrides])
@@ -44,6 +56,9 @@ def main() -> None:
     replayed: list[Gate] = []
     for v in sorted(registry.versions(name)):
         started = time.perf_counter()
+        if a.versions and v not in a.versions:
+            replayed.append(read_version(registry.local_dir(name, v)).gate)
+            continue
         run_date = dt.date.fromisoformat(registry.manifest(name, v)["run_date"][:10])
         version = read_version(registry.local_dir(name, v))
         spec, transform, weights, models = version.spec, version.transform, version.weights, version.fold_weights
@@ -57,6 +72,9 @@ def main() -> None:
         print(f"  as published: {version.gate.describe()}")
         print(f"  replayed:     {gate.describe()}")
         print(f"  effective rows of the tested terms: {gate.effective_rows:,.0f}")
+        published, now = registry.read_json(name, v, DECISION_FILE), gate.to_json()
+        differ = sorted(k for k in published.keys() | now.keys() if published.get(k) != now.get(k))
+        print(f"  same bits as published: {'yes' if not differ else 'no: ' + ', '.join(differ)}")
     print(f"gate_open_days: {sum(g.is_open for g in replayed)} of {len(replayed)}")
     spark.stop()
 

@@ -232,3 +232,51 @@ def test_out_of_bag_heads_per_row_by_a_second_method(tmp_path) -> None:
     np.testing.assert_array_equal(m[2:4], zero.T | (fold == 0)[None, :])  # fold model 0 never saw fold 0
     np.testing.assert_array_equal(m[4:6], zero.T | (fold == 1)[None, :])
     assert m.sum(0).min() >= 2 and 0.3 < zero.mean() < 0.45  # Poisson(1) leaves e^-1 = 37% out
+
+
+def test_the_gate_scores_all_its_chunks_in_one_pass_bit_for_bit_as_chunk_by_chunk() -> None:
+    """The gate scores every row at once and splits the rows into its chunks afterwards (the per-date work once,
+    not once per chunk): the scores and gains, put in chunk order, are the same bits as scoring each chunk apart
+    (what it did before), and each row with a live coupon comes back once."""
+    import datetime as dt
+
+    from coupon_spark.config import ScoreConfig
+    from coupon_spark.model.gate import best_option_gains, best_option_gains_at, chunk_ids, fold_ids, oob_head_mask
+
+    t, spec, w = tiny_ensembles(seed=11)
+    pooled = NumpyScorer(spec, t, w[0], members=[NumpyScorer(spec, t, x) for x in w[1:]]).pooled()
+    rng, n = np.random.default_rng(5), 3000
+    days = [dt.date(2026, 10, d) for d in (3, 4, 5, 6)]
+    coupons = pd.DataFrame(
+        {"coupon_id": ["c2", "c1"], "campaign_id": ["k", "k"], "cf_cost": [2.0, 1.0], "cf_min_spend": [0.0, 30.0]}
+    )
+    logged = rng.choice(np.array(["c1", "c2", None], dtype=object), n)
+    bought = rng.random(n) < 0.3
+    rows = pd.DataFrame(
+        {
+            "issuance_id": [f"i{k}" for k in range(n)],
+            "issue_date": [days[k] for k in rng.integers(0, 4, n)],
+            "user_id": [f"u{k % 700}" for k in range(n)],
+            "coupon_id": logged,
+            "propensity": np.full(n, 1 / 3),
+            "revenue_eur": np.where(bought, rng.exponential(30.0, n), 0.0),
+            "coupon_cost_eur": np.where(bought & pd.notna(logged), 1.5, 0.0),
+            "uf_x": rng.normal(size=n),
+            "uf_avg_basket_90d": rng.exponential(50.0, n),
+        }
+    )
+    by_date = {d: coupons for d in days[:3]}  # no coupon is live on the fourth day: its rows are no decisions
+    fold, chunk = fold_ids(rows["issuance_id"], 2, seed=3), chunk_ids(rows["issuance_id"], 5, seed=3)
+    mask = oob_head_mask(rows["issuance_id"], fold, spec.heads, 2, seed=3)
+    cfg = ScoreConfig(margin_rate=0.3, uncertainty_z=0.25, frequency_cap=10**9)
+    apart = [best_option_gains(pooled, rows[chunk == p], by_date, cfg, None, mask[:, chunk == p]) for p in range(5)]
+    s, g, at = best_option_gains_at(pooled, rows, by_date, cfg, None, mask)
+    order = np.argsort(chunk[at], kind="stable")
+    np.testing.assert_array_equal(s[order], np.concatenate([a[0] for a in apart]))
+    np.testing.assert_array_equal(g[order], np.concatenate([a[1] for a in apart]))
+    np.testing.assert_array_equal(np.sort(at), np.flatnonzero((rows["issue_date"] != days[3]).to_numpy()))
+    assert len(s) > 2000 and np.isfinite(g).all()
+    # the pool transforms the users once for all its heads: the same bits as each head on its own
+    users = rows.head(50)
+    apart_heads = np.concatenate([h.user_embed(users) for h in pooled.heads], axis=1)
+    np.testing.assert_array_equal(pooled.user_embed(users), apart_heads)

@@ -511,7 +511,22 @@ def best_option_gains(
         ``(best_score, gain)``, one entry per row whose issue date had a live coupon, whose user had an
         eligible one, and whose logging policy could have chosen the model's best coupon.
     """
-    scores, gains = [], []
+    score, gain, _ = best_option_gains_at(scorer, rows, coupons_by_date, cfg, options, head_mask)
+    return score, gain
+
+
+def best_option_gains_at(
+    scorer,  # type: ignore[no-untyped-def]
+    rows: pd.DataFrame,
+    coupons_by_date: Mapping[Any, pd.DataFrame],
+    cfg: ScoreConfig,
+    options: Mapping[tuple[Any, str], frozenset[str]] | None = None,
+    head_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`best_option_gains` and the position in ``rows`` of each entry: rows are scored one issue date at a
+    time (every row of a date in one batch, in date order, then row order), so a caller can score all its rows
+    at once and split the result afterwards (the gate's chunks) instead of paying the per-date work per part."""
+    scores, gains, where = [], [], []
     rows = rows.reset_index(drop=True)
     for day, part in rows.groupby("issue_date", sort=True):
         frame = coupons_by_date.get(day)
@@ -560,6 +575,7 @@ def best_option_gains(
             )
         scores.append(profit[n, best][ok])
         gains.append(g[ok])
+        where.append(at[ok])
     if not scores:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(scores), np.concatenate(gains)
+        return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+    return np.concatenate(scores), np.concatenate(gains), np.concatenate(where).astype(np.int64)

@@ -249,18 +249,32 @@ class NumpyScorer:
 
     def user_embed(self, users: pd.DataFrame) -> np.ndarray:
         """User vectors ``u`` (float32 ``[len(users), d]``; an ensemble's heads side by side) from ``user_id``
-        and the raw ``uf_*``/``uc_*``."""
-        if self.heads:
-            return np.concatenate([h.user_embed(users) for h in self.heads], axis=1)
-        return self.user_tower(self.transform.user_matrix(users), self.spec.user_buckets(users["user_id"]))
+        and the raw ``uf_*``/``uc_*``. The frame is transformed once for the heads that share a transformation
+        (every head of a version and of its fold models), not once per head."""
+        inputs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+        def embed(h: NumpyScorer) -> np.ndarray:
+            key = (id(h.transform), h.spec.user_id_buckets)
+            if key not in inputs:
+                inputs[key] = (h.transform.user_matrix(users), h.spec.user_buckets(users["user_id"]))
+            return h.user_tower(*inputs[key])
+
+        return np.concatenate([embed(h) for h in self.heads], axis=1) if self.heads else embed(self)
 
     def coupon_embed(self, coupons: pd.DataFrame) -> np.ndarray:
         """Coupon rows ``[v_c (d), r_c (d), b_c, b_use_c, P_c (p x d), a_c (p), q_c (p)]`` (float32
         ``[len(coupons), spec.coupon_width]``) from ``coupon_id`` and the raw ``cf_*``/``cc_*`` columns;
-        ``v_c = v_none + t_c``; an ensemble's heads side by side."""
-        if self.heads:
-            return np.concatenate([h.coupon_embed(coupons) for h in self.heads], axis=1)
-        return self.coupon_tower(self.transform.coupon_matrix(coupons), self.spec.coupon_index(coupons["coupon_id"]))
+        ``v_c = v_none + t_c``; an ensemble's heads side by side (the frame transformed once, as in
+        :meth:`user_embed`)."""
+        inputs: dict[tuple[int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = {}
+
+        def embed(h: NumpyScorer) -> np.ndarray:
+            key = (id(h.transform), tuple(h.spec.coupon_ids))
+            if key not in inputs:
+                inputs[key] = (h.transform.coupon_matrix(coupons), h.spec.coupon_index(coupons["coupon_id"]))
+            return h.coupon_tower(*inputs[key])
+
+        return np.concatenate([embed(h) for h in self.heads], axis=1) if self.heads else embed(self)
 
     # ---- towers from transformed inputs (what TensorFlow sees) --------------------------------------------
     def user_tower(self, user_x: np.ndarray, user_bucket: np.ndarray) -> np.ndarray:
