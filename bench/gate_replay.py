@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import time
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -74,9 +76,23 @@ def main() -> None:
         print(f"  effective rows of the tested terms: {gate.effective_rows:,.0f}")
         published, now = registry.read_json(name, v, DECISION_FILE), gate.to_json()
         differ = sorted(k for k in published.keys() | now.keys() if published.get(k) != now.get(k))
-        print(f"  same bits as published: {'yes' if not differ else 'no: ' + ', '.join(differ)}")
+        apart = ", ".join(f"{k} (largest relative difference {relative_difference(published[k], now.get(k)):.1e})"
+                          for k in differ)  # fmt: skip
+        print(f"  same bits as published: {'yes' if not differ else 'no: ' + apart}")
     print(f"gate_open_days: {sum(g.is_open for g in replayed)} of {len(replayed)}")
     spark.stop()
+
+
+def relative_difference(a: Any, b: Any) -> float:
+    """The largest ``|a - b| / max(|a|, |b|)`` over the numbers of two JSON values of the same shape (a list
+    of curve points, a number); inf where their shapes or non-numbers differ."""
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return max((relative_difference(a[k], b[k]) for k in a), default=0.0)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return max((relative_difference(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return 0.0 if a == b else abs(a - b) / max(abs(a), abs(b))
+    return 0.0 if a == b else math.inf
 
 
 if __name__ == "__main__":
