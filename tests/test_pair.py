@@ -237,7 +237,8 @@ def test_out_of_bag_heads_per_row_by_a_second_method(tmp_path) -> None:
 def test_the_gate_scores_all_its_chunks_in_one_pass_bit_for_bit_as_chunk_by_chunk() -> None:
     """The gate scores every row at once and splits the rows into its chunks afterwards (the per-date work once,
     not once per chunk): the scores and gains, put in chunk order, are the same bits as scoring each chunk apart
-    (what it did before), and each row with a live coupon comes back once."""
+    (what it did before), and each row with a live coupon comes back once. (Every chunk and date here holds many
+    rows: a row alone in its chunk and date was multiplied by numpy's one-row routine, which may round otherwise.)"""
     import datetime as dt
 
     from coupon_spark.config import ScoreConfig

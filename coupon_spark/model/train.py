@@ -642,7 +642,9 @@ def gate_of_models(
     for scorer, mine, head_mask in groups:
         # every chunk of a scorer's rows in one pass (the per-date work -- live coupons, their embeddings, pair
         # features -- once per date, not once per date and chunk), then the rows put in chunk order (stable:
-        # within a chunk by date, then row order), so that decide() adds them in the order it always did
+        # within a chunk by date, then row order), so that decide() adds them in the order it always did. A row
+        # that was alone in its chunk and date may differ in its last bit: numpy multiplies one row by another
+        # BLAS routine (gemv) than many (gemm)
         s, g, at = best_option_gains_at(
             scorer, rows[mine], by_date, score_cfg, options, None if head_mask is None else head_mask[:, mine]
         )
