@@ -58,8 +58,9 @@ def main() -> None:
     replayed: list[Gate] = []
     for v in sorted(registry.versions(name)):
         started = time.perf_counter()
-        if a.versions and v not in a.versions:
-            replayed.append(read_version(registry.local_dir(name, v)).gate)
+        published = registry.read_json(name, v, DECISION_FILE)
+        if a.versions and v not in a.versions:  # counts for the loop as it was published
+            replayed.append(Gate.from_json(published))
             continue
         run_date = dt.date.fromisoformat(registry.manifest(name, v)["run_date"][:10])
         version = read_version(registry.local_dir(name, v))
@@ -68,16 +69,20 @@ def main() -> None:
         rows = gate_rows(rows, cfg, len(models))
         monitor, by = monitors(replayed, cfg.train.gate_monitor)
         test_index = by if monitor else next_test_index(replayed)
+        scoring = time.perf_counter()
         gate = gate_of_models(lake, cfg, rows, spec, transform, weights, models, test_index, monitor)
         replayed.append(gate)
-        print(f"v{v} ({run_date}, {time.perf_counter() - started:.0f} s)")
+        now = time.perf_counter()
+        print(f"v{v} ({run_date}, {now - started:.0f} s; the gate on {len(rows):,} rows {now - scoring:.0f} s)")
         print(f"  as published: {version.gate.describe()}")
         print(f"  replayed:     {gate.describe()}")
         print(f"  effective rows of the tested terms: {gate.effective_rows:,.0f}")
-        published, now = registry.read_json(name, v, DECISION_FILE), gate.to_json()
-        differ = sorted(k for k in published.keys() | now.keys() if published.get(k) != now.get(k))
-        apart = ", ".join(f"{k} (largest relative difference {relative_difference(published[k], now.get(k)):.1e})"
-                          for k in differ)  # fmt: skip
+        replay = gate.to_json()
+        differ = sorted(k for k in published.keys() | replay.keys() if published.get(k) != replay.get(k))
+        apart = ", ".join(
+            f"{k} (largest relative difference {relative_difference(published.get(k), replay.get(k)):.1e})"
+            for k in differ
+        )
         print(f"  same bits as published: {'yes' if not differ else 'no: ' + apart}")
     print(f"gate_open_days: {sum(g.is_open for g in replayed)} of {len(replayed)}")
     spark.stop()

@@ -343,15 +343,17 @@ def test_best_option_gains_by_hand_and_exploration_support():
     # u2: mu_A = 3 - 0.05 = 2.95, mu_B = 9 - 0.4 = 8.6 -> best B, S = 5.6
     # u0 logged A (p 0.25), reward 50*0.3 - 1 = 14: 2.9 + (14 - 5.9)/0.25 = 35.3
     # u1 logged none (p 0.5), reward 0: 2.9 - (0 - 3)/0.5 = 8.9;  u2 logged A (not its best): 8.6 - 3 = 5.6
-    s, g = best_option_gains(model, rows, {day: coupons}, cfg)
+    s, g, at = best_option_gains(model, rows, {day: coupons}, cfg)
     np.testing.assert_allclose(s, [2.9, 2.9, 5.6])
     np.testing.assert_allclose(g, [35.3, 8.9, 5.6])
+    np.testing.assert_array_equal(at, [0, 1, 2])
     # u2 was explored among {A} only: the logs cannot say what B would have done, so the row goes
-    s2, g2 = best_option_gains(model, rows, {day: coupons}, cfg, options={(day, "u2"): frozenset({"A"})})
+    s2, g2, at2 = best_option_gains(model, rows, {day: coupons}, cfg, options={(day, "u2"): frozenset({"A"})})
     np.testing.assert_allclose(s2, [2.9, 2.9])
     np.testing.assert_allclose(g2, [35.3, 8.9])
+    np.testing.assert_array_equal(at2, [0, 1])  # the positions of what is left: u2 (row 2) went
     # ... but stays when B was one of its options
-    s3, _ = best_option_gains(model, rows, {day: coupons}, cfg, options={(day, "u2"): frozenset({"A", "B"})})
+    s3, _, _ = best_option_gains(model, rows, {day: coupons}, cfg, options={(day, "u2"): frozenset({"A", "B"})})
     assert len(s3) == 3
 
 

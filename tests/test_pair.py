@@ -242,7 +242,7 @@ def test_the_gate_scores_all_its_chunks_in_one_pass_bit_for_bit_as_chunk_by_chun
     import datetime as dt
 
     from coupon_spark.config import ScoreConfig
-    from coupon_spark.model.gate import best_option_gains, best_option_gains_at, chunk_ids, fold_ids, oob_head_mask
+    from coupon_spark.model.gate import best_option_gains, chunk_ids, fold_ids, oob_head_mask
 
     t, spec, w = tiny_ensembles(seed=11)
     pooled = NumpyScorer(spec, t, w[0], members=[NumpyScorer(spec, t, x) for x in w[1:]]).pooled()
@@ -271,7 +271,7 @@ def test_the_gate_scores_all_its_chunks_in_one_pass_bit_for_bit_as_chunk_by_chun
     mask = oob_head_mask(rows["issuance_id"], fold, spec.heads, 2, seed=3)
     cfg = ScoreConfig(margin_rate=0.3, uncertainty_z=0.25, frequency_cap=10**9)
     apart = [best_option_gains(pooled, rows[chunk == p], by_date, cfg, None, mask[:, chunk == p]) for p in range(5)]
-    s, g, at = best_option_gains_at(pooled, rows, by_date, cfg, None, mask)
+    s, g, at = best_option_gains(pooled, rows, by_date, cfg, None, mask)
     order = np.argsort(chunk[at], kind="stable")
     np.testing.assert_array_equal(s[order], np.concatenate([a[0] for a in apart]))
     np.testing.assert_array_equal(g[order], np.concatenate([a[1] for a in apart]))
@@ -281,3 +281,9 @@ def test_the_gate_scores_all_its_chunks_in_one_pass_bit_for_bit_as_chunk_by_chun
     users = rows.head(50)
     apart_heads = np.concatenate([h.user_embed(users) for h in pooled.heads], axis=1)
     np.testing.assert_array_equal(pooled.user_embed(users), apart_heads)
+    # ... which holds only for members of the same transformation: another one is refused, not mixed in
+    t2 = FeatureTransform.from_stats(
+        [{"feature": "uf_x", "kind": "numeric", "transform": "standard", "center": 1.0, "scale": 2.0}]
+    )
+    with pytest.raises(ValueError, match="another architecture or feature transformation"):
+        NumpyScorer(spec, t, w[0], members=[NumpyScorer(spec, t2, w[1])]).pooled()

@@ -490,7 +490,7 @@ def best_option_gains(
     cfg: ScoreConfig,
     options: Mapping[tuple[Any, str], frozenset[str]] | None = None,
     head_mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For held-out logged decisions: the model's best expected incremental profit and :func:`dr_gain`.
 
     Args:
@@ -508,24 +508,12 @@ def best_option_gains(
             of a pooled scorer); None: the scorer as it is.
 
     Returns:
-        ``(best_score, gain)``, one entry per row whose issue date had a live coupon, whose user had an
-        eligible one, and whose logging policy could have chosen the model's best coupon.
+        ``(best_score, gain, row)``, one entry per row whose issue date had a live coupon, whose user had an
+        eligible one, and whose logging policy could have chosen the model's best coupon; ``row`` is its position
+        in ``rows``. Rows are scored one issue date at a time (every row of a date in one batch, in date order,
+        then row order), so a caller scores all its rows at once and splits the result afterwards (the gate's
+        chunks) instead of paying the per-date work -- live coupons, their embeddings -- once per part.
     """
-    score, gain, _ = best_option_gains_at(scorer, rows, coupons_by_date, cfg, options, head_mask)
-    return score, gain
-
-
-def best_option_gains_at(
-    scorer,  # type: ignore[no-untyped-def]
-    rows: pd.DataFrame,
-    coupons_by_date: Mapping[Any, pd.DataFrame],
-    cfg: ScoreConfig,
-    options: Mapping[tuple[Any, str], frozenset[str]] | None = None,
-    head_mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`best_option_gains` and the position in ``rows`` of each entry: rows are scored one issue date at a
-    time (every row of a date in one batch, in date order, then row order), so a caller can score all its rows
-    at once and split the result afterwards (the gate's chunks) instead of paying the per-date work per part."""
     scores, gains, where = [], [], []
     rows = rows.reset_index(drop=True)
     for day, part in rows.groupby("issue_date", sort=True):

@@ -222,6 +222,17 @@ class NumpyScorer:
     def pooled(self) -> NumpyScorer:
         """This model with its :attr:`members`' heads joined to its own (what :meth:`load` does with
         ``pool_members``): the published model's heads first, then each member's in order."""
+        spec = self.spec
+        other = [
+            m
+            for m in self.members
+            if m.transform != self.transform or dataclasses.replace(m.spec, heads=spec.heads) != spec
+        ]
+        if other:
+            raise ValueError(
+                f"{len(other)} member(s) of another architecture or feature transformation: only models of the "
+                "same spec.json and transform.json (a version's fold models) can be pooled"
+            )
         out = copy.copy(self)
         if self.heads and self.members:
             out.heads = [*self.heads, *(h for m in self.members for h in (m.heads or [m]))]
@@ -249,32 +260,21 @@ class NumpyScorer:
 
     def user_embed(self, users: pd.DataFrame) -> np.ndarray:
         """User vectors ``u`` (float32 ``[len(users), d]``; an ensemble's heads side by side) from ``user_id``
-        and the raw ``uf_*``/``uc_*``. The frame is transformed once for the heads that share a transformation
-        (every head of a version and of its fold models), not once per head."""
-        inputs: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-
-        def embed(h: NumpyScorer) -> np.ndarray:
-            key = (id(h.transform), h.spec.user_id_buckets)
-            if key not in inputs:
-                inputs[key] = (h.transform.user_matrix(users), h.spec.user_buckets(users["user_id"]))
-            return h.user_tower(*inputs[key])
-
-        return np.concatenate([embed(h) for h in self.heads], axis=1) if self.heads else embed(self)
+        and the raw ``uf_*``/``uc_*``. The heads share the transformation (:meth:`pooled` checks it of the
+        members), so the frame is transformed once, not once per head."""
+        x, bucket = self.transform.user_matrix(users), self.spec.user_buckets(users["user_id"])
+        if self.heads:
+            return np.concatenate([h.user_tower(x, bucket) for h in self.heads], axis=1)
+        return self.user_tower(x, bucket)
 
     def coupon_embed(self, coupons: pd.DataFrame) -> np.ndarray:
         """Coupon rows ``[v_c (d), r_c (d), b_c, b_use_c, P_c (p x d), a_c (p), q_c (p)]`` (float32
         ``[len(coupons), spec.coupon_width]``) from ``coupon_id`` and the raw ``cf_*``/``cc_*`` columns;
-        ``v_c = v_none + t_c``; an ensemble's heads side by side (the frame transformed once, as in
-        :meth:`user_embed`)."""
-        inputs: dict[tuple[int, tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = {}
-
-        def embed(h: NumpyScorer) -> np.ndarray:
-            key = (id(h.transform), tuple(h.spec.coupon_ids))
-            if key not in inputs:
-                inputs[key] = (h.transform.coupon_matrix(coupons), h.spec.coupon_index(coupons["coupon_id"]))
-            return h.coupon_tower(*inputs[key])
-
-        return np.concatenate([embed(h) for h in self.heads], axis=1) if self.heads else embed(self)
+        ``v_c = v_none + t_c``; an ensemble's heads side by side (the frame transformed once)."""
+        x, index = self.transform.coupon_matrix(coupons), self.spec.coupon_index(coupons["coupon_id"])
+        if self.heads:
+            return np.concatenate([h.coupon_tower(x, index) for h in self.heads], axis=1)
+        return self.coupon_tower(x, index)
 
     # ---- towers from transformed inputs (what TensorFlow sees) --------------------------------------------
     def user_tower(self, user_x: np.ndarray, user_bucket: np.ndarray) -> np.ndarray:

@@ -611,7 +611,7 @@ def gate_of_models(
     the rows of fold ``k``; empty: the published model alone) on the :func:`gate_rows` ``rows``: every row scored
     out of fold (by the out-of-bag pool, ``train.gate_out_of_bag``, or by its fold model), then
     :func:`coupon_spark.model.gate.decide`. Also what ``bench/gate_replay.py`` calls on a saved version."""
-    from coupon_spark.model.gate import best_option_gains_at, chunk_ids, decide, fold_ids, oob_head_mask
+    from coupon_spark.model.gate import best_option_gains, chunk_ids, decide, fold_ids, oob_head_mask
     from coupon_spark.model.scorer import NumpyScorer
     from coupon_spark.policy import live_on
 
@@ -627,32 +627,31 @@ def gate_of_models(
     score_cfg = dataclasses.replace(cfg.score, frequency_cap=10**9)  # the logged decisions were made anyway
     options = exploration_options(lake, rows)
     fold = fold_ids(rows["issuance_id"], folds, tc.seed)
-    scores, gains, parts = [], [], []
     # each row is scored by the fold model that did not see it, lowered (score.uncertainty_z) by the spread of
     # all fold models, as the score job lowers the published model's estimates by the same ensemble's spread
     ensemble = [NumpyScorer(spec, transform, w) for w in models] if folds else []
-    groups: list[tuple[NumpyScorer, np.ndarray, np.ndarray | None]]
+    jobs: list[tuple[NumpyScorer, pd.DataFrame, np.ndarray, np.ndarray | None]]
     if ensemble and spec.heads > 1 and tc.gate_out_of_bag:  # the published pool less the heads that saw a row
         pooled = NumpyScorer(spec, transform, weights, members=ensemble).pooled()
-        mask = oob_head_mask(rows["issuance_id"], fold, spec.heads, len(ensemble), tc.seed)
-        groups = [(pooled, np.ones(len(rows), bool), mask)]
+        jobs = [(pooled, rows, chunk, oob_head_mask(rows["issuance_id"], fold, spec.heads, len(ensemble), tc.seed))]
     else:  # each row by the one model that did not see it (the published one without folds)
         scorers = [NumpyScorer(spec, transform, w, members=ensemble) for w in (models if folds else [weights])]
-        groups = [(sc, fold == k, None) for k, sc in enumerate(scorers)]
-    for scorer, mine, head_mask in groups:
+        jobs = [(sc, rows[fold == k], chunk[fold == k], None) for k, sc in enumerate(scorers)]
+    started = time.perf_counter()
+    scores, gains, parts = [], [], []
+    for scorer, mine, mine_chunk, head_mask in jobs:
         # every chunk of a scorer's rows in one pass (the per-date work -- live coupons, their embeddings, pair
         # features -- once per date, not once per date and chunk), then the rows put in chunk order (stable:
         # within a chunk by date, then row order), so that decide() adds them in the order it always did. A row
         # that was alone in its chunk and date may differ in its last bit: numpy multiplies one row by another
         # BLAS routine (gemv) than many (gemm)
-        s, g, at = best_option_gains_at(
-            scorer, rows[mine], by_date, score_cfg, options, None if head_mask is None else head_mask[:, mine]
-        )
-        part = chunk[mine][at]
+        s, g, at = best_option_gains(scorer, mine, by_date, score_cfg, options, head_mask)
+        part = mine_chunk[at]
         order = np.argsort(part, kind="stable")
         scores.append(s[order])
         gains.append(g[order])
         parts.append(part[order])
+    log.info("decision gate: %d randomised rows scored out of fold in %.1f s", len(rows), time.perf_counter() - started)
     return decide(
         np.concatenate(scores),
         np.concatenate(gains),
