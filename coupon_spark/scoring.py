@@ -72,17 +72,24 @@ def valid_today() -> Column:
     return (F.col("cf_days_left") >= LIVE_MIN_DAYS_LEFT) & (F.col("cf_days_since_start") >= LIVE_MIN_DAYS_SINCE_START)
 
 
-def campaign_spend(redemptions: DataFrame, coupons: DataFrame) -> DataFrame:
-    """``(campaign_id, spent)``: what each campaign's redeemed coupons have cost the shop so far (EUR).
+def campaign_spend(redemptions: DataFrame, coupons: DataFrame, before: dt.date | None = None) -> DataFrame:
+    """``(campaign_id, spent)``: what each campaign's redeemed coupons have cost the shop (EUR), counting the
+    redemptions ingested before ``before`` (all of them when None).
+
+    A run of day D counts what was known before D, as the features do: a rerun of a past day so sees the
+    budget that day saw, not one shrunk by redemptions that came later.
 
     Args:
-        redemptions: silver ``redemptions`` (``coupon_id`` per redemption).
+        redemptions: silver ``redemptions`` (``coupon_id`` and ``ingest_date`` per redemption).
         coupons: silver ``coupons`` (``campaign_id`` and ``cost_eur`` of each coupon; one row per coupon and
             ingest date is fine).
+        before: The run date, or None for everything in the table.
     """
     cost = coupons.groupBy("coupon_id").agg(
         F.max("campaign_id").alias("campaign_id"), F.max(F.col("cost_eur").cast("double")).alias("unit_cost")
     )
+    if before is not None:
+        redemptions = redemptions.where(F.col("ingest_date") < F.lit(before))
     return (
         redemptions.select("coupon_id")
         .join(cost, on="coupon_id", how="inner")
@@ -91,19 +98,22 @@ def campaign_spend(redemptions: DataFrame, coupons: DataFrame) -> DataFrame:
     )
 
 
-def live_coupons(coupon_features: DataFrame, redemptions: DataFrame | None, coupons: DataFrame | None) -> DataFrame:
-    """Coupons valid on the snapshot date whose campaign still has budget left.
+def live_coupons(
+    coupon_features: DataFrame, redemptions: DataFrame | None, coupons: DataFrame | None, run_date: dt.date
+) -> DataFrame:
+    """Coupons valid on the snapshot date whose campaign still had budget left before ``run_date``.
 
     Args:
         coupon_features: The ``coupon_features`` snapshot of the run date.
-        redemptions: silver ``redemptions`` known so far (their coupons' cost is charged to the campaign), or
-            None to skip the budget check.
+        redemptions: silver ``redemptions`` (the cost of those ingested before ``run_date`` is charged to the
+            campaign), or None to skip the budget check.
         coupons: silver ``coupons`` (the cost of each redeemed coupon).
+        run_date: The run date.
     """
     valid = coupon_features.where(valid_today())
     if redemptions is None or coupons is None:
         return valid
-    spent = campaign_spend(redemptions, coupons).withColumnRenamed("campaign_id", "r_campaign")
+    spent = campaign_spend(redemptions, coupons, run_date).withColumnRenamed("campaign_id", "r_campaign")
     return (
         valid.join(spent, valid["campaign_id"] == spent["r_campaign"], how="left")
         .where(
@@ -251,14 +261,15 @@ def score_users(users: DataFrame, scorer, coupons: LiveCoupons, cfg: ScoreConfig
     return users.select(*cols).mapInArrow(udf, _TASK_DDL)
 
 
-def load_scorer(cfg: Config):  # type: ignore[no-untyped-def]
-    """The registry's scorer for ``score.model_version`` (0: latest) and its version label."""
+def load_scorer(cfg: Config, run_date: dt.date):  # type: ignore[no-untyped-def]
+    """The registry's scorer for ``score.model_version`` (0: the newest version trained by ``run_date``, see
+    :meth:`~coupon_spark.model.registry.Registry.latest_as_of`) and its version label."""
     from coupon_spark.model.registry import Registry
     from coupon_spark.model.scorer import NumpyScorer
 
     registry = Registry.from_config(cfg)
     name = cfg.train.model_name
-    version = cfg.score.model_version or registry.latest(name)
+    version = cfg.score.model_version or registry.latest_as_of(name, run_date)
     return NumpyScorer.load(registry.local_dir(name, version), cfg.score.pool_fold_models), f"{name}/{version}"
 
 
@@ -269,7 +280,7 @@ def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.
             f"no user_features snapshot as of {run_date} in {lake.location(tables.USER_FEATURES)}: "
             f"run `coupon-spark features --run-date {run_date}` first"
         )
-    scorer, version = load_scorer(cfg)
+    scorer, version = load_scorer(cfg, run_date)
     if scorer.decision_threshold > 0:
         log.info(
             "model %s: decision gate %s",
@@ -283,6 +294,7 @@ def build_candidates(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.
         cf,
         lake.read(tables.REDEMPTIONS) if lake.exists(tables.REDEMPTIONS) else None,
         lake.read(tables.COUPONS) if lake.exists(tables.COUPONS) else None,
+        run_date,
     ).toPandas()
     if live.empty:
         raise NoLiveCouponsError(f"no coupon is valid and funded on {run_date}: nothing to score")

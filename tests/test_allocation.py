@@ -348,8 +348,12 @@ def _catalogue_tables(spark: SparkSession) -> tuple[DataFrame, DataFrame, DataFr
         [("c1", "k1", 10.0), ("c1", "k1", 10.0), ("c0", "k0", 5.0)],  # c1 on two ingest dates: charged once
         "coupon_id string, campaign_id string, cost_eur double",
     )
-    redemptions = spark.createDataFrame([("r1", "c1"), ("r2", "c1"), ("r3", "c1"), ("r4", "c0")],
-                                        "redemption_id string, coupon_id string")  # fmt: skip
+    earlier = RUN_DATE - dt.timedelta(days=1)
+    redemptions = spark.createDataFrame(
+        [("r1", "c1", earlier), ("r2", "c1", earlier), ("r3", "c1", earlier), ("r4", "c0", earlier),
+         ("r5", "c1", RUN_DATE)],  # ingested on the run date: not known to a run of that date
+        "redemption_id string, coupon_id string, ingest_date date",
+    )  # fmt: skip
     return cf, coupons, redemptions
 
 
@@ -357,11 +361,14 @@ def test_catalogue_budgets_spread_what_remains_over_the_days_left(spark: SparkSe
     from coupon_spark.scoring import campaign_spend
 
     cf, coupons, redemptions = _catalogue_tables(spark)
-    spent = {r["campaign_id"]: r["spent"] for r in campaign_spend(redemptions, coupons).collect()}
+    spent = {r["campaign_id"]: r["spent"] for r in campaign_spend(redemptions, coupons, RUN_DATE).collect()}
     assert spent == {"k1": pytest.approx(30.0), "k0": pytest.approx(5.0)}
-    even = catalogue_budgets(cf, campaign_spend(redemptions, coupons), "even")
+    even = catalogue_budgets(cf, campaign_spend(redemptions, coupons, RUN_DATE), "even")
     assert even == [make_budget("k1", "amount", 70.0 / 4)]
-    assert catalogue_budgets(cf, campaign_spend(redemptions, coupons), "asap") == [make_budget("k1", "amount", 70.0)]
+    asap = catalogue_budgets(cf, campaign_spend(redemptions, coupons, RUN_DATE), "asap")
+    assert asap == [make_budget("k1", "amount", 70.0)]
+    later = catalogue_budgets(cf, campaign_spend(redemptions, coupons), "asap")  # r5 counted too
+    assert later == [make_budget("k1", "amount", 60.0)]
     assert catalogue_budgets(cf, None, "even") == [make_budget("k1", "amount", 25.0)]
 
 

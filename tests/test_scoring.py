@@ -209,9 +209,22 @@ def test_live_coupons_are_valid_and_funded(spark):
     coupons = spark.createDataFrame(
         [("k1", "camp_a", 10.0), ("k4", "camp_c", 20.0)], "coupon_id string, campaign_id string, cost_eur double"
     )
-    redemptions = spark.createDataFrame([("k1",), ("k1",), ("k1",), ("k4",)], "coupon_id string")
-    live = {r.coupon_id for r in scoring.live_coupons(cf, redemptions, coupons).collect()}
+    day = dt.date(2026, 11, 10)
+    before, on = day - dt.timedelta(days=1), day
+    redemptions = spark.createDataFrame(
+        [("k1", before), ("k1", before), ("k1", before), ("k4", before - dt.timedelta(days=3)), ("k4", on)],
+        "coupon_id string, ingest_date date",
+    )
+    live = {r.coupon_id for r in scoring.live_coupons(cf, redemptions, coupons, day).collect()}
     assert live == {"k1", "k5"}
+    # A rerun of an earlier day: camp_c had spent nothing before 2026-11-06 (its first redemption came that day),
+    # and the redemption ingested on the run date itself is not yet known to the run.
+    early = scoring.live_coupons(cf, redemptions, coupons, before - dt.timedelta(days=3)).collect()
+    assert {r.coupon_id for r in early} == {"k1", "k4", "k5"}
+    spent = {r.campaign_id: r.spent for r in scoring.campaign_spend(redemptions, coupons, day).collect()}
+    assert spent == {"camp_a": pytest.approx(30.0), "camp_c": pytest.approx(20.0)}  # k4 on the run date: not yet
+    everything = {r.campaign_id: r.spent for r in scoring.campaign_spend(redemptions, coupons).collect()}
+    assert everything == {"camp_a": pytest.approx(30.0), "camp_c": pytest.approx(40.0)}
 
 
 def test_recent_coupons_count_only_coupons_before_the_run_date(spark):
@@ -322,3 +335,21 @@ def test_basket_cv_shrinks_a_users_own_spread_toward_the_prior():
     top = policy.expected_top_up(np.array([40.0]), np.array([0.5]), np.array([0.0, 20.0, 40.0, 80.0]))[0]
     assert top[0] == 0.0 and 0 < top[1] < top[2] < top[3] and top[3] > 80.0 - 40.0
     assert top[2] == pytest.approx(top_up_by_quadrature(40.0, 0.5, 40.0), rel=1e-4)
+
+
+def test_a_past_run_date_scores_with_the_model_that_day_had(tmp_path):
+    """A rerun of day D takes the newest version trained by D (not one trained on later data), keeps a rollback
+    of the ``latest`` pointer, and says what to do when no version was trained by D."""
+    from coupon_spark.model.registry import ModelNotFoundError, Registry
+
+    registry, name, day = Registry(str(tmp_path / "models")), "m", dt.date(2026, 11, 12)
+    for n in range(3):  # v1 trained on day 1, v2 on day 2, v3 on day 3
+        v = registry.new_version(name)
+        registry.write_json(name, v, "manifest.json", {"version": v, "run_date": day + dt.timedelta(days=n)})
+    registry.new_version(name)  # v4: a crashed run, no manifest
+    registry.set_latest(name, 3)
+    assert [registry.latest_as_of(name, day + dt.timedelta(days=n)) for n in range(5)] == [1, 2, 3, 3, 3]
+    registry.set_latest(name, 2)  # a rollback: v3 is not used, even on its own day
+    assert [registry.latest_as_of(name, day + dt.timedelta(days=n)) for n in range(3)] == [1, 2, 2]
+    with pytest.raises(ModelNotFoundError, match="coupon-spark train --run-date 2026-11-11"):
+        registry.latest_as_of(name, day - dt.timedelta(days=1))

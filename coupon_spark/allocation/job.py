@@ -144,11 +144,12 @@ def paced_limit(budget: float, spent: float, days_left: float, pacing: str) -> f
 
 def catalogue_budgets(coupon_features: DataFrame, spent: DataFrame | None, pacing: str) -> list[Budget]:
     """One money budget per campaign of the run date's catalogue that has a budget (``cf_campaign_budget`` > 0)
-    and a coupon valid that day: :func:`paced_limit` of what its redemptions have spent so far.
+    and a coupon valid that day: :func:`paced_limit` of what its redemptions spent before the run date.
 
     Args:
         coupon_features: The run date's ``coupon_features`` snapshot.
-        spent: ``(campaign_id, spent)`` (:func:`coupon_spark.scoring.campaign_spend`), or None: nothing spent.
+        spent: ``(campaign_id, spent)`` (:func:`coupon_spark.scoring.campaign_spend` before the run date), or
+            None: nothing spent.
         pacing: ``even`` or ``asap`` (see :func:`paced_limit`).
     """
     from coupon_spark.scoring import valid_today
@@ -197,7 +198,7 @@ def run_budgets_for(lake: Lake, cfg: AllocationConfig, run_date: dt.date) -> lis
     if lake.exists(tables.REDEMPTIONS) and lake.exists(tables.COUPONS):
         from coupon_spark.scoring import campaign_spend
 
-        spent = campaign_spend(lake.read(tables.REDEMPTIONS), lake.read(tables.COUPONS))
+        spent = campaign_spend(lake.read(tables.REDEMPTIONS), lake.read(tables.COUPONS), run_date)
     return merge_budgets(budgets, catalogue_budgets(cf, spent, cfg.campaign_pacing))
 
 

@@ -22,6 +22,7 @@ Works on a local folder or an object store (through pyarrow's filesystems).
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import tempfile
@@ -140,6 +141,26 @@ class Registry:
             raise ModelNotFoundError(
                 f"no published version of model {name!r} under {self.root}: run `coupon-spark train` first"
             ) from None
+
+    def latest_as_of(self, name: str, run_date: dt.date) -> int:
+        """The version a run of ``run_date`` uses: the newest complete version up to the ``latest`` pointer
+        whose manifest's ``run_date`` is on or before ``run_date`` (a version without one counts as any day's).
+
+        A rerun of a past day so scores with the model that day had, not with one trained on later data; a
+        rollback (the pointer moved back) is kept, since nothing newer than the pointer is taken.
+
+        Raises:
+            ModelNotFoundError: Nothing published, or no version trained by ``run_date``.
+        """
+        pointer = self.latest(name)
+        for v in reversed([v for v in self.versions(name) if v <= pointer]):
+            trained = self.manifest(name, v).get("run_date")
+            if trained is None or dt.date.fromisoformat(str(trained)[:10]) <= run_date:
+                return v
+        raise ModelNotFoundError(
+            f"no version of model {name!r} under {self.root} was trained by {run_date}: run "
+            f"`coupon-spark train --run-date {run_date}` first, or name a version in score.model_version"
+        )
 
     def set_latest(self, name: str, version: int) -> None:
         """Point ``latest`` at a complete version (atomically)."""
