@@ -124,12 +124,16 @@ def live_coupons(
 
 
 def with_recent_coupons(users: DataFrame, issuances: DataFrame, run_date: dt.date, days: int) -> DataFrame:
-    """Add ``recent_coupons``: coupons issued to the user in the ``days`` days before ``run_date``."""
+    """Add ``recent_coupons``: coupons issued to the user in the ``days`` days before ``run_date``, as known before
+    it (ingested before ``run_date``: a late-arriving issuance does not change a rerun of that day)."""
     start = dt.datetime.combine(run_date - dt.timedelta(days=days), dt.time(), dt.timezone.utc)
     end = dt.datetime.combine(run_date, dt.time(), dt.timezone.utc)
     recent = (
         issuances.where(
-            F.col("coupon_id").isNotNull() & (F.col("issued_at") >= F.lit(start)) & (F.col("issued_at") < F.lit(end))
+            F.col("coupon_id").isNotNull()
+            & (F.col("issued_at") >= F.lit(start))
+            & (F.col("issued_at") < F.lit(end))
+            & (F.col("ingest_date") < F.lit(run_date))
         )
         .groupBy("user_id")
         .agg(F.count("*").cast("int").alias(RECENT_COLUMN))

@@ -233,13 +233,14 @@ def test_recent_coupons_count_only_coupons_before_the_run_date(spark):
     users = spark.createDataFrame([("a",), ("b",)], "user_id string")
     iss = spark.createDataFrame(
         [
-            ("a", "c1", dt.datetime(2026, 11, 9, 23, tzinfo=utc)),
-            ("a", None, dt.datetime(2026, 11, 8, tzinfo=utc)),  # control arm: no coupon
-            ("a", "c2", dt.datetime(2026, 11, 2, tzinfo=utc)),  # 8 days before: outside 7
-            ("a", "c3", dt.datetime(2026, 11, 10, 1, tzinfo=utc)),  # on the run date: not before it
-            ("b", "c1", dt.datetime(2026, 11, 3, 0, tzinfo=utc)),  # exactly 7 days before
+            ("a", "c1", dt.datetime(2026, 11, 9, 23, tzinfo=utc), dt.date(2026, 11, 9)),
+            ("a", None, dt.datetime(2026, 11, 8, tzinfo=utc), dt.date(2026, 11, 8)),  # control arm: no coupon
+            ("a", "c2", dt.datetime(2026, 11, 2, tzinfo=utc), dt.date(2026, 11, 2)),  # 8 days before: outside 7
+            ("a", "c3", dt.datetime(2026, 11, 10, 1, tzinfo=utc), dt.date(2026, 11, 10)),  # on the run date
+            ("b", "c1", dt.datetime(2026, 11, 3, 0, tzinfo=utc), dt.date(2026, 11, 3)),  # exactly 7 days before
+            ("b", "c2", dt.datetime(2026, 11, 9, 12, tzinfo=utc), dt.date(2026, 11, 10)),  # arrived late: not known
         ],
-        "user_id string, coupon_id string, issued_at timestamp",
+        "user_id string, coupon_id string, issued_at timestamp, ingest_date date",
     )
     got = {r.user_id: r.recent_coupons for r in scoring.with_recent_coupons(users, iss, run, 7).collect()}
     assert got == {"a": 1, "b": 1}
@@ -338,18 +339,28 @@ def test_basket_cv_shrinks_a_users_own_spread_toward_the_prior():
 
 
 def test_a_past_run_date_scores_with_the_model_that_day_had(tmp_path):
-    """A rerun of day D takes the newest version trained by D (not one trained on later data), keeps a rollback
-    of the ``latest`` pointer, and says what to do when no version was trained by D."""
+    """A rerun of day D takes the newest version trained by D (not one trained on later data); a rerun that
+    retrains a past day publishes for that day only (the pointer stays with the later days); a rollback of the
+    ``latest`` pointer is kept; no version trained by D is an error that says what to do."""
     from coupon_spark.model.registry import ModelNotFoundError, Registry
 
     registry, name, day = Registry(str(tmp_path / "models")), "m", dt.date(2026, 11, 12)
-    for n in range(3):  # v1 trained on day 1, v2 on day 2, v3 on day 3
+    days = [day + dt.timedelta(days=n) for n in range(5)]
+
+    def publish(trained: dt.date) -> int:  # what train.publish does last
         v = registry.new_version(name)
-        registry.write_json(name, v, "manifest.json", {"version": v, "run_date": day + dt.timedelta(days=n)})
+        registry.write_json(name, v, "manifest.json", {"version": v, "run_date": trained})
+        registry.advance_latest(name, v)
+        return v
+
+    assert [publish(d) for d in days[:3]] == [1, 2, 3]  # v1..v3 trained on days 1..3
     registry.new_version(name)  # v4: a crashed run, no manifest
-    registry.set_latest(name, 3)
-    assert [registry.latest_as_of(name, day + dt.timedelta(days=n)) for n in range(5)] == [1, 2, 3, 3, 3]
+    assert registry.latest(name) == 3
+    assert [registry.latest_as_of(name, d) for d in days] == [1, 2, 3, 3, 3]
+    assert publish(days[0]) == 5 and registry.latest(name) == 3  # day 1 retrained (its inputs changed)
+    assert [registry.latest_as_of(name, d) for d in days] == [5, 2, 3, 3, 3]
     registry.set_latest(name, 2)  # a rollback: v3 is not used, even on its own day
-    assert [registry.latest_as_of(name, day + dt.timedelta(days=n)) for n in range(3)] == [1, 2, 2]
+    assert [registry.latest_as_of(name, d) for d in days[:4]] == [5, 2, 2, 2]
+    assert publish(days[3]) == 6 and registry.latest(name) == 6  # a later day moves on from the rollback
     with pytest.raises(ModelNotFoundError, match="coupon-spark train --run-date 2026-11-11"):
         registry.latest_as_of(name, day - dt.timedelta(days=1))

@@ -353,3 +353,21 @@ def test_each_rank_pins_the_gpu_spark_assigned_its_task(monkeypatch):
         assert pin_gpu() == "1"
     finally:
         task_info.set_resources({})
+
+
+def test_training_reads_the_issue_dates_whose_outcome_windows_had_closed_by_the_run_date(spark, lake, lake_cfg):
+    """With outcomes counted over 2 days, the features of day D write issue dates up to D - 2; a later day's
+    features add D - 1. Training for D (a rerun after later days, say) reads only what D's features wrote."""
+    from coupon_spark.config import FeaturesConfig
+    from coupon_spark.model.train import pin_snapshot
+
+    world = make_world(150, days=3)
+    write_world(spark, lake, world)
+    issued = world.examples["issue_date"]
+    for window, first_excluded in [(1, RUN_DATE), (2, RUN_DATE - dt.timedelta(days=1))]:
+        cfg = dataclasses.replace(config(lake.cfg), features=FeaturesConfig(outcome_window_days=window))
+        snap = pin_snapshot(lake, cfg, RUN_DATE)
+        want = int((issued < first_excluded).sum())
+        assert snap.until == first_excluded and 0 < want
+        assert snap.examples.count() == want == sum(f.num_records for f in snap.files)
+    assert int((issued == RUN_DATE - dt.timedelta(days=1)).sum()) > 0  # the window of 2 left a day out

@@ -146,13 +146,15 @@ class RunModel:
         return f"{self.name} v{self.version}"
 
 
-def run_model(cfg: Config, model_version: str | None) -> RunModel | str:
-    """The version of a ``"<name>/<version>"`` label as the allocations carry it (the latest without one);
-    else why there is none."""
+def run_model(cfg: Config, model_version: str | None, run_date: dt.date | None = None) -> RunModel | str:
+    """The version of a ``"<name>/<version>"`` label as the allocations carry it (without one: the version the
+    score job of ``run_date`` would take, :meth:`Registry.latest_as_of`, or the latest); else why there is none."""
     registry, name = Registry.from_config(cfg), cfg.train.model_name
     tail = (model_version or "").rsplit("/", 1)[-1]
     try:
-        return RunModel(registry, name, int(tail) if tail.isdigit() else int(registry.latest(name)))
+        if tail.isdigit():
+            return RunModel(registry, name, int(tail))
+        return RunModel(registry, name, registry.latest_as_of(name, run_date) if run_date else registry.latest(name))
     except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
         return str(exc)
 
@@ -344,7 +346,7 @@ def evaluate(
     try:
         version = allocations.where(F.col("model_version").isNotNull()).select("model_version").first()
         model_version = None if version is None else version[0]
-        run, model = allocation_run(lake, run_date), run_model(cfg, model_version)
+        run, model = allocation_run(lake, run_date), run_model(cfg, model_version, run_date)
         ev.include(model_section(model_evidence(lake, cfg, run_date, model), run_date))
         sample = truth_sample(lake, run_date, allocations, truth)
         if truth is None or isinstance(sample, str):

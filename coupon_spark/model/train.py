@@ -382,18 +382,21 @@ def pin_snapshot(lake: Lake, cfg: Config, run_date: dt.date) -> TrainingSnapshot
     names = DeltaTable(location, version=version).schema().to_arrow().names
     check_columns(list(names), transform)
     since = run_date - dt.timedelta(days=cfg.train.history_days) if cfg.train.history_days else None
-    files = snapshot_files(location, version, since=since, until=run_date)
+    # the issue dates whose outcome windows had closed by the run date, as the features of the run date wrote
+    # them: a rerun after later days' features (which add the next issue dates) reads the same rows
+    until = run_date - dt.timedelta(days=cfg.features.outcome_window_days - 1)
+    files = snapshot_files(location, version, since=since, until=until)
     if not files:
         window = f" within train.history_days={cfg.train.history_days}" if since else ""
         raise NoTrainingDataError(
-            f"{TRAINING_TABLE} v{version} has no example issued before {run_date}{window}: run `coupon-spark "
+            f"{TRAINING_TABLE} v{version} has no example issued before {until}{window}: run `coupon-spark "
             f"features` for a run date after the first logged issue day whose outcome window has closed"
             + (", or raise train.history_days (0: all)" if since else "")
         )
-    examples = lake.read(TRAINING_TABLE, version=version).where(F.col("issue_date") < F.lit(run_date))
+    examples = lake.read(TRAINING_TABLE, version=version).where(F.col("issue_date") < F.lit(until))
     if since:
         examples = examples.where(F.col("issue_date") >= F.lit(since))
-    return TrainingSnapshot(location, version, transform, stats_info, files, since, run_date, examples)
+    return TrainingSnapshot(location, version, transform, stats_info, files, since, until, examples)
 
 
 def model_spec(cfg: Config, transform: FeatureTransform, coupon_ids: list[str]) -> ModelSpec:
@@ -785,7 +788,7 @@ def publish(registry: Registry, new: NewVersion) -> None:
         },
     )
     registry.write_json(name, version, "manifest.json", new.manifest | {"numpy_vs_tensorflow_max_abs_diff": diff})
-    registry.set_latest(name, version)
+    registry.advance_latest(name, version)
 
 
 def run(ctx: Context, run_date: dt.date) -> int:
