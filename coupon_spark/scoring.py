@@ -72,9 +72,9 @@ def valid_today() -> Column:
     return (F.col("cf_days_left") >= LIVE_MIN_DAYS_LEFT) & (F.col("cf_days_since_start") >= LIVE_MIN_DAYS_SINCE_START)
 
 
-def campaign_spend(redemptions: DataFrame, coupons: DataFrame, before: dt.date | None = None) -> DataFrame:
+def campaign_spend(redemptions: DataFrame, coupons: DataFrame, before: dt.date) -> DataFrame:
     """``(campaign_id, spent)``: what each campaign's redeemed coupons have cost the shop (EUR), counting the
-    redemptions ingested before ``before`` (all of them when None).
+    redemptions ingested before ``before``.
 
     A run of day D counts what was known before D, as the features do: a rerun of a past day so sees the
     budget that day saw, not one shrunk by redemptions that came later.
@@ -83,15 +83,14 @@ def campaign_spend(redemptions: DataFrame, coupons: DataFrame, before: dt.date |
         redemptions: silver ``redemptions`` (``coupon_id`` and ``ingest_date`` per redemption).
         coupons: silver ``coupons`` (``campaign_id`` and ``cost_eur`` of each coupon; one row per coupon and
             ingest date is fine).
-        before: The run date, or None for everything in the table.
+        before: The run date.
     """
     cost = coupons.groupBy("coupon_id").agg(
         F.max("campaign_id").alias("campaign_id"), F.max(F.col("cost_eur").cast("double")).alias("unit_cost")
     )
-    if before is not None:
-        redemptions = redemptions.where(F.col("ingest_date") < F.lit(before))
     return (
-        redemptions.select("coupon_id")
+        redemptions.where(F.col("ingest_date") < F.lit(before))
+        .select("coupon_id")
         .join(cost, on="coupon_id", how="inner")
         .groupBy("campaign_id")
         .agg(F.sum("unit_cost").alias("spent"))

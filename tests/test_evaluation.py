@@ -422,23 +422,23 @@ def test_off_policy_rows_are_the_ones_the_model_did_not_fit(lake: Lake) -> None:
     ids = [f"I{k:05d}" for k in range(2000)]
     dates = [dt.date(2026, 11, 1) if k < 1500 else dt.date(2026, 11, 9) for k in range(2000)]
     pdf = pd.DataFrame({"issuance_id": ids, "issue_date": dates, "reward": 1.0})
-    reg = Registry.from_config(cfg)
+    reg, on = Registry.from_config(cfg), dt.date(2026, 11, 12)
     v = reg.new_version(name)
     reg.write_json(name, v, "train_config.json", {"validation_share": 0.2, "seed": 3})
     reg.write_json(name, v, "manifest.json", {"run_date": "2026-11-05", "training_table": {"until": "2026-11-05"}})
-    kept, note = held_out(pdf, run_model(cfg, f"{name}/{v}"))
+    kept, note = held_out(pdf, run_model(cfg, f"{name}/{v}", on))
     before = validation_mask(pd.Series(ids[:1500]), 0.2, 3)
     assert set(kept["issuance_id"]) == {i for i, b in zip(ids[:1500], before, strict=True) if b} | set(ids[1500:])
     assert 200 < before.sum() < 400 and "validation split" in note
     # a version without a manifest's training range: everything, and the note says why
     v2 = reg.new_version(name)
     reg.write_json(name, v2, "manifest.json", {"run_date": "2026-11-05"})
-    everything, warn = held_out(pdf, run_model(cfg, f"{name}/{v2}"))
+    everything, warn = held_out(pdf, run_model(cfg, f"{name}/{v2}", on))
     assert len(everything) == 2000 and "optimistic" in warn
     # a version that does not exist, or a model never published: everything too, and the note says why
-    absent, note = held_out(pdf, run_model(cfg, f"{name}/{v2 + 5}"))
+    absent, note = held_out(pdf, run_model(cfg, f"{name}/{v2 + 5}", on))
     assert len(absent) == 2000 and "optimistic" in note
-    never = run_model(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, model_name="none_such")), None)
+    never = run_model(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, model_name="none_such")), None, on)
     assert isinstance(never, str) and "coupon-spark train" in never
     assert held_out(pdf, never)[0] is pdf and "coupon-spark train" in held_out(pdf, never)[1]
 

@@ -223,7 +223,8 @@ def test_live_coupons_are_valid_and_funded(spark):
     assert {r.coupon_id for r in early} == {"k1", "k4", "k5"}
     spent = {r.campaign_id: r.spent for r in scoring.campaign_spend(redemptions, coupons, day).collect()}
     assert spent == {"camp_a": pytest.approx(30.0), "camp_c": pytest.approx(20.0)}  # k4 on the run date: not yet
-    everything = {r.campaign_id: r.spent for r in scoring.campaign_spend(redemptions, coupons).collect()}
+    later = scoring.campaign_spend(redemptions, coupons, day + dt.timedelta(days=1)).collect()
+    everything = {r.campaign_id: r.spent for r in later}
     assert everything == {"camp_a": pytest.approx(30.0), "camp_c": pytest.approx(40.0)}
 
 

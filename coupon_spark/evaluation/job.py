@@ -146,15 +146,13 @@ class RunModel:
         return f"{self.name} v{self.version}"
 
 
-def run_model(cfg: Config, model_version: str | None, run_date: dt.date | None = None) -> RunModel | str:
+def run_model(cfg: Config, model_version: str | None, run_date: dt.date) -> RunModel | str:
     """The version of a ``"<name>/<version>"`` label as the allocations carry it (without one: the version the
-    score job of ``run_date`` would take, :meth:`Registry.latest_as_of`, or the latest); else why there is none."""
+    score job of ``run_date`` takes, :meth:`Registry.latest_as_of`); else why there is none."""
     registry, name = Registry.from_config(cfg), cfg.train.model_name
     tail = (model_version or "").rsplit("/", 1)[-1]
     try:
-        if tail.isdigit():
-            return RunModel(registry, name, int(tail))
-        return RunModel(registry, name, registry.latest_as_of(name, run_date) if run_date else registry.latest(name))
+        return RunModel(registry, name, int(tail) if tail.isdigit() else registry.latest_as_of(name, run_date))
     except (ModelNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
         return str(exc)
 

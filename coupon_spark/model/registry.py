@@ -142,16 +142,19 @@ class Registry:
                 f"no published version of model {name!r} under {self.root}: run `coupon-spark train` first"
             ) from None
 
-    def trained_on(self, name: str, version: int) -> dt.date | None:
-        """The run date a complete version was trained for (its manifest's ``run_date``; None without one)."""
-        trained = self.manifest(name, version).get("run_date")
-        return None if trained is None else dt.date.fromisoformat(str(trained)[:10])
+    def trained_on(self, name: str) -> dict[int, dt.date]:
+        """Each complete version and the run date it was trained for (its manifest's ``run_date``; a version
+        without one counts as trained before every day)."""
+        out = {}
+        for v in self.versions(name):
+            trained = self.manifest(name, v).get("run_date")
+            out[v] = dt.date.min if trained is None else dt.date.fromisoformat(str(trained)[:10])
+        return out
 
     def latest_as_of(self, name: str, run_date: dt.date) -> int:
-        """The version a run of ``run_date`` uses: of the complete versions trained by ``run_date`` (manifest
-        ``run_date`` on or before it; a version without one counts as any day's), the newest by (run date,
-        version), less the versions a rollback of the ``latest`` pointer set aside (numbered above the pointer
-        and trained on or after the pointer's day).
+        """The version a run of ``run_date`` uses: of the complete versions trained by ``run_date``, the newest by
+        (run date, version), less the versions a rollback of the ``latest`` pointer set aside (numbered above the
+        pointer and trained on or after the pointer's day).
 
         A rerun of a past day so scores with the model that day had, not with one trained on later data; a rerun
         that retrained a past day does not reach the days after it.
@@ -159,31 +162,25 @@ class Registry:
         Raises:
             ModelNotFoundError: Nothing published, or no version trained by ``run_date``.
         """
-        pointer = self.latest(name)
-        pointed = self.trained_on(name, pointer) or dt.date.min
-        best: tuple[dt.date, int] | None = None
-        for v in self.versions(name):
-            day = self.trained_on(name, v) or dt.date.min
-            if day > run_date or (v > pointer and day >= pointed):
-                continue
-            best = max(best, (day, v)) if best else (day, v)
-        if best is None:
+        pointer, trained = self.latest(name), self.trained_on(name)
+        pointed = trained.get(pointer, dt.date.min)
+        usable = [(d, v) for v, d in trained.items() if d <= run_date and not (v > pointer and d >= pointed)]
+        if not usable:
             raise ModelNotFoundError(
                 f"no version of model {name!r} under {self.root} was trained by {run_date}: run "
                 f"`coupon-spark train --run-date {run_date}` first, or name a version in score.model_version"
             )
-        return best[1]
+        return max(usable)[1]
 
     def advance_latest(self, name: str, version: int) -> None:
         """Point ``latest`` at a newly published version, unless the pointer names a version trained for a later
         day (a rerun of a past day publishes for that day; the live days keep their model)."""
         try:
-            current = self.latest(name)
+            current: int | None = self.latest(name)
         except ModelNotFoundError:
             current = None
-        if current is None or current not in self.versions(name):
-            self.set_latest(name, version)
-        elif (self.trained_on(name, current) or dt.date.min) <= (self.trained_on(name, version) or dt.date.min):
+        trained = self.trained_on(name)
+        if current not in trained or trained[current] <= trained[version]:
             self.set_latest(name, version)
 
     def set_latest(self, name: str, version: int) -> None:
