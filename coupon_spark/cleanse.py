@@ -399,22 +399,25 @@ SOURCES: dict[str, Source] = {
 
 @dataclass(frozen=True)
 class LandingLines:
-    """The lines of one landing source with their file and 1-based line number, and how many were read."""
+    """The lines of one landing source, read in one pass and numbered from that pass's own counts.
 
-    lines: DataFrame  # source_file, position, value (raw bytes as a string; may be invalid UTF-8)
-    records_read: int
-    files: tuple[str, ...]
+    ``lines`` has ``source_file``, ``_block`` (the first byte of the line's split of the file), ``_mid``
+    (consecutive within a split, in line order) and ``value`` (raw bytes as a string; may be invalid UTF-8). A
+    line's 1-based number is its split's offset plus its rank in the split (:func:`numbered`); the offsets come
+    from :func:`split_offsets` over a count of the lines per split, which the cleansing takes together with its
+    reason counts, so the file is read once.
+    """
+
+    lines: DataFrame
+    has_header: bool
 
 
 def read_lines(spark: SparkSession, path: str, has_header: bool, expected_header: tuple[str, ...] = ()) -> LandingLines:
-    """Read a landing file (or a folder of part files) as lines with their exact line numbers.
-
-    Spark splits a large file between tasks and does not number lines; each line's number is recovered from
-    its split (``_metadata.file_block_start``) and its rank inside the task (``monotonically_increasing_id``
-    is consecutive within a partition), plus the line counts of the file's earlier splits.
+    """Read a landing file (or a folder of part files) as lines to be numbered; a CSV file's header is checked
+    first, from the file's first bytes (no Spark job).
 
     Raises:
-        LandingHeaderError: A CSV file whose first line is not ``expected_header``, or an empty CSV file.
+        LandingHeaderError: A CSV file whose first line is not ``expected_header``, or no CSV line at all.
     """
     raw = spark.read.text(path).select(
         F.col("_metadata.file_path").alias("source_file"),
@@ -422,47 +425,107 @@ def read_lines(spark: SparkSession, path: str, has_header: bool, expected_header
         F.monotonically_increasing_id().alias("_mid"),
         "value",
     )
-    # one pass: lines per split, the split's first line id and, for the CSV header, its first line
-    firsts = [F.min_by("value", "_mid").alias("_head")] if has_header else []
-    splits = raw.groupBy("source_file", "_block").agg(
-        F.count(F.lit(1)).alias("_n"), F.min("_mid").alias("_first"), *firsts
-    )
-    rows = sorted(splits.collect(), key=lambda r: (r["source_file"], r["_block"]))
-    offsets, running, last_file = [], 0, None
-    headers: list[tuple[str, str | None]] = []  # (file, its line 1)
-    for r in rows:
-        if r["source_file"] != last_file:
-            running, last_file = 0, r["source_file"]
-            if has_header:
-                headers.append((r["source_file"], r["_head"]))
-        offsets.append((r["source_file"], r["_block"], r["_first"], running))
-        running += r["_n"]
-    total = sum(r["_n"] for r in rows)
-    files = tuple(sorted({r["source_file"] for r in rows}))
-    offset_df = spark.createDataFrame(offsets, "source_file string, _block long, _first long, _offset long")
-    lines = raw.join(F.broadcast(offset_df), on=["source_file", "_block"], how="inner").select(
-        "source_file",
-        (F.col("_offset") + F.col("_mid") - F.col("_first") + 1).alias("position"),
-        "value",
-    )
     if has_header:
-        want = ",".join(expected_header)
-        if not headers:
+        check_headers(raw.inputFiles(), path, ",".join(expected_header))
+    return LandingLines(lines=raw, has_header=has_header)
+
+
+def check_headers(files: list[str], path: str, want: str) -> None:
+    """Every non-empty CSV file's first line must be ``want`` (a byte-order mark and spaces aside).
+
+    Raises:
+        LandingHeaderError: A file with another first line, or no non-empty file at all.
+    """
+    from urllib.parse import unquote
+
+    from coupon_spark.storage import filesystem_for
+
+    heads = 0
+    for file in sorted(files):
+        if file.startswith("file:/") and not file.startswith("file://"):
+            file = "file://" + file[len("file:") :]
+        fs, fpath = filesystem_for(unquote(file) if file.startswith("file://") else file)
+        with fs.open_input_stream(fpath) as f:
+            first = f.read(1 << 16)
+        if not first:
+            continue
+        heads += 1
+        line = first.split(b"\n", 1)[0] if b"\n" in first else first
+        got = line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+        if got != want:
             raise LandingHeaderError(
-                f"{path}: the CSV file is empty (no header line {want!r}): an export that failed half-way? "
-                "Re-export it (a day without records still has the header). Nothing was written."
+                f"{file}: the CSV header is {got!r}, expected {want!r}. The export's columns "
+                "changed: fix the export, or update coupon_spark.schemas.LANDING_FIELDS and the cleansing "
+                "rules together. Nothing was written."
             )
-        for file, head in headers:
-            got = (head or "").lstrip("\ufeff").strip()
-            if got != want:
-                raise LandingHeaderError(
-                    f"{file}: the CSV header is {got!r}, expected {want!r}. The export's columns "
-                    "changed: fix the export, or update coupon_spark.schemas.LANDING_FIELDS and the cleansing "
-                    "rules together. Nothing was written."
-                )
-        lines = lines.filter(F.col("position") > 1)
-        total -= len(headers)
-    return LandingLines(lines=lines, records_read=total, files=files)
+    if not heads:
+        raise LandingHeaderError(
+            f"{path}: the CSV file is empty (no header line {want!r}): an export that failed half-way? "
+            "Re-export it (a day without records still has the header). Nothing was written."
+        )
+
+
+@dataclass(frozen=True)
+class SplitCount:
+    """The lines of one split of a landing file that have one reason (None: accepted)."""
+
+    source_file: str
+    block: int
+    reason: str | None
+    lines: int
+    first: int  # the smallest _mid among them
+    last: int  # the largest
+
+
+def split_counts(df: DataFrame) -> list[SplitCount]:
+    """Lines per (file, split, reason) of ``df`` (a classified :class:`LandingLines` frame): one Spark job."""
+    rows = (
+        df.groupBy("source_file", "_block", "reason")
+        .agg(F.count(F.lit(1)).alias("n"), F.min("_mid").alias("lo"), F.max("_mid").alias("hi"))
+        .collect()
+    )
+    return [SplitCount(r["source_file"], r["_block"], r["reason"], r["n"], r["lo"], r["hi"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class SplitOffsets:
+    """Where each split's lines start, and what the counts say about the whole source."""
+
+    offsets: list[tuple[str, int, int, int]]  # (file, block, first _mid, lines of the file's earlier splits)
+    lines_read: int  # lines in the files, by the splits' id ranges (independent of the rows' count)
+    header_reasons: list[str | None]  # the reason each file's first line got (CSV only)
+    files: tuple[str, ...]
+
+
+def split_offsets(counts: list[SplitCount], has_header: bool) -> SplitOffsets:
+    """Each split's first ``_mid`` and line offset in its file: a split's ids are consecutive, so it holds
+    ``last - first + 1`` lines whatever happened to its rows later (a lost or doubled row shows up as a
+    difference between this and the rows' count: the reconciliation)."""
+    splits: dict[tuple[str, int], list[SplitCount]] = {}
+    for c in counts:
+        splits.setdefault((c.source_file, c.block), []).append(c)
+    offsets, headers = [], []
+    running, last_file, total = 0, None, 0
+    for (file, block), cs in sorted(splits.items()):
+        first, last = min(c.first for c in cs), max(c.last for c in cs)
+        if file != last_file:
+            running, last_file = 0, file
+            if has_header:
+                headers.append(next(c.reason for c in cs if c.first == first))
+        offsets.append((file, block, first, running))
+        running += last - first + 1
+        total += last - first + 1
+    return SplitOffsets(offsets, total, headers, tuple(sorted({f for f, _ in splits})))
+
+
+def numbered(spark: SparkSession, df: DataFrame, offsets: SplitOffsets, has_header: bool) -> DataFrame:
+    """``df`` with each line's 1-based ``position`` in its file, the CSV header (line 1) left out."""
+    offset_df = spark.createDataFrame(offsets.offsets, "source_file string, _block long, _first long, _offset long")
+    out = df.join(F.broadcast(offset_df), on=["source_file", "_block"], how="inner").select(
+        "*", (F.col("_offset") + F.col("_mid") - F.col("_first") + 1).alias("position")
+    )
+    out = out.drop("_first", "_offset")
+    return out.filter(F.col("position") > 1) if has_header else out
 
 
 def landing_path(cfg: Config, day: dt.date, source: str) -> str:
@@ -765,7 +828,7 @@ def with_duplicates_marked(source: Source) -> Callable[[DataFrame], DataFrame]:
 
     def transform(df: DataFrame) -> DataFrame:
         good = F.col("reason").isNull()
-        order = [F.col("source_file").desc(), F.col("position").desc()]
+        order = [F.col("source_file").desc(), F.col("_block").desc(), F.col("_mid").desc()]  # the line order
         if source.version:
             order.insert(0, F.col(f"t_{source.version}").desc_nulls_last())
         w = Window.partitionBy(good.alias("_good"), F.col(f"t_{source.key}")).orderBy(*order)
@@ -876,7 +939,7 @@ def classify(
     seen: DataFrame | None = None,
 ) -> DataFrame:
     """Every line of one source with its ``reason`` (null: accepted), keeping only the columns the outputs
-    need (``source_file``, ``position``, ``value``, ``detail`` and the typed fields the silver table takes:
+    need (``source_file``, ``_block``, ``_mid``, ``value``, ``detail`` and the typed fields the silver table takes:
     ``t_<field>``, money as ``t_<field>_eur``), so that the de-duplication sorts and the cache holds narrow
     rows. ``seen``: the keys silver holds on other ingest dates (:func:`with_repeats_marked`)."""
     typed = [f"t_{r.name}_eur" if r.kind == "money" else f"t_{r.name}" for r in source.rules]
@@ -885,7 +948,7 @@ def classify(
         .transform(with_typed_fields(source, cfg))
         .transform(with_reference_flags(source, refs))
         .transform(with_reason(record_checks(source, cfg, day, period)))
-        .select("source_file", "position", "value", "reason", "detail", *typed)
+        .select("source_file", "_block", "_mid", "value", "reason", "detail", *typed)
         .transform(with_duplicates_marked(source))
         .transform(with_repeats_marked(source, seen))
     )
@@ -1005,20 +1068,34 @@ def cleanse_day(spark: SparkSession, lake: Lake, cfg: Config, day: dt.date, forc
                 StorageLevel.MEMORY_AND_DISK
             )
             cached.append(classified)
-            counts = {r["reason"]: int(r["count"]) for r in classified.groupBy("reason").count().collect()}
+            # the one pass over the file: lines per split and reason, from which the counts, the line
+            # numbers and the reconciliation all come
+            splits = split_counts(classified)
+            where = split_offsets(splits, read.has_header)
+            if any(h is None for h in where.header_reasons):
+                raise CleanseError(
+                    f"{name}: a CSV header line passed the checks as a record; the rules accept a header: this is "
+                    "a bug, report it with the ingest date. Nothing was written."
+                )
+            counts: dict[str | None, int] = {}
+            for c in splits:
+                counts[c.reason] = counts.get(c.reason, 0) + c.lines
+            for h in where.header_reasons:  # line 1 of a CSV file is no record
+                counts[h] -= 1
+            counts = {k: v for k, v in counts.items() if v}
             accepted = counts.pop(None, 0)
             result = SourceResult(
                 name,
-                read.files,
-                read.records_read,
+                where.files,
+                where.lines_read - len(where.header_reasons),
                 accepted,
-                counts,
+                {str(k): v for k, v in counts.items()},
                 classified.transform(select_accepted(source, day, period)),
-                classified.transform(select_quarantined(source, day)),
+                numbered(spark, classified, where, read.has_header).transform(select_quarantined(source, day)),
             )
             if not result.reconciled:
                 raise ReconciliationError(
-                    f"{name} ({', '.join(read.files)}): read {result.records_read} records but accepted "
+                    f"{name} ({', '.join(where.files)}): read {result.records_read} records but accepted "
                     f"{result.accepted} + quarantined {result.quarantined} = {result.accepted + result.quarantined}. "
                     "Records were lost or duplicated by the cleansing logic (e.g. a join on a key that is not "
                     "unique); nothing was written. This is a bug: report it with the ingest date."

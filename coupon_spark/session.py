@@ -105,6 +105,14 @@ def connector_jars(cfg: SparkConfig) -> list[str]:
     return jars if any(Path(j).name.startswith("delta-spark") for j in jars) else []
 
 
+JVM_OPTIONS = "-Duser.timezone=UTC -XX:-DontCompileHugeMethods"
+"""The JVMs' options. HotSpot does not JIT-compile a method of more than 8,000 bytes of bytecode, and Spark's
+whole-stage code generation keeps methods up to 64 KB (``spark.sql.codegen.hugeMethodLimit``): the cleansing
+job's one projection of ~40 checks per record is such a method, and ran interpreted, ~3x slower than compiled
+(``bench/cleanse.py``). ``-XX:-DontCompileHugeMethods`` lets HotSpot compile it. Under ``spark-submit`` the
+driver's JVM is started before this session is built: set the same options in ``spark-defaults.conf`` there."""
+
+
 def build_spark_session(cfg: SparkConfig, lake: LakeConfig | None = None) -> SparkSession:
     """Start (or join) the SparkSession described by ``cfg``.
 
@@ -130,8 +138,8 @@ def build_spark_session(cfg: SparkConfig, lake: LakeConfig | None = None) -> Spa
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.arrow_batch_size),
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.driver.memory": cfg.driver_memory,
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": JVM_OPTIONS,
+        "spark.executor.extraJavaOptions": JVM_OPTIONS,
     }
     jars = connector_jars(cfg) if lake is None or lake.backend != "bridge" else []
     if jars or (lake is not None and lake.backend == "native"):

@@ -27,7 +27,10 @@ from coupon_spark.cleanse import (
     LandingFileMissingError,
     LandingHeaderError,
     cleanse_day,
+    numbered,
     read_lines,
+    split_counts,
+    split_offsets,
 )
 from coupon_spark.config import Config, LakeConfig, ShopConfig, SparkConfig
 from coupon_spark.lake import Lake
@@ -276,16 +279,21 @@ def test_empty_csv_file_fails_clearly(spark: SparkSession, lake: Lake, fixture_c
 
 
 def test_line_numbers_are_exact_across_splits(spark: SparkSession, tmp_path: Path) -> None:
-    path = tmp_path / "big.txt"
-    path.write_text("".join(f"{i}\n" for i in range(1, 20001)), encoding="utf-8")
+    """One pass numbers the lines: the counts per split give the offsets, a CSV header is line 1 and left out."""
+    path = tmp_path / "big.csv"
+    path.write_text("n\n" + "".join(f"{i}\n" for i in range(2, 20002)), encoding="utf-8")
     old = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", "8192")  # ~13 splits of one file
     try:
-        read = read_lines(spark, str(path), has_header=False)
-        rows = read.lines.select("position", "value").collect()
+        read = read_lines(spark, str(path), has_header=True, expected_header=("n",))
+        lines = read.lines.withColumn("reason", F.when(F.col("value") == "n", "bad_type")).cache()
+        where = split_offsets(split_counts(lines), read.has_header)
+        rows = numbered(spark, lines, where, read.has_header).select("position", "value").collect()
+        lines.unpersist()
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", old)
-    assert read.records_read == 20000
+    assert len(where.offsets) > 5  # the file was split
+    assert where.lines_read == 20001 and where.header_reasons == ["bad_type"]
     assert all(r.position == int(r.value) for r in rows) and len(rows) == 20000
 
 
