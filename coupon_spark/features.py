@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -103,44 +104,54 @@ def _slug(value: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in value.lower()).strip("_")
 
 
+def cents(money: Column) -> Column:
+    """A money value (``decimal(12,2)``) in whole cents: its sums are exact whatever the order or the grouping
+    (a window sum, or yesterday's sum plus the day entering minus the day leaving, give the same integer)."""
+    return (money * 100).cast("long")
+
+
+def _count_if(cond: Column) -> Column:
+    return F.count(F.when(cond, 1))
+
+
 # ---- daily aggregates per (user_id, day) -------------------------------------------------------------------
+# Every daily metric is a whole number (a count, or money in cents, or squared money in cents^2), so window sums
+# over them are exact and the incremental run's add-and-subtract equals the full recomputation bit for bit.
 
 
 def daily_orders(orders: DataFrame, categories: list[str]) -> DataFrame:
-    """Per (user_id, day): orders, spend, orders with a discount, and spend per category."""
+    """Per (user_id, day): orders, spend (cents) and its square (cents^2), orders with a discount, and spend per
+    category (cents)."""
     cat = F.col("category")
+    amount = cents(F.col("amount_eur"))
     return (
         orders.withColumn("day", known_day("ordered_at"))
         .groupBy("user_id", "day")
         .agg(
-            F.count("*").cast("double").alias("orders"),
-            exact_sum(F.col("amount_eur")).alias("spend"),
-            exact_sum(F.col("amount_eur") * F.col("amount_eur")).alias("spend_sq"),
-            F.sum(F.when(F.col("discount_eur") > 0, 1.0).otherwise(0.0)).alias("discount_orders"),
-            *[
-                exact_sum(F.when(cat == c, F.col("amount_eur")).otherwise(0)).alias(f"spend_cat_{_slug(c)}")
-                for c in categories
-            ],
+            F.count("*").alias("orders"),
+            F.sum(amount).alias("spend"),
+            F.sum(amount * amount).alias("spend_sq"),
+            _count_if(F.col("discount_eur") > 0).alias("discount_orders"),
+            *[F.sum(F.when(cat == c, amount).otherwise(0)).alias(f"spend_cat_{_slug(c)}") for c in categories],
         )
     )
 
 
 def daily_events(events: DataFrame) -> DataFrame:
-    """Per (user_id, day): views, carts, sessions, and the summed price of viewed items."""
+    """Per (user_id, day): views, carts, sessions, and the summed price (cents) of viewed items."""
     kind = F.col("event_type")
+    priced_view = (kind == "view") & F.col("price_eur").isNotNull()
     return (
         events.withColumn("day", known_day("event_time"))
         .groupBy("user_id", "day")
         .agg(
-            F.sum(F.when(kind == "view", 1.0).otherwise(0.0)).alias("views"),
-            F.sum(F.when(kind == "cart", 1.0).otherwise(0.0)).alias("carts"),
-            F.countDistinct("session_id").cast("double").alias("sessions"),
-            exact_sum(F.when((kind == "view") & F.col("price_eur").isNotNull(), F.col("price_eur"))).alias(
-                "viewed_price_sum"
-            ),
-            F.sum(F.when((kind == "view") & F.col("price_eur").isNotNull(), 1.0).otherwise(0.0)).alias("viewed_priced"),
+            _count_if(kind == "view").alias("views"),
+            _count_if(kind == "cart").alias("carts"),
+            F.countDistinct("session_id").alias("sessions"),
+            F.sum(F.when(priced_view, cents(F.col("price_eur")))).alias("viewed_price_sum"),
+            _count_if(priced_view).alias("viewed_priced"),
         )
-        .fillna(0.0, subset=["viewed_price_sum"])
+        .fillna(0, subset=["viewed_price_sum"])
     )
 
 
@@ -152,8 +163,8 @@ def coupon_kinds_of(coupons: DataFrame) -> DataFrame:
 def daily_coupons(
     issuances: DataFrame, redemptions: DataFrame, kinds: DataFrame | None = None, kind_names: Iterable[str] = ()
 ) -> DataFrame:
-    """Per (user_id, day): coupons issued (the control arm excluded), redeemed, and the discount taken; with
-    ``kinds`` (:func:`coupon_kinds_of`) also ``issued_<kind>`` and ``redeemed_<kind>`` for ``kind_names``."""
+    """Per (user_id, day): coupons issued (the control arm excluded), redeemed, and the discount taken (cents);
+    with ``kinds`` (:func:`coupon_kinds_of`) also ``issued_<kind>`` and ``redeemed_<kind>`` for ``kind_names``."""
     names = list(kind_names)
     iss = issuances.where(F.col("coupon_id").isNotNull()).withColumn("day", known_day("issued_at"))
     red = redemptions.withColumn("day", known_day("redeemed_at"))
@@ -161,12 +172,12 @@ def daily_coupons(
         iss = iss.join(F.broadcast(kinds), on="coupon_id", how="left")
         red = red.join(F.broadcast(kinds), on="coupon_id", how="left")
     per_kind = lambda prefix: [  # noqa: E731
-        F.sum(F.when(F.col("kind") == k, 1.0).otherwise(0.0)).alias(f"{prefix}_{_slug(k)}") for k in names
+        _count_if(F.col("kind") == k).alias(f"{prefix}_{_slug(k)}") for k in names
     ] if kinds is not None else []  # fmt: skip
-    issued = iss.groupBy("user_id", "day").agg(F.count("*").cast("double").alias("issued"), *per_kind("issued"))
+    issued = iss.groupBy("user_id", "day").agg(F.count("*").alias("issued"), *per_kind("issued"))
     redeemed = red.groupBy("user_id", "day").agg(
-        F.count("*").cast("double").alias("redeemed"),
-        exact_sum(F.coalesce(F.col("discount_eur"), F.lit(0))).alias("discount_taken"),
+        F.count("*").alias("redeemed"),
+        F.sum(cents(F.coalesce(F.col("discount_eur"), F.lit(0)))).alias("discount_taken"),
         *per_kind("redeemed"),
     )
     return issued.join(redeemed, on=["user_id", "day"], how="full_outer")
@@ -175,6 +186,12 @@ def daily_coupons(
 DAILY_METRICS_ORDERS = ["orders", "spend", "discount_orders"]
 DAILY_METRICS_EVENTS = ["views", "carts", "sessions", "viewed_price_sum", "viewed_priced"]
 DAILY_METRICS_COUPONS = ["issued", "redeemed", "discount_taken"]
+MONEY_METRICS = {"spend": 100.0, "spend_sq": 10_000.0, "viewed_price_sum": 100.0, "discount_taken": 100.0}
+"""Daily metrics in cents (cents^2), and what divides them back to euros; ``spend_cat_*`` are cents too."""
+
+
+def scale_of(metric: str) -> float:
+    return 100.0 if metric.startswith("spend_cat_") else MONEY_METRICS.get(metric, 1.0)
 
 
 def response_metrics(kind_names: Iterable[str]) -> list[str]:
@@ -188,19 +205,211 @@ def response_metrics(kind_names: Iterable[str]) -> list[str]:
 
 def combine_daily(frames: Iterable[DataFrame], metrics: list[str]) -> DataFrame:
     """Union of daily aggregates (missing metrics as 0), summed per (user_id, day)."""
+    zero = F.lit(0).cast("long")
     aligned = []
     for f in frames:
         aligned.append(
             f.select(
                 "user_id",
                 F.col("day").cast("date").alias("day"),
-                *[(F.coalesce(F.col(m), F.lit(0.0)) if m in f.columns else F.lit(0.0)).alias(m) for m in metrics],
+                *[(F.coalesce(F.col(m).cast("long"), zero) if m in f.columns else zero).alias(m) for m in metrics],
             )
         )
     out = aligned[0]
     for f in aligned[1:]:
         out = out.unionByName(f)
     return out.groupBy("user_id", "day").agg(*[F.sum(m).alias(m) for m in metrics])
+
+
+@dataclass(frozen=True)
+class SumPlan:
+    """The window sums a snapshot needs: every ``base`` metric over every short window, every ``long`` metric over
+    the history window; a snapshot of D looks at known days ``[D - reach, D - 1]`` (the longest window, and one
+    day more for the recency)."""
+
+    windows: tuple[int, ...]
+    hist: int
+    base: tuple[str, ...]
+    long: tuple[str, ...]
+
+    @property
+    def pairs(self) -> list[tuple[str, int]]:
+        out = [(m, w) for w in self.windows for m in self.base]
+        return out + [(m, self.hist) for m in self.long if (m, self.hist) not in out]
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"{m}_{w}d" for m, w in self.pairs]
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys([*self.base, *self.long]))
+
+    @property
+    def reach(self) -> int:
+        return max(*self.windows, self.hist) + 1
+
+
+def sum_plan(cfg: FeaturesConfig, categories: list[str]) -> SumPlan:
+    cat_metrics = [f"spend_cat_{_slug(c)}" for c in categories]
+    base = DAILY_METRICS_ORDERS + cat_metrics + DAILY_METRICS_EVENTS + DAILY_METRICS_COUPONS
+    long = ["orders", "spend", "spend_sq", "buy_day", "issued", "redeemed", *response_metrics(cfg.coupon_kinds)]
+    return SumPlan(tuple(sorted(set(cfg.windows_days))), int(cfg.history_window_days), tuple(base), tuple(long))
+
+
+def daily_metrics(
+    orders: DataFrame,
+    events: DataFrame,
+    issuances: DataFrame,
+    redemptions: DataFrame,
+    first: dt.date,
+    last: dt.date,
+    categories: list[str],
+    cfg: FeaturesConfig,
+    coupons: DataFrame | None = None,
+) -> DataFrame:
+    """``(user_id, day, *plan metrics)``: every source's daily aggregates on the known days ``[first, last]``
+    (a record known on a day arrived on or before it: ``ingest_date <= last``), whole numbers (see above)."""
+    plan = sum_plan(cfg, categories)
+
+    def known(df: DataFrame, ts: str) -> DataFrame:
+        day = known_day(ts)
+        return df.where((F.col("ingest_date") <= F.lit(last)) & day.between(F.lit(first), F.lit(last)))
+
+    kinds = [_slug(k) for k in cfg.coupon_kinds]
+    combined = combine_daily(
+        [
+            daily_orders(known(orders, "ordered_at"), categories),
+            daily_events(known(events, "event_time")),
+            daily_coupons(
+                known(issuances, "issued_at"),
+                known(redemptions, "redeemed_at"),
+                coupon_kinds_of(coupons) if coupons is not None else None,
+                cfg.coupon_kinds,
+            ),
+        ],
+        [m for m in plan.metrics if m not in ("buy_day", "issued_buy") and not m.startswith("issued_buy_")],
+    )
+    # a purchase day, and the coupons that arrived on one (a coupon acts on its issue day)
+    buy_day = F.when(F.col("orders") > 0, 1).otherwise(0).cast("long")
+    derived = {"buy_day": buy_day, "issued_buy": F.col("issued") * buy_day}
+    derived.update({f"issued_buy_{k}": F.col(f"issued_{k}") * buy_day for k in kinds})
+    return combined.select("user_id", "day", *[derived.get(m, F.col(m)).alias(m) for m in plan.metrics])
+
+
+# ---- window sums: by a window over many snapshots, by a group-by for one, or from yesterday's ------------------
+STATE_COLUMNS = ("last_order_dn",)
+
+
+def window_sums(daily: DataFrame, probes: DataFrame, plan: SumPlan) -> DataFrame:
+    """Window sums of every (metric, window) of ``plan`` over each probe's preceding known days, and its last
+    order day within the reach, for many as-of dates in one sort (no fact is replicated per date).
+
+    Args:
+        daily: (user_id, day, *metrics) daily aggregates (:func:`daily_metrics`).
+        probes: (user_id, as_of_date) rows to compute the sums for.
+
+    Returns:
+        (user_id, as_of_date, ``<metric>_<w>d`` for every pair of the plan, ``last_order_dn``).
+    """
+    metrics = plan.metrics
+    rows = daily.select(
+        "user_id",
+        day_number(F.col("day")).alias("dn"),
+        F.lit(False).alias("probe"),
+        F.lit(None).cast("date").alias("as_of_date"),
+        *metrics,
+    ).unionByName(
+        probes.select(
+            "user_id",
+            day_number(F.col("as_of_date")).alias("dn"),
+            F.lit(True).alias("probe"),
+            "as_of_date",
+            *[F.lit(0).cast("long").alias(m) for m in metrics],
+        )
+    )
+    by_user = Window.partitionBy("user_id").orderBy("dn")
+    sums = [F.sum(m).over(by_user.rangeBetween(-w, -1)).alias(f"{m}_{w}d") for m, w in plan.pairs]
+    last_order = F.max(F.when(F.col("orders") > 0, F.col("dn"))).over(by_user.rangeBetween(-plan.reach, -1))
+    return (
+        rows.select("user_id", "probe", "as_of_date", *sums, last_order.alias("last_order_dn"))
+        .where(F.col("probe"))
+        .select("user_id", "as_of_date", *[F.coalesce(F.col(c), F.lit(0).cast("long")).alias(c) for c in plan.columns],
+                "last_order_dn")
+    )  # fmt: skip
+
+
+def _kept(sums: DataFrame, plan: SumPlan) -> DataFrame:
+    """The rows that say something: a user whose sums are all 0 and who ordered on no day of the reach has the
+    same features as one without a row (both paths drop them alike, so their states stay equal)."""
+    any_sum = F.lit(False)
+    for c in plan.columns:
+        any_sum = any_sum | (F.col(c) != 0)
+    return sums.where(any_sum | F.col("last_order_dn").isNotNull())
+
+
+def state_sums(daily: DataFrame, as_of: dt.date, plan: SumPlan) -> DataFrame:
+    """The window sums of one snapshot for every user with a known day in its reach, by one group-by (no sort):
+    ``(user_id, *plan columns, last_order_dn)``, as :func:`window_sums` gives them."""
+    dn = day_number(F.col("day"))
+    at = day_number(F.lit(as_of).cast("date"))
+    age = at - dn
+    rows = daily.where((age >= 1) & (age <= plan.reach))
+    return _kept(
+        rows.groupBy("user_id").agg(
+            *[F.sum(F.when(age <= w, F.col(m)).otherwise(0)).cast("long").alias(f"{m}_{w}d") for m, w in plan.pairs],
+            F.max(F.when(F.col("orders") > 0, dn)).alias("last_order_dn"),
+        ),
+        plan,
+    )
+
+
+def advance_sums(
+    previous: DataFrame, entering: DataFrame, leaving: DataFrame, as_of: dt.date, plan: SumPlan
+) -> DataFrame:
+    """The window sums of ``as_of`` from those of the day before: each window adds the day entering
+    (``as_of - 1``) and subtracts the day leaving it (``as_of - 1 - w``). Whole numbers, so the result is the
+    full recomputation's exactly (``tests/test_features.py`` checks it row for row).
+
+    Args:
+        previous: (user_id, *plan columns, last_order_dn) of ``as_of - 1``.
+        entering: Daily aggregates (:func:`daily_metrics`) of day ``as_of - 1``.
+        leaving: Daily aggregates holding (at least) the days ``as_of - 1 - w`` of every window ``w``.
+    """
+    yesterday = as_of - dt.timedelta(days=1)
+    zero = F.lit(0).cast("long")
+    parts = [
+        previous.select("user_id", *plan.columns, "last_order_dn"),
+        entering.where(F.col("day") == F.lit(yesterday)).select(
+            "user_id",
+            *[F.col(m).alias(f"{m}_{w}d") for m, w in plan.pairs],
+            F.when(F.col("orders") > 0, day_number(F.col("day"))).alias("last_order_dn"),
+        ),
+    ]
+    for w in sorted({w for _, w in plan.pairs}):
+        gone = leaving.where(F.col("day") == F.lit(yesterday - dt.timedelta(days=w)))
+        parts.append(
+            gone.select(
+                "user_id",
+                *[(-F.col(m) if pw == w else zero).alias(f"{m}_{pw}d") for m, pw in plan.pairs],
+                F.lit(None).cast("int").alias("last_order_dn"),
+            )
+        )
+    rows = parts[0]
+    for p in parts[1:]:
+        rows = rows.unionByName(p)
+    first_known = day_number(F.lit(as_of).cast("date")) - plan.reach
+    summed = rows.groupBy("user_id").agg(
+        *[F.sum(c).cast("long").alias(c) for c in plan.columns], F.max("last_order_dn").alias("last_order_dn")
+    )
+    return _kept(
+        summed.select(
+            "user_id",
+            *plan.columns,
+            F.when(F.col("last_order_dn") >= first_known, F.col("last_order_dn")).alias("last_order_dn"),
+        ),
+        plan,
+    )
 
 
 # ---- snapshots ---------------------------------------------------------------------------------------------
@@ -237,62 +446,6 @@ def users_as_of(users: DataFrame, as_of_dates: list[dt.date], earliest_fallback:
     )
 
 
-def with_window_features(
-    daily: DataFrame,
-    probes: DataFrame,
-    metrics: list[str],
-    windows: list[int],
-    long_metrics: Iterable[str] = (),
-    long_window: int = 0,
-) -> DataFrame:
-    """Window sums of every metric over each probe's preceding ``w`` known days, and the last order day; and of
-    ``long_metrics`` (a subset of ``metrics``) over ``long_window`` days too, in the same pass.
-
-    Args:
-        daily: (user_id, day, *metrics) daily aggregates.
-        probes: (user_id, as_of_date) rows to compute features for.
-        metrics: Metric columns of ``daily``.
-        windows: Window lengths in days.
-
-    Returns:
-        (user_id, as_of_date, ``<metric>_<w>d`` for every metric and window, ``last_order_day``).
-    """
-    carried = [*metrics, *[m for m in long_metrics if m not in metrics]]
-    rows = daily.select(
-        "user_id",
-        day_number(F.col("day")).alias("dn"),
-        F.lit(False).alias("probe"),
-        F.lit(None).cast("date").alias("as_of_date"),
-        *carried,
-    ).unionByName(
-        probes.select(
-            "user_id",
-            day_number(F.col("as_of_date")).alias("dn"),
-            F.lit(True).alias("probe"),
-            "as_of_date",
-            *[F.lit(0.0).alias(m) for m in carried],
-        )
-    )
-    by_user = Window.partitionBy("user_id").orderBy("dn")
-    windowed = [F.sum(m).over(by_user.rangeBetween(-w, -1)).alias(f"{m}_{w}d") for w in windows for m in metrics]
-    longs = [m for m in long_metrics if long_window > 0 and long_window not in windows]
-    windowed += [F.sum(m).over(by_user.rangeBetween(-long_window, -1)).alias(f"{m}_{long_window}d") for m in longs]
-    out_cols = [f"{m}_{w}d" for w in windows for m in metrics] + [f"{m}_{long_window}d" for m in longs]
-    last_order = F.max(F.when(F.col("orders") > 0, F.col("dn"))).over(
-        by_user.rangeBetween(Window.unboundedPreceding, -1)
-    )
-    return (
-        rows.select("user_id", "probe", "as_of_date", "dn", *windowed, last_order.alias("last_order_dn"))
-        .where(F.col("probe"))
-        .select(
-            "user_id",
-            "as_of_date",
-            *[F.coalesce(F.col(c), F.lit(0.0)).alias(c) for c in out_cols],
-            (F.col("dn") - F.col("last_order_dn")).alias("days_since_last_order"),
-        )
-    )
-
-
 def user_features(
     users: DataFrame,
     orders: DataFrame,
@@ -305,67 +458,46 @@ def user_features(
     coupons: DataFrame | None = None,
     earliest_users: bool = False,
 ) -> DataFrame:
-    """The ``user_features`` snapshots of ``as_of_dates`` (see the module docstring for the time semantics).
+    """The ``user_features`` snapshots of ``as_of_dates``, recomputed from the silver tables (see the module
+    docstring for the time semantics).
 
     The silver inputs may hold any dates: each source is cut to what was known before the latest as-of date,
     and the windows do the rest. ``coupons`` (the silver catalogue) gives each issued coupon its kind for the
     per-kind response features; without it those count no coupon. ``earliest_users``: a date before the first
     users snapshot takes that snapshot (the snapshots of an imported past, :func:`users_as_of`).
     """
-    windows = sorted(set(cfg.windows_days))
-    hist = int(cfg.history_window_days)
-    last = max(as_of_dates)
-    horizon = min(as_of_dates) - dt.timedelta(days=max(*windows, hist) + 1)
-
-    def known_before(df: DataFrame, ts: str) -> DataFrame:
-        day = known_day(ts)
-        return df.where((F.col("ingest_date") < F.lit(last)) & (day < F.lit(last)) & (day >= F.lit(horizon)))
-
-    kinds = [_slug(k) for k in cfg.coupon_kinds]
-    resp = response_metrics(cfg.coupon_kinds)
-    cat_metrics = [f"spend_cat_{_slug(c)}" for c in categories]
-    base_metrics = DAILY_METRICS_ORDERS + cat_metrics + DAILY_METRICS_EVENTS + DAILY_METRICS_COUPONS
-    kind_metrics = [m for m in resp if not m.startswith("issued_buy")]
-    combined = combine_daily(
-        [
-            daily_orders(known_before(orders, "ordered_at"), categories),
-            daily_events(known_before(events, "event_time")),
-            daily_coupons(
-                known_before(issuances, "issued_at"),
-                known_before(redemptions, "redeemed_at"),
-                coupon_kinds_of(coupons) if coupons is not None else None,
-                cfg.coupon_kinds,
-            ),
-        ],
-        [*base_metrics, "spend_sq", *kind_metrics],
-    )
-    # a purchase day, and the coupons that arrived on one (a coupon acts on its issue day)
-    buy_day = F.when(F.col("orders") > 0, 1.0).otherwise(0.0)
-    daily = combined.select(
-        "*",
-        buy_day.alias("buy_day"),
-        (F.col("issued") * buy_day).alias("issued_buy"),
-        *[(F.col(f"issued_{k}") * buy_day).alias(f"issued_buy_{k}") for k in kinds],
-    )
-    long_metrics = ["orders", "spend", "spend_sq", "buy_day", "issued", "redeemed", *resp]
-    # the short windows only for the metrics that have short-window features; the response metrics: the long one
+    plan = sum_plan(cfg, categories)
+    first = min(as_of_dates) - dt.timedelta(days=plan.reach)
+    last = max(as_of_dates) - dt.timedelta(days=1)
+    daily = daily_metrics(orders, events, issuances, redemptions, first, last, categories, cfg, coupons)
     profiles = users_as_of(users, as_of_dates, earliest_fallback=earliest_users)
-    win = with_window_features(
-        daily, profiles.select("user_id", "as_of_date"), base_metrics, windows, long_metrics, hist
-    )
+    if len(set(as_of_dates)) == 1:
+        sums = state_sums(daily, as_of_dates[0], plan).withColumn("as_of_date", F.lit(as_of_dates[0]).cast("date"))
+    else:
+        sums = window_sums(daily, profiles.select("user_id", "as_of_date"), plan)
+    return features_of_sums(profiles, sums, plan, cfg)
+
+
+def features_of_sums(profiles: DataFrame, sums: DataFrame, plan: SumPlan, cfg: FeaturesConfig) -> DataFrame:
+    """The ``user_features`` rows of ``profiles`` (:func:`users_as_of`) from their window sums
+    (``(user_id, as_of_date, *plan columns, last_order_dn)``; a user without a row has none of it)."""
+    windows = list(plan.windows)
+    hist = plan.hist
+    kinds = [_slug(k) for k in cfg.coupon_kinds]
+    cat_metrics = [m for m in plan.base if m.startswith("spend_cat_")]
     big = max(windows)
     mid = sorted(w for w in windows if w <= 30)[-1] if any(w <= 30 for w in windows) else big
     short = windows[0]
     cap = float(cfg.recency_cap_days)
 
     def col(m: str, w: int) -> Column:
-        return F.col(f"{m}_{w}d")
+        value = F.coalesce(F.col(f"{m}_{w}d"), F.lit(0)).cast("double")
+        return value / F.lit(scale_of(m)) if scale_of(m) != 1.0 else value
 
+    days_since = day_number(F.col("as_of_date")) - F.col("last_order_dn")
     feats = [
         F.datediff(F.col("as_of_date"), F.col("signup_date")).cast("double").alias("uf_tenure_days"),
-        F.least(F.coalesce(F.col("days_since_last_order").cast("double"), F.lit(cap)), F.lit(cap)).alias(
-            "uf_recency_days"
-        ),
+        F.least(F.coalesce(days_since.cast("double"), F.lit(cap)), F.lit(cap)).alias("uf_recency_days"),
         *[col("orders", w).alias(f"uf_orders_{w}d") for w in windows],
         *[col("spend", w).alias(f"uf_spend_{w}d") for w in windows],
         safe_ratio(col("spend", big), col("orders", big)).alias(f"uf_avg_basket_{big}d"),
@@ -382,8 +514,8 @@ def user_features(
         safe_ratio(col("discount_orders", big), col("orders", big)).alias(f"uf_discount_order_share_{big}d"),
         safe_ratio(col("orders", short), col("orders", big)).alias(f"uf_recent_order_share_{short}d"),
     ]
-    h = lambda m: F.coalesce(F.col(f"{m}_{hist}d"), F.lit(0.0))  # noqa: E731
-    joined = profiles.join(win, on=["user_id", "as_of_date"], how="left")
+    h = lambda m: col(m, hist)  # noqa: E731
+    joined = profiles.join(sums, on=["user_id", "as_of_date"], how="left")
     # days the user was there within the history window, and the purchase rate on days without a coupon
     observed = F.greatest(
         F.least(F.datediff(F.col("as_of_date"), F.col("signup_date")), F.lit(hist)).cast("double"), F.lit(1.0)
@@ -648,6 +780,59 @@ def feature_stats(
     return spark.createDataFrame(rows, FEATURE_STATS)
 
 
+# ---- the incremental daily run -------------------------------------------------------------------------------
+FACT_TABLES = (tables.ORDERS, tables.EVENTS, tables.ISSUANCES, tables.REDEMPTIONS)
+FINGERPRINT = "source_fingerprint"
+
+
+def ingest_dates_of(first: dt.date, last: dt.date, cfg: Config) -> tuple[dt.date, dt.date]:
+    """The ingest dates that can hold a record known on the days ``[first, last]``. A record is known on
+    ``greatest(its day, ingest date)`` and the cleanse refuses times after the ingest date's end plus
+    ``cleanse.future_tolerance_minutes``, so its ingest date is at most 1 + that tolerance (in days, rounded up)
+    before its known day."""
+    slack = 1 + -(-int(cfg.cleanse.future_tolerance_minutes) // 1440)
+    return first - dt.timedelta(days=slack), last
+
+
+def source_fingerprint(lake: Lake, plan: SumPlan, first: dt.date, last: dt.date, cfg: Config) -> str:
+    """A digest of the window-sum columns and of the data files of every fact table's ingest partitions that can
+    hold a record known on ``[first, last]``: a rerun of the cleanse of one of those dates writes new files, so
+    the digest changes and sums built before it are not advanced from (a compaction does too: one full build)."""
+    lo, hi = ingest_dates_of(first, last, cfg)
+    digest = hashlib.sha256(repr(plan.columns).encode())
+    for t in FACT_TABLES:
+        paths = []
+        for path, part in lake.files(t):
+            day = part.get("ingest_date")
+            day = dt.date.fromisoformat(day) if isinstance(day, str) else day
+            if day is not None and lo <= day <= hi:
+                paths.append(path)
+        digest.update(f"\n{t.name}\n".encode() + "\n".join(sorted(paths)).encode())
+    return digest.hexdigest()
+
+
+def _table_columns(lake: Lake, table: tables.Table) -> list[str] | None:
+    return lake.read(table).columns if lake.exists(table) else None
+
+
+def previous_sums(lake: Lake, plan: SumPlan, run_date: dt.date, cfg: Config) -> DataFrame | None:
+    """The window sums of ``run_date - 1`` when the run of ``run_date`` can advance them: they exist, have the
+    plan's columns, and every fact partition they were built from is the same today; else None (full build)."""
+    before = run_date - dt.timedelta(days=1)
+    if before not in lake.dates(tables.USER_WINDOW_SUMS) or not lake.exists(tables.USER_DAILY):
+        return None
+    prev = lake.read(tables.USER_WINDOW_SUMS, where={"as_of_date": before})
+    if [c for c in prev.columns if c not in ("as_of_date", FINGERPRINT)] != ["user_id", *plan.columns, *STATE_COLUMNS]:
+        return None
+    stored = prev.select(FINGERPRINT).limit(1).collect()
+    first = before - dt.timedelta(days=plan.reach)
+    want = source_fingerprint(lake, plan, first, before - dt.timedelta(days=1), cfg)
+    if not stored or stored[0][0] != want:
+        log.info("window sums of %s were built from other silver files: a full build", before)
+        return None
+    return prev
+
+
 # ---- the job -------------------------------------------------------------------------------------------------
 
 
@@ -660,6 +845,7 @@ class FeatureRunSummary:
     versions: dict[str, int]
     rows: dict[str, int]
     seconds: dict[str, float]
+    incremental: bool = False  # the run date's window sums advanced from the day before's
 
 
 def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> FeatureRunSummary:
@@ -694,10 +880,17 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     versions: dict[str, int] = {}
     counts: dict[str, int] = {}
 
-    def replace(df: DataFrame, table: tables.Table, label: str = "") -> None:
-        """Replace the partitions present in ``df``; note the version, the rows and the time (under ``label``)."""
+    def replace(df: DataFrame, table: tables.Table, label: str = "", dates: list[dt.date] | None = None) -> None:
+        """Replace the partitions present in ``df`` (or exactly those of ``dates``, also when ``df`` has no row
+        in some); note the version, the rows and the time (under ``label``)."""
         started = time.perf_counter()
-        res = lake.write(df, table)  # the catalog's replace_partitions by its date column
+        if dates is None:
+            res = lake.write(df, table)  # the catalog's replace_partitions by its date column
+        elif lake.exists(table) and set(lake.read(table).columns) != set(df.columns):
+            # the configuration's metrics changed: the table takes the new columns (a full build follows)
+            res = lake.write(df, table, mode="overwrite", schema_mode="overwrite")
+        else:
+            res = lake.write(df, table, mode="overwrite", replace_where={table.partition_by[0]: dates})
         key = label or table.name
         seconds[key] = round(time.perf_counter() - started, 2)
         versions[key], counts[key] = res.version, res.num_rows
@@ -744,7 +937,42 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
         replace(exi, tables.TRAINING_EXAMPLES, label="training_examples (import)")
         # the catalogue each imported row could draw from: what the decision gate replays the model on
         replace(cfi, tables.COUPON_FEATURES, label="coupon_features (import)")
-    uf = user_features(users, orders, events, iss, redemptions, snapshots, categories, fcfg, coupons=coupons)
+    # the run date's window sums: advanced from the day before's (add the day entering, subtract the days
+    # leaving), or built from the daily aggregates of its whole reach; both kept for the next day's run
+    splan = sum_plan(fcfg, categories)
+    yesterday = run_date - dt.timedelta(days=1)
+    first_known = run_date - dt.timedelta(days=splan.reach)
+    facts = (orders, events, iss, redemptions)
+    previous = previous_sums(lake, splan, run_date, cfg)
+    if previous is not None:
+        lo, hi = ingest_dates_of(yesterday, yesterday, cfg)
+        o, e, i, r = (f.where(F.col("ingest_date").between(F.lit(lo), F.lit(hi))) for f in facts)
+        entering = daily_metrics(o, e, i, r, yesterday, yesterday, categories, fcfg, coupons)
+        replace(entering, tables.USER_DAILY, dates=[yesterday])
+        leaving = sorted({yesterday - dt.timedelta(days=w) for _, w in splan.pairs})
+        daily = lake.read(tables.USER_DAILY, where={"day": [yesterday, *leaving]})
+        sums = advance_sums(previous, daily, daily, run_date, splan)
+    else:
+        reach = [first_known + dt.timedelta(days=i) for i in range(splan.reach)]
+        replace(daily_metrics(*facts, first_known, yesterday, categories, fcfg, coupons), tables.USER_DAILY,
+                dates=reach)  # fmt: skip
+        sums = state_sums(lake.read(tables.USER_DAILY, where={"day": reach}), run_date, splan)
+    fingerprint = source_fingerprint(lake, splan, first_known, yesterday, cfg)
+    replace(
+        sums.select(F.lit(run_date).cast("date").alias("as_of_date"), "user_id", *splan.columns, *STATE_COLUMNS,
+                    F.lit(fingerprint).alias(FINGERPRINT)),
+        tables.USER_WINDOW_SUMS,
+        dates=[run_date],
+    )  # fmt: skip
+    profiles = users_as_of(users, snapshots)
+    all_sums = lake.read(tables.USER_WINDOW_SUMS, where={"as_of_date": run_date}).drop(FINGERPRINT)
+    others = [d for d in snapshots if d != run_date]
+    if others:  # missing snapshots of earlier issue dates: recomputed from silver, in one window pass
+        first, last = min(others) - dt.timedelta(days=splan.reach), max(others) - dt.timedelta(days=1)
+        probes = profiles.where(F.col("as_of_date").isin(others)).select("user_id", "as_of_date")
+        daily_before = daily_metrics(*facts, first, last, categories, fcfg, coupons)
+        all_sums = all_sums.unionByName(window_sums(daily_before, probes, splan))
+    uf = features_of_sums(profiles, all_sums, splan, fcfg)
     replace(uf, tables.USER_FEATURES)
     cf = coupon_features(coupons, snapshots)
     replace(cf, tables.COUPON_FEATURES)
@@ -774,7 +1002,7 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
             win,
         )
         replace(ex, tables.TRAINING_EXAMPLES)
-    return FeatureRunSummary(run_date, snapshots, wanted, plan, versions, counts, seconds)
+    return FeatureRunSummary(run_date, snapshots, wanted, plan, versions, counts, seconds, previous is not None)
 
 
 def import_plan(
@@ -803,7 +1031,8 @@ def run(ctx: Context, run_date: dt.date) -> int:
     """``coupon-spark features``: build and print what was written."""
     cfg = ctx.cfg
     s = build_features(ctx.spark, ctx.lake, cfg, run_date)
-    print(f"features as of {s.as_of}: snapshots {[str(d) for d in s.snapshots]}")
+    how = "advanced from the day before's" if s.incremental else "built over the whole reach"
+    print(f"features as of {s.as_of}: snapshots {[str(d) for d in s.snapshots]} (window sums {how})")
     if s.imported:
         days, snaps = sorted(s.imported), sorted(set(s.imported.values()))
         print(

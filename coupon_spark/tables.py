@@ -90,6 +90,9 @@ TRAINING_EXAMPLES = Table(
 FEATURE_STATS = Table(
     "feature_stats", "features", ("as_of_date",), "replace_partitions", schemas.FEATURE_STATS, ("feature",)
 )
+# the incremental daily run's state: per-(user, known day) aggregates and each snapshot's window sums
+USER_DAILY = Table("user_daily", "features", ("day",), "overwrite", None, ("user_id",))
+USER_WINDOW_SUMS = Table("user_window_sums", "features", ("as_of_date",), "overwrite", None, ("user_id",))
 
 # ---- gold and ops: one partition per run date ----------------------------------------------------------------
 CANDIDATES = Table(
@@ -125,6 +128,8 @@ CATALOG: dict[str, Table] = {
         COUPON_FEATURES,
         TRAINING_EXAMPLES,
         FEATURE_STATS,
+        USER_DAILY,
+        USER_WINDOW_SUMS,
         CANDIDATES,
         ALLOCATIONS,
         ALLOCATION_RUNS,

@@ -20,7 +20,7 @@ from coupon_spark.stages import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 LAKE_METHODS = {"read", "write", "exists", "location", "info", "partitions", "version", "history", "compact", "vacuum",
-                "dates"}  # fmt: skip
+                "dates", "files"}  # fmt: skip
 
 
 def test_the_catalog_and_the_configuration_name_the_same_tables():

@@ -129,6 +129,8 @@ class Backend(Protocol):
 
     def partitions(self, location: str) -> list[dict[str, Any]]: ...
 
+    def files(self, location: str) -> list[tuple[str, dict[str, Any]]]: ...
+
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]: ...
 
     def info(self, location: str) -> TableInfo: ...
@@ -273,6 +275,12 @@ class Lake:
         """Distinct partition values of the current version (typed: dates as ``datetime.date``), sorted."""
         with self._missing_says_what_to_run(table):
             return self.backend.partitions(self.location(table))
+
+    def files(self, table: TableRef) -> list[tuple[str, dict[str, Any]]]:
+        """``(path, partition values)`` of each data file of the current version (typed as :meth:`partitions`),
+        from the log alone: what a consumer compares to see whether partitions were rewritten."""
+        with self._missing_says_what_to_run(table):
+            return self.backend.files(self.location(table))
 
     def dates(self, table: Table, column: str | None = None) -> list[dt.date]:
         """The values of a date partition column (default: the table's first) in the current version, sorted;

@@ -629,6 +629,9 @@ class BridgeBackend:
         """From the snapshot's add actions: no file is opened."""
         return partitions_in_log(self._require(location))
 
+    def files(self, location: str) -> list[tuple[str, dict[str, Any]]]:
+        return files_in_log(self._require(location))
+
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]:
         return list(self._require(location).history(limit))
 
@@ -679,6 +682,18 @@ def partitions_in_log(table: DeltaTable) -> list[dict[str, Any]]:
     rows = distinct.aggregate([]).to_pylist()
     out = [{c: r[f"partition.{c}"] for c in parts} for r in rows]
     return sorted(out, key=lambda r: tuple((v is None, v) for v in r.values()))
+
+
+def files_in_log(table: DeltaTable) -> list[tuple[str, dict[str, Any]]]:
+    """``(path, partition values)`` of every data file of a table's snapshot, from its add actions (both
+    backends; no file is opened)."""
+    parts = list(table.metadata().partition_columns)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.num_rows == 0:
+        return []
+    paths = actions.column("path").to_pylist()
+    values = {c: actions.column(f"partition.{c}").to_pylist() for c in parts}
+    return [(p, {c: values[c][i] for c in parts}) for i, p in enumerate(paths)]
 
 
 def info_in_log(table: DeltaTable, location: str) -> TableInfo:

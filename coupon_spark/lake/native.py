@@ -252,6 +252,11 @@ class NativeBackend:
 
         return partitions_in_log(self._log(location))  # the add actions: no Spark job
 
+    def files(self, location: str) -> list[tuple[str, dict[str, Any]]]:
+        from coupon_spark.lake.bridge import files_in_log
+
+        return files_in_log(self._log(location))
+
     def history(self, location: str, limit: int | None) -> list[dict[str, Any]]:
         hist = self._table(location).history(limit) if limit else self._table(location).history()
         return [r.asDict(recursive=True) for r in hist.collect()]
