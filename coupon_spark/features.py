@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, DecimalType, StructField, StructType
@@ -815,6 +816,25 @@ def _table_columns(lake: Lake, table: tables.Table) -> list[str] | None:
     return lake.read(table).columns if lake.exists(table) else None
 
 
+STATE_KEEP_DAYS = 7
+"""Run dates whose window sums stay (a rerun of one of them, or of the day after, can advance from them)."""
+
+
+def prune_state(lake: Lake, plan: SumPlan, run_date: dt.date) -> None:
+    """Drop the window sums older than :data:`STATE_KEEP_DAYS` before ``run_date`` and the daily aggregates no
+    kept sums can need (each a partition overwrite with no rows: one commit, files left for ``vacuum``), so the
+    state stays a week of snapshots plus a reach of days, whatever the lake's age."""
+    keep_from = run_date - dt.timedelta(days=STATE_KEEP_DAYS)
+    for table, keep in (
+        (tables.USER_WINDOW_SUMS, keep_from),
+        (tables.USER_DAILY, keep_from - dt.timedelta(days=plan.reach + 1)),
+    ):
+        old = [d for d in lake.dates(table) if d < keep]
+        if old:
+            empty = lake.read(table, where={table.partition_by[0]: old}).limit(0)
+            lake.write(empty, table, mode="overwrite", replace_where={table.partition_by[0]: old})
+
+
 def previous_sums(lake: Lake, plan: SumPlan, run_date: dt.date, cfg: Config) -> DataFrame | None:
     """The window sums of ``run_date - 1`` when the run of ``run_date`` can advance them: they exist, have the
     plan's columns, and every fact partition they were built from is the same today; else None (full build)."""
@@ -848,9 +868,12 @@ class FeatureRunSummary:
     incremental: bool = False  # the run date's window sums advanced from the day before's
 
 
-def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date) -> FeatureRunSummary:
+def build_features(
+    spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.date, full: bool = False
+) -> FeatureRunSummary:
     """Write the feature tables for ``run_date``: snapshots (plus missing issue-date snapshots), the training
-    examples of every issue date whose outcome window closed within the look-back, and the feature stats."""
+    examples of every issue date whose outcome window closed within the look-back, and the feature stats.
+    ``full``: build the window sums over their whole reach even where the day before's could be advanced."""
     fcfg = cfg.features
     for t in tables.SILVER:
         if not lake.exists(t):
@@ -943,7 +966,7 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     yesterday = run_date - dt.timedelta(days=1)
     first_known = run_date - dt.timedelta(days=splan.reach)
     facts = (orders, events, iss, redemptions)
-    previous = previous_sums(lake, splan, run_date, cfg)
+    previous = None if full else previous_sums(lake, splan, run_date, cfg)
     if previous is not None:
         lo, hi = ingest_dates_of(yesterday, yesterday, cfg)
         o, e, i, r = (f.where(F.col("ingest_date").between(F.lit(lo), F.lit(hi))) for f in facts)
@@ -957,15 +980,12 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
         replace(daily_metrics(*facts, first_known, yesterday, categories, fcfg, coupons), tables.USER_DAILY,
                 dates=reach)  # fmt: skip
         sums = state_sums(lake.read(tables.USER_DAILY, where={"day": reach}), run_date, splan)
+    # kept in memory, committed last: sums on the lake say that this run's other tables are written too
+    sums = sums.select(F.lit(run_date).cast("date").alias("as_of_date"), "user_id", *splan.columns, *STATE_COLUMNS)
+    sums = sums.persist(StorageLevel.MEMORY_AND_DISK)
     fingerprint = source_fingerprint(lake, splan, first_known, yesterday, cfg)
-    replace(
-        sums.select(F.lit(run_date).cast("date").alias("as_of_date"), "user_id", *splan.columns, *STATE_COLUMNS,
-                    F.lit(fingerprint).alias(FINGERPRINT)),
-        tables.USER_WINDOW_SUMS,
-        dates=[run_date],
-    )  # fmt: skip
     profiles = users_as_of(users, snapshots)
-    all_sums = lake.read(tables.USER_WINDOW_SUMS, where={"as_of_date": run_date}).drop(FINGERPRINT)
+    all_sums = sums
     others = [d for d in snapshots if d != run_date]
     if others:  # missing snapshots of earlier issue dates: recomputed from silver, in one window pass
         first, last = min(others) - dt.timedelta(days=splan.reach), max(others) - dt.timedelta(days=1)
@@ -990,19 +1010,29 @@ def build_features(spark: SparkSession, lake: Lake, cfg: Config, run_date: dt.da
     stats = parts[0].unionByName(parts[1])
     replace(stats, tables.FEATURE_STATS)
 
-    if wanted:
+    # the examples to (re)write: all of the look-back, or after a run whose sums this one advanced (no fact
+    # partition in their reach changed since), those it lacks and those the newest ingest date can change
+    redo = wanted
+    if previous is not None and wanted:
+        have = set(lake.dates(tables.TRAINING_EXAMPLES))
+        touched = yesterday - dt.timedelta(days=cfg.cleanse.max_lateness_days + win)
+        redo = [d for d in wanted if d not in have or d >= touched]
+    if redo:
         ex = training_examples(
             trainable,
             orders,
             redemptions,
             coupons,
-            lake.read(tables.USER_FEATURES, where={"as_of_date": wanted}),
-            lake.read(tables.COUPON_FEATURES, where={"as_of_date": wanted}),
-            wanted,
+            lake.read(tables.USER_FEATURES, where={"as_of_date": redo}),
+            lake.read(tables.COUPON_FEATURES, where={"as_of_date": redo}),
+            redo,
             win,
         )
         replace(ex, tables.TRAINING_EXAMPLES)
-    return FeatureRunSummary(run_date, snapshots, wanted, plan, versions, counts, seconds, previous is not None)
+    replace(sums.withColumn(FINGERPRINT, F.lit(fingerprint)), tables.USER_WINDOW_SUMS, dates=[run_date])
+    sums.unpersist()
+    prune_state(lake, splan, run_date)
+    return FeatureRunSummary(run_date, snapshots, redo, plan, versions, counts, seconds, previous is not None)
 
 
 def import_plan(

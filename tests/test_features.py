@@ -10,7 +10,7 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from coupon_spark import features
+from coupon_spark import features, tables
 from coupon_spark.config import Config
 from coupon_spark.lake import Lake
 from coupon_spark.lake.bridge import BridgeBackend
@@ -192,10 +192,15 @@ def test_several_snapshots_in_one_pass_equal_one_at_a_time(shop, cfg, spark):
         )
 
 
-def test_the_daily_run_advances_yesterdays_sums_to_the_full_recomputation(shop, cfg, spark):
+def test_the_daily_run_advances_yesterdays_sums_to_the_full_recomputation(shop, cfg, spark, monkeypatch):
     """Oct 30 is built over its whole reach; Oct 31, Nov 1 and Nov 2 each advance the day before's window sums
     (e4 and the late o4 become known on Nov 1). Every snapshot equals the recomputation from silver bit for bit.
     A cleanse rerun of an ingest date inside the reach (new files) makes the next run build in full again."""
+    monkeypatch.setattr(features, "STATE_KEEP_DAYS", 1)  # the sums of the run date and the day before stay
+    # a control issuance on Oct 1: its examples are written by the first build; no later ingest date can change
+    # them (its window closed on Oct 8, the lateness limit is 7 days), so the advancing runs leave them alone
+    oct1 = [("i0", "u1", None, ts(d("2026-10-01"), 9), "random", 0.5, d("2026-10-01"))]
+    shop.write(spark.createDataFrame(oct1, ISSUANCES), "issuances", mode="append")
 
     def recomputed(day: dt.date):
         silver = [shop.read(t) for t in ("users", "orders", "events", "issuances", "redemptions")]
@@ -207,6 +212,7 @@ def test_the_daily_run_advances_yesterdays_sums_to_the_full_recomputation(shop, 
     for i, day in enumerate(users):
         summary = features.build_features(spark, shop, cfg, day)
         assert summary.incremental == (i > 0), day
+        assert summary.issue_dates == ([] if i > 0 else [d("2026-10-01")]), day
         got = shop.read("user_features", where={"as_of_date": day})
         assert got.count() == users[day], day
         assert_df_equality(got, recomputed(day).select(*got.columns), ignore_row_order=True, ignore_nullable=True)
@@ -216,6 +222,7 @@ def test_the_daily_run_advances_yesterdays_sums_to_the_full_recomputation(shop, 
     again = shop.read("orders", where={"ingest_date": AS_OF})
     shop.write(again, "orders", mode="overwrite", replace_where={"ingest_date": AS_OF})
     assert not features.build_features(spark, shop, cfg, d("2026-11-03")).incremental
+    assert shop.dates(tables.USER_WINDOW_SUMS) == [d("2026-11-02"), d("2026-11-03")]
     got = shop.read("user_features", where={"as_of_date": d("2026-11-03")})
     assert_df_equality(got, recomputed(d("2026-11-03")).select(*got.columns), ignore_row_order=True,
                        ignore_nullable=True)  # fmt: skip
