@@ -831,7 +831,10 @@ def with_duplicates_marked(source: Source) -> Callable[[DataFrame], DataFrame]:
         order = [F.col("source_file").desc(), F.col("_block").desc(), F.col("_mid").desc()]  # the line order
         if source.version:
             order.insert(0, F.col(f"t_{source.version}").desc_nulls_last())
-        w = Window.partitionBy(good.alias("_good"), F.col(f"t_{source.key}")).orderBy(*order)
+        # by the key alone, good records first: among them the numbering and the first text are the same as in
+        # a window of the good ones only, and the rows leave hash-partitioned and sorted by the key, which the
+        # join with silver's keys (with_repeats_marked) takes as they are instead of shuffling them again
+        w = Window.partitionBy(F.col(f"t_{source.key}")).orderBy(good.desc(), *order)
         kept_text = F.first("value").over(w)
         rn = F.row_number().over(w)
         dup = good & (rn > 1)
