@@ -712,12 +712,28 @@ def transform_of(name: str, log1p_fragments: list[str]) -> str:
     return "log1p_standard" if any(f in name for f in log1p_fragments) else "standard"
 
 
+FIXED_BITS = 60
+""":func:`exact_moments` adds ``x / max|x|`` (in [-1, 1]) as whole multiples of 2^-60 (rounding costs < 1e-18)."""
+_HALF = 30
+
+
+def _fixed_sum(z: Column, name: str) -> list[Column]:
+    """The exact sum of ``z`` (in [-1, 1]) in units of 2^-60, as two sums of longs (Spark adds longs fast and
+    exactly, decimal(38, 18) slowly): ``q = hi * 2^30 + lo`` with ``0 <= lo < 2^30``, each below 2^30 in size,
+    so neither sum can overflow below 2^33 rows."""
+    q = (z * F.lit(float(2**FIXED_BITS))).cast("long")
+    return [
+        F.sum(F.shiftright(q, _HALF)).alias(f"{name}__hi"),
+        F.sum(q.bitwiseAND(F.lit((1 << _HALF) - 1))).alias(f"{name}__lo"),
+    ]
+
+
 def exact_moments(df: DataFrame, columns: dict[str, Column]) -> dict[str, tuple[float, float]]:
     """Mean and population standard deviation of each column (nulls skipped; none: 0, 0), the same bits
     whatever order Spark adds the rows in (:func:`exact_sum`). Two passes: the largest ``|x|`` of each column,
-    then the exact sums of ``x / max|x|`` and its square, which lie in [-1, 1] and so cannot overflow; the
-    variance ``E[x^2] - E[x]^2`` is then worked out in the driver with 50 digits, so the rounding of each row to
-    18 decimals of its scale costs at most ~1e-18 of it, also for a nearly constant column."""
+    then the exact sums of ``x / max|x|`` and its square, which lie in [-1, 1], in whole multiples of 2^-60
+    (:func:`_fixed_sum`); the variance ``E[x^2] - E[x]^2`` is then worked out in the driver with 50 digits, so the
+    rounding of each row costs at most ~1e-18 of the scale, also for a nearly constant column."""
     if not columns:
         return {}
     top = df.agg(*[F.max(F.abs(x)).alias(c) for c, x in columns.items()]).first()
@@ -726,19 +742,23 @@ def exact_moments(df: DataFrame, columns: dict[str, Column]) -> dict[str, tuple[
     aggs = []
     for c, x in columns.items():
         z = x / F.lit(scale[c])
-        aggs += [F.count(x).alias(f"{c}__n"), F.sum(z.cast(EXACT)).alias(f"{c}__s1"),
-                 F.sum((z * z).cast(EXACT)).alias(f"{c}__s2")]  # fmt: skip
+        aggs += [F.count(x).alias(f"{c}__n"), *_fixed_sum(z, f"{c}__s1"), *_fixed_sum(z * z, f"{c}__s2")]
     sums = df.agg(*aggs).first()
     assert sums is not None
     out = {}
     with decimal.localcontext() as ctx:
         ctx.prec = 50
+        unit = decimal.Decimal(2**FIXED_BITS)
+
+        def total(name: str) -> decimal.Decimal:
+            return decimal.Decimal((int(sums[f"{name}__hi"]) << _HALF) + int(sums[f"{name}__lo"])) / unit
+
         for c in columns:
             n = sums[f"{c}__n"]
             if not n:
                 out[c] = (0.0, 0.0)
                 continue
-            m1, m2 = sums[f"{c}__s1"] / n, sums[f"{c}__s2"] / n
+            m1, m2 = total(f"{c}__s1") / n, total(f"{c}__s2") / n
             var = max(m2 - m1 * m1, decimal.Decimal(0))
             out[c] = (float(m1) * scale[c], float(var.sqrt()) * scale[c])
     return out
@@ -975,11 +995,14 @@ def build_features(
         leaving = sorted({yesterday - dt.timedelta(days=w) for _, w in splan.pairs})
         daily = lake.read(tables.USER_DAILY, where={"day": [yesterday, *leaving]})
         sums = advance_sums(previous, daily, daily, run_date, splan)
-    else:
+        daily_all = None
+    else:  # one pass over silver for the reach of every snapshot: the state's days and the earlier snapshots'
         reach = [first_known + dt.timedelta(days=i) for i in range(splan.reach)]
-        replace(daily_metrics(*facts, first_known, yesterday, categories, fcfg, coupons), tables.USER_DAILY,
-                dates=reach)  # fmt: skip
-        sums = state_sums(lake.read(tables.USER_DAILY, where={"day": reach}), run_date, splan)
+        start = min(snapshots) - dt.timedelta(days=splan.reach)
+        daily_all = daily_metrics(*facts, start, yesterday, categories, fcfg, coupons)
+        daily_all = daily_all.persist(StorageLevel.MEMORY_AND_DISK)
+        replace(daily_all.where(F.col("day") >= F.lit(first_known)), tables.USER_DAILY, dates=reach)
+        sums = state_sums(daily_all, run_date, splan)
     # kept in memory, committed last: sums on the lake say that this run's other tables are written too
     sums = sums.select(F.lit(run_date).cast("date").alias("as_of_date"), "user_id", *splan.columns, *STATE_COLUMNS)
     sums = sums.persist(StorageLevel.MEMORY_AND_DISK)
@@ -990,10 +1013,16 @@ def build_features(
     if others:  # missing snapshots of earlier issue dates: recomputed from silver, in one window pass
         first, last = min(others) - dt.timedelta(days=splan.reach), max(others) - dt.timedelta(days=1)
         probes = profiles.where(F.col("as_of_date").isin(others)).select("user_id", "as_of_date")
-        daily_before = daily_metrics(*facts, first, last, categories, fcfg, coupons)
+        daily_before = (
+            daily_metrics(*facts, first, last, categories, fcfg, coupons)
+            if daily_all is None
+            else daily_all.where(F.col("day") <= F.lit(last))
+        )
         all_sums = all_sums.unionByName(window_sums(daily_before, probes, splan))
     uf = features_of_sums(profiles, all_sums, splan, fcfg)
     replace(uf, tables.USER_FEATURES)
+    if daily_all is not None:
+        daily_all.unpersist()
     cf = coupon_features(coupons, snapshots)
     replace(cf, tables.COUPON_FEATURES)
 
