@@ -862,7 +862,7 @@ def previous_sums(lake: Lake, plan: SumPlan, run_date: dt.date, cfg: Config) -> 
     if before not in lake.dates(tables.USER_WINDOW_SUMS) or not lake.exists(tables.USER_DAILY):
         return None
     prev = lake.read(tables.USER_WINDOW_SUMS, where={"as_of_date": before})
-    if [c for c in prev.columns if c not in ("as_of_date", FINGERPRINT)] != ["user_id", *plan.columns, *STATE_COLUMNS]:
+    if set(prev.columns) != {"as_of_date", FINGERPRINT, "user_id", *plan.columns, *STATE_COLUMNS}:
         return None
     stored = prev.select(FINGERPRINT).limit(1).collect()
     first = before - dt.timedelta(days=plan.reach)
