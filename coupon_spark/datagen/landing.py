@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import DateType, IntegralType, StringType, TimestampType
 
 from coupon_spark.datagen.world import CATEGORIES, REGIONS, S_REGION, choice, uniform
 from coupon_spark.schemas import LANDING_FIELDS, LANDING_FILES
@@ -174,10 +178,16 @@ def dirty_lines(df: DataFrame, r: Rendering, seed: int, rate: float, kinds: list
     salt = _SOURCE_SALT[r.source]
     usable = [k for k in APPLICABLE[r.source] if k in kinds]
     key = r.key
-    clean = render_line(fmt, names, r.fields)
+    # every field's value once per record, in a projection; the lines (the clean one and each defect's variant)
+    # are then built from these columns and the variants' few overrides: small generated code, where the
+    # variants' copies of every field's expression made one method of ~200 kB for the JIT to compile
+    slots = {n: f"_f{i}" for i, n in enumerate(names)}
+    df = df.select("*", *[r.fields[n].alias(slots[n]) for n in names])
+    values = {n: F.col(slots[n]) for n in names}
+    clean = render_line(fmt, names, values)
 
     def variant(overrides: Overrides) -> Column:
-        fields = {**r.fields, **{k: v for k, v in overrides.items() if v is not None}}
+        fields = {**values, **{k: v for k, v in overrides.items() if v is not None}}
         return render_line(fmt, names, fields, frozenset(k for k, v in overrides.items() if v is None))
 
     def pair(line: Column, defect: str) -> Column:
@@ -188,6 +198,11 @@ def dirty_lines(df: DataFrame, r: Rendering, seed: int, rate: float, kinds: list
         tag = F.lit(day.isoformat())
         dirty = uniform(seed, S_DIRTY + salt, key, tag) < F.lit(rate)
         kind = F.when(dirty, choice(uniform(seed, S_KIND + salt, key, tag), usable))
+    # The defect kind and the clean line are computed once per record, in a projection: the generator below
+    # (posexplode) gets no common-subexpression elimination, and would otherwise hash the record again for
+    # every branch it tests and render the clean line in every branch that holds it.
+    df = df.select("*", r.sort.alias("_sort"), key.alias("_key"), kind.alias("_kind"), clean.alias("_clean"))
+    kind, clean = F.col("_kind"), F.col("_clean")
     options = F.when(kind.isNull(), F.array(pair(clean, CLEAN)))
     extra = r.source in EXTRA_LINE_SOURCES
     for k in usable:
@@ -205,7 +220,7 @@ def dirty_lines(df: DataFrame, r: Rendering, seed: int, rate: float, kinds: list
                 bad = variant(r.defects[k])
             lines = F.array(pair(clean, CLEAN), pair(bad, k)) if extra else F.array(pair(bad, k))
         options = options.when(kind == k, lines)
-    return df.select(r.sort.alias("_sort"), key.alias("_key"), F.posexplode(options).alias("_pos", "_l")).select(
+    return df.select("_sort", "_key", F.posexplode(options).alias("_pos", "_l")).select(
         "_sort", "_key", "_pos", F.col("_l.line").alias("line"), F.col("_l.defect").alias("defect")
     )
 
@@ -221,8 +236,82 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
 
 DRIVER_WRITE_MAX_LINES = 3_000_000
 """Up to this many lines, a single-file source is collected (Arrow) and sorted and written by the driver:
-one Spark job instead of a range-partitioning sample, a shuffle, part files and their concatenation. The
-driver streams every byte of a single file anyway; above this it writes through Spark's sort."""
+no range-partitioning sample, shuffle, part files and their concatenation. The driver streams every byte of a
+single file anyway; above this it writes through Spark's sort."""
+
+SORT = ("_sort", "_key", "_pos")
+"""The order of a landing file's lines (:func:`dirty_lines`' columns)."""
+SHARED_SORT = ("_sort_s", "_sort_n", "_key", "_pos")
+"""The same order in :func:`landing_lines`' columns, which every source shares: a string sort key in
+``_sort_s`` (``_sort_n`` null), any other in ``_sort_n`` as a long (``_sort_s`` null)."""
+
+
+def landing_lines(df: DataFrame, r: Rendering, seed: int, rate: float, kinds: list[str], day: dt.date) -> DataFrame:
+    """:func:`dirty_lines` in columns every source shares (``source``, :data:`SHARED_SORT`, ``line``,
+    ``defect``), so that the lines of several sources can be unioned and written together
+    (:func:`write_landings`).
+
+    A timestamp sort key becomes its microseconds, a date its day number, an integer a long: the same order,
+    nulls first as before. The record key must be a string (it is compared as one).
+    """
+    lines = dirty_lines(df, r, seed, rate, kinds, day)
+    types = {f.name: f.dataType for f in lines.schema.fields}
+    if not isinstance(types["_key"], StringType):
+        raise TypeError(f"{r.source}: the record key must be a string, not {types['_key'].simpleString()}")
+    sort, none_s, none_n = F.col("_sort"), F.lit(None).cast("string"), F.lit(None).cast("long")
+    t = types["_sort"]
+    if isinstance(t, StringType):
+        sort_s, sort_n = sort, none_n
+    elif isinstance(t, TimestampType):
+        sort_s, sort_n = none_s, F.unix_micros(sort)
+    elif isinstance(t, DateType):
+        sort_s, sort_n = none_s, F.unix_date(sort).cast("long")
+    elif isinstance(t, IntegralType):
+        sort_s, sort_n = none_s, sort.cast("long")
+    else:
+        raise TypeError(f"{r.source}: cannot sort landing lines by a {t.simpleString()}")
+    return lines.select(
+        F.lit(r.source).alias("source"), sort_s.alias("_sort_s"), sort_n.alias("_sort_n"), "_key", "_pos", "line",
+        "defect",
+    )  # fmt: skip
+
+
+def write_landings(
+    lines: DataFrame, folder: str, sources: Sequence[str], single_file: bool
+) -> dict[str, dict[str, int]]:
+    """Write the landing file of every source of ``lines`` (:func:`landing_lines` of ``sources``, unioned);
+    returns the lines per source and defect kind (``{}`` for a source without lines, whose file is empty or
+    only its CSV header).
+
+    The lines are computed once (persisted), then: one Spark job counts them per source and defect kind;
+    one collects every single-file source of at most :data:`DRIVER_WRITE_MAX_LINES` lines (Arrow), which
+    the driver sorts and writes; the others go through Spark's sort (:func:`write_landing_file`). The bytes
+    are the same either way, and the same as :func:`write_landing`'s.
+    """
+    lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts: dict[str, dict[str, int]] = {s: {} for s in sources}
+        for row in lines.groupBy("source", "defect").count().collect():
+            counts[row["source"]][row["defect"]] = int(row["count"])
+        small = [s for s in sources if single_file and sum(counts[s].values()) <= DRIVER_WRITE_MAX_LINES]
+        large = [s for s in sources if s not in small]
+        collected = [s for s in small if counts[s]]
+        if collected:
+            table = (
+                lines.where(F.col("source").isin(collected))
+                .select("source", *SHARED_SORT, F.col("line").cast("binary").alias("line"))
+                .toArrow()
+            )
+            for s in collected:
+                _write_sorted(table.filter(pc.equal(table.column("source"), s)), SHARED_SORT, folder, s)
+        for s in small:
+            if not counts[s]:
+                _write_sorted(None, SHARED_SORT, folder, s)
+        for s in large:
+            write_landing_file(lines.where(F.col("source") == s), folder, s, single_file, order=SHARED_SORT)
+        return counts
+    finally:
+        lines.unpersist()
 
 
 def write_landing(lines: DataFrame, folder: str, source: str, single_file: bool) -> dict[str, int]:
@@ -236,18 +325,14 @@ def write_landing(lines: DataFrame, folder: str, source: str, single_file: bool)
     if not single_file or total > DRIVER_WRITE_MAX_LINES:
         write_landing_file(lines, folder, source, single_file)
         return by_defect
-    table = lines.select("_sort", "_key", "_pos", F.col("line").cast("binary").alias("line")).toArrow()
-    order = pc.sort_indices(
-        table,
-        sort_keys=[
-            ("_sort", "ascending", "at_start"),
-            ("_key", "ascending", "at_start"),
-            ("_pos", "ascending", "at_start"),
-        ],
-    )
-    body = table.column("line").take(order)
-    if body.null_count:
-        raise ValueError(f"{source}: a rendered landing line is null")
+    table = lines.select(*SORT, F.col("line").cast("binary").alias("line")).toArrow()
+    _write_sorted(table, SORT, folder, source)
+    return by_defect
+
+
+def _write_sorted(table: pa.Table | None, order: Sequence[str], folder: str, source: str) -> None:
+    """Sort ``table`` (the ``order`` columns and ``line`` as binary; None: no lines) on the driver and write its
+    lines as ``<folder>/<file>``, a CSV header first, replaced atomically (written aside, then renamed)."""
     name = LANDING_FILES[source]
     header = ",".join(LANDING_FIELDS[source]) + "\n" if name.endswith(".csv") else ""
     fs, folder_path = _fs(folder)
@@ -256,20 +341,30 @@ def write_landing(lines: DataFrame, folder: str, source: str, single_file: bool)
     staging = f"{folder_path.rstrip('/')}/_tmp_{source}_{uuid.uuid4().hex[:8]}.out"
     with fs.open_output_stream(staging) as out:
         out.write(header.encode("utf-8"))
-        for chunk in body.chunks:
-            if len(chunk):
-                out.write(b"\n".join(chunk.to_pylist()) + b"\n")
+        if table is not None and table.num_rows:
+            indices = pc.sort_indices(table, sort_keys=[(c, "ascending", "at_start") for c in order])
+            body = table.column("line").take(indices)
+            if body.null_count:
+                raise ValueError(f"{source}: a rendered landing line is null")
+            # each line and a newline, one buffer per chunk: its bytes from the first offset to the last
+            empty, newline = pa.scalar(b"", pa.binary()), pa.scalar(b"\n", pa.binary())
+            for chunk in pc.binary_join_element_wise(body.cast(pa.binary()), empty, newline).chunks:
+                if len(chunk):
+                    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)
+                    first, last = int(offsets[chunk.offset]), int(offsets[chunk.offset + len(chunk)])
+                    out.write(chunk.buffers()[2][first:last])
     info = fs.get_file_info(target_path)
     if info.type == pafs.FileType.Directory:
         fs.delete_dir(target_path)
     elif info.type == pafs.FileType.File:
         fs.delete_file(target_path)
     fs.move(staging, target_path)
-    return by_defect
 
 
-def write_landing_file(lines: DataFrame, folder: str, source: str, single_file: bool) -> str:
-    """Write ``lines`` (sorted by ``_sort``, ``_key``, ``_pos``) as ``<folder>/<file>`` and return its path.
+def write_landing_file(
+    lines: DataFrame, folder: str, source: str, single_file: bool, order: Sequence[str] = SORT
+) -> str:
+    """Write ``lines`` (sorted by the ``order`` columns) as ``<folder>/<file>`` and return its path.
 
     Spark writes part files in parallel; with ``single_file`` they are then concatenated (CSV header first)
     into one file, replaced atomically (written aside, then renamed). Otherwise the file name is a folder of
@@ -278,7 +373,7 @@ def write_landing_file(lines: DataFrame, folder: str, source: str, single_file: 
     name = LANDING_FILES[source]
     target = f"{folder.rstrip('/')}/{name}"
     tmp = f"{folder.rstrip('/')}/_tmp_{source}_{uuid.uuid4().hex[:8]}"
-    ordered = lines.orderBy("_sort", "_key", "_pos").select("line")
+    ordered = lines.orderBy(*order).select("line")
     fs, _ = _fs(folder)
     header = ",".join(LANDING_FIELDS[source]) + "\n" if name.endswith(".csv") else ""
     if not single_file and header:

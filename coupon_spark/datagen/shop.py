@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import time
 
@@ -23,14 +24,14 @@ from coupon_spark.datagen.landing import (
     Rendering,
     currency_of,
     day_folder,
-    dirty_lines,
+    landing_lines,
     local_money,
     local_time,
     messy_case,
     messy_category,
     regions,
     utc_millis,
-    write_landing,
+    write_landings,
 )
 from coupon_spark.datagen.simulate import DayOutcome, active_users, random_policy, simulate_day
 from coupon_spark.datagen.world import COUPON_TRUTH, coupons_pandas, uniform, users_frame
@@ -358,29 +359,30 @@ def generate_day(
     if issuances is None:
         issuances = random_policy(world.users, world.coupons, day, shop)
     issuances = issuances.persist(StorageLevel.MEMORY_AND_DISK)
-    outcome: DayOutcome = simulate_day(world.users, world.coupons, day, issuances, shop)
-    orders = outcome.orders.persist(StorageLevel.MEMORY_AND_DISK)
-    outcome = dataclasses.replace(outcome, orders=orders)
-    renderings = [
-        render_users(world.users, day, shop.seed),
-        render_coupons(world.coupons_frame(spark), day, shop.seed, aliases),
-        render_events(outcome.events, shop.seed, fx, aliases),
-        render_orders(orders, shop.seed, fx, aliases),
-        render_issuances(issuances, shop.seed),
-        render_redemptions(outcome.redemptions, shop.seed, fx),
-    ]
-    folder = day_folder(cfg.lake.landing, day)
-    counts: dict[str, dict[str, int]] = {}
+    orders: DataFrame | None = None
     try:
-        for df, rendering in renderings:
-            lines = dirty_lines(df, rendering, shop.seed, shop.dirty_rate, shop.defects, day)
-            lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
-            try:
-                counts[rendering.source] = write_landing(lines, folder, rendering.source, shop.single_file)
-            finally:
-                lines.unpersist()
+        outcome: DayOutcome = simulate_day(world.users, world.coupons, day, issuances, shop)
+        # events and redemptions derive from the orders: Spark finds the persisted plan inside theirs
+        orders = outcome.orders.persist(StorageLevel.MEMORY_AND_DISK)
+        renderings = [
+            render_users(world.users, day, shop.seed),
+            render_coupons(world.coupons_frame(spark), day, shop.seed, aliases),
+            render_events(outcome.events, shop.seed, fx, aliases),
+            render_orders(orders, shop.seed, fx, aliases),
+            render_issuances(issuances, shop.seed),
+            render_redemptions(outcome.redemptions, shop.seed, fx),
+        ]
+        # every source's lines in one frame: computed once, counted in one job, collected in one more
+        parts = [landing_lines(df, r, shop.seed, shop.dirty_rate, shop.defects, day) for df, r in renderings]
+        counts = write_landings(
+            functools.reduce(DataFrame.unionByName, parts),
+            day_folder(cfg.lake.landing, day),
+            [r.source for _, r in renderings],
+            shop.single_file,
+        )
     finally:
-        orders.unpersist()
+        if orders is not None:
+            orders.unpersist()
         issuances.unpersist()
     rows = [
         (day, source, defect, None if defect == CLEAN else EXPECTED_REASON[defect], n)

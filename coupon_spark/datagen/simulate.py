@@ -318,13 +318,17 @@ def _product_price(seed: int, category: Column, product_id: Column) -> Column:
 def _views_and_carts(active: DataFrame, day: dt.date, shop: ShopConfig) -> DataFrame:
     """Product views (heavy-tailed count per user, weekly seasonality) and the carts some of them lead to."""
     s, d = shop.seed, F.lit(day_index(day))
-    factor = WEEKLY_FACTOR[day.weekday()]
-    n_views = F.floor(-F.col("activity") * F.lit(factor) * F.log(uniform(s, S_VIEWS, "user_num", d))).cast("int")
+    factor = F.lit(WEEKLY_FACTOR[day.weekday()])
+    n_views = F.floor(-F.col("activity") * factor * F.log(uniform(s, S_VIEWS, "user_num", d))).cast("int")
     cum = F.array(*[sum((F.col("taste")[j] for j in range(i + 1)), F.lit(0.0)) for i in range(len(CATEGORIES))])
     per_user = active.select("user_id", "user_num", cum.alias("cum"), n_views.alias("n")).filter(F.col("n") > 0)
     views = per_user.select("user_id", "user_num", "cum", F.explode(F.sequence(F.lit(1), F.col("n"))).alias("k"))
     uk = lambda salt: uniform(s, salt, "user_num", d, "k")  # noqa: E731
-    cat_idx = F.least(F.size(F.filter("cum", lambda c: c < uk(S_VIEW_CAT))), F.lit(len(CATEGORIES) - 1))
+    # the number of cumulative tastes below the draw (a sum of comparisons: compiled, and one draw per view, where
+    # a higher-order filter would be interpreted and draw once per category)
+    u_cat = uk(S_VIEW_CAT)
+    below = sum((F.when(F.col("cum")[i] < u_cat, 1).otherwise(0) for i in range(len(CATEGORIES))), F.lit(0))
+    cat_idx = F.least(below, F.lit(len(CATEGORIES) - 1))
     category = F.element_at(F.array(*[F.lit(c) for c in CATEGORIES]), cat_idx + 1)
     viewed = views.select(
         "user_id",
@@ -342,20 +346,26 @@ def _views_and_carts(active: DataFrame, day: dt.date, shop: ShopConfig) -> DataF
         ),
     )
     priced = viewed.withColumn("price_eur", _product_price(s, F.col("category"), F.col("product_id")))
-    view_rows = priced.select(
+    # a view, and the cart it leads to, from one pass over the views (a union of the two would draw them twice)
+    view = F.struct(
         F.format_string(f"E{day:%Y%m%d}-%08d-%04d-v", "user_num", "k").alias("event_id"),
         F.lit("view").alias("event_type"),
-        "user_id", "event_time", "session_id", "product_id", "category", "price_eur",
-        F.lit(None).cast("string").alias("order_id"),
-    )  # fmt: skip
-    cart_time = F.least(F.col("event_time") + F.expr("INTERVAL 2 MINUTES"), _at(day, F.lit(86399)))
-    cart_rows = priced.filter(F.col("_u_cart") < F.lit(shop.cart_rate)).select(
+        F.col("event_time").alias("event_time"),
+    )
+    cart = F.struct(
         F.format_string(f"E{day:%Y%m%d}-%08d-%04d-c", "user_num", "k").alias("event_id"),
         F.lit("cart").alias("event_type"),
-        "user_id", cart_time.alias("event_time"), "session_id", "product_id", "category", "price_eur",
-        F.lit(None).cast("string").alias("order_id"),
+        F.least(F.col("event_time") + F.expr("INTERVAL 2 MINUTES"), _at(day, F.lit(86399))).alias("event_time"),
+    )
+    carted = F.col("_u_cart") < F.lit(shop.cart_rate)
+    rows = priced.select(
+        "user_id", "session_id", "product_id", "category", "price_eur",
+        F.explode(F.when(carted, F.array(view, cart)).otherwise(F.array(view))).alias("_e"),
     )  # fmt: skip
-    return view_rows.unionByName(cart_rows)
+    return rows.select(
+        "_e.event_id", "_e.event_type", "user_id", "_e.event_time", "session_id", "product_id", "category",
+        "price_eur", F.lit(None).cast("string").alias("order_id"),
+    )  # fmt: skip
 
 
 def _purchase_events(orders: DataFrame, shop: ShopConfig) -> DataFrame:
