@@ -97,6 +97,8 @@ bench: setup ## benchmarks: figures printed as ratios against a baseline measure
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/allocation.py
 	$(BIN)/python bench/cleanse.py
+	$(BIN)/python bench/features.py
+	$(BIN)/python bench/generate.py
 
 package: setup ## build the wheel (dist/) that spark-submit --py-files ships to the cluster
 	rm -rf dist build
