@@ -637,6 +637,13 @@ def training_examples(
     # the window closes at 00:00 UTC of the day after its last day: a coupon of the shop expires at the end of
     # its issue day, so with window_days=1 the outcome is exactly what the coupon could change
     ends = F.to_timestamp(F.date_add(F.col("i.issue_date"), int(window_days)))
+    # only the facts inside some window: the joins below ask for no other (a daily run's few issue dates
+    # otherwise shuffled every order of the shop's history)
+    if issue_dates:
+        start = F.to_timestamp(F.lit(min(issue_dates)))
+        stop = F.to_timestamp(F.lit(max(issue_dates) + dt.timedelta(days=int(window_days))))
+        orders = orders.where((F.col("ordered_at") >= start) & (F.col("ordered_at") < stop))
+        redemptions = redemptions.where(F.col("redeemed_at") < stop)
     o = orders.select(
         F.col("user_id").alias("o_user"),
         "ordered_at",
