@@ -839,10 +839,6 @@ def source_fingerprint(lake: Lake, plan: SumPlan, first: dt.date, last: dt.date,
     return digest.hexdigest()
 
 
-def _table_columns(lake: Lake, table: tables.Table) -> list[str] | None:
-    return lake.read(table).columns if lake.exists(table) else None
-
-
 STATE_KEEP_DAYS = 7
 """Run dates whose window sums stay (a rerun of one of them, or of the day after, can advance from them)."""
 
