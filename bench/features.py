@@ -61,7 +61,9 @@ def silver(spark: SparkSession, users: int, days: int, views: float) -> dict[str
             "segment"
         ),
         F.current_timestamp().alias("updated_at"),
-        F.lit(START - dt.timedelta(days=1)).alias("ingest_date"),  # one snapshot, known before every as-of date
+        # one version per user (the type-2 dimension), known before every as-of date
+        F.lit(START - dt.timedelta(days=1)).alias("valid_from"),
+        F.lit(None).cast("date").alias("valid_to"),
     )
     day_of = lambda n: F.date_add(F.lit(START), (F.col("id") % n).cast("int"))  # noqa: E731
     n_orders = int(users * days * 0.05)
@@ -155,7 +157,7 @@ def main() -> None:
     started = time.perf_counter()
     rows_in = 0
     for name, df in silver(spark, args.users, args.days, args.views).items():
-        res = lake.write(df, name, partition_by=["ingest_date"])
+        res = lake.write(df, name, partition_by=[] if name == "users" else ["ingest_date"])
         rows_in += res.num_rows
         print(f"silver {name}: {res.num_rows:,} rows")
     print(f"silver tables written in {time.perf_counter() - started:.0f}s ({rows_in:,} rows)")

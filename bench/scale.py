@@ -128,7 +128,8 @@ def silver(
         _pick(["ios", "android", "web"], F.col("id")).alias("device"),
         _pick(["new", "regular", "vip"], F.col("id")).alias("segment"),
         F.lit(dt.datetime(2026, 9, 30)).alias("updated_at"),
-        F.lit(START - dt.timedelta(days=1)).alias("ingest_date"),
+        F.lit(START - dt.timedelta(days=1)).alias("valid_from"),  # one version per user: the type-2 dimension
+        F.lit(None).cast("date").alias("valid_to"),
     )
     n_orders = int(users * days * order_rate)
     o = spark.range(n_orders).select(

@@ -32,15 +32,17 @@ name, codes to one case.
 
 Every count is reconciled before anything is written: per source, lines read = accepted + quarantined, or the
 job raises :class:`ReconciliationError`. Each table's partition of the ingest date is then replaced (a rerun
-replaces, never duplicates); should a write fail, the partitions already replaced are put back as they were.
+replaces, never duplicates), except silver ``users``: a type-2 dimension, into which the export's changes are
+merged (:mod:`coupon_spark.dimension`; a rerun merges nothing new). Should a write fail, the partitions already
+replaced, and the dimension, are put back as they were.
 
 A bulk import (a shop's past, loaded once: :mod:`coupon_spark.datagen.backfill`) is a landing folder with a
 ``manifest.json`` of ``{"kind": "import", "covers": {"from": F, "to": T}}``; its folder is the one of T. It is
 cleansed by the same rules with two differences: its facts must lie in ``[F, T]`` (``stale_timestamp`` before
 F, ``future_timestamp`` from T + 1 day on, without tolerance) instead of within the lateness limit, and each
 accepted fact lands in the silver partition of its own day, as if it had arrived on time, so that the features'
-point-in-time windows see the past where it happened. Snapshots (users, coupons), the quarantine and the run
-metrics keep the folder's date T. A rerun replaces every partition of ``[F, T]``.
+point-in-time windows see the past where it happened. Snapshots (users, as versions from T; coupons), the
+quarantine and the run metrics keep the folder's date T. A rerun replaces every partition of ``[F, T]``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from pyspark.sql.types import StructType
 
 from coupon_spark import schemas, tables
 from coupon_spark.config import CleanseConfig, Config
+from coupon_spark.dimension import VALID_FROM, VALID_TO, merge_source
 from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.runner import Context
@@ -255,6 +258,13 @@ class Source:
         if self.table.schema is None:  # every silver table is declared with its contract
             raise TypeError(f"the catalog declares no schema for silver table {self.table.name!r}")
         return self.table.schema
+
+    @property
+    def tracked(self) -> tuple[str, ...]:
+        """A dimension's columns whose change makes a new version: all but the key, the record's own update
+        time and the validity range."""
+        skip = {self.key_column, self.version, VALID_FROM, VALID_TO}
+        return tuple(f.name for f in self.schema.fields if f.name not in skip)
 
     @property
     def key_column(self) -> str:
@@ -903,6 +913,8 @@ def select_accepted(
         for name in source.zero_when_null:
             by_column[name] = F.coalesce(by_column[name], F.lit(0))
         by_column[PARTITION] = F.lit(day)
+        by_column[VALID_FROM] = F.lit(day)  # a dimension's version of this export (merged by _write_all)
+        by_column[VALID_TO] = F.lit(None)
         if period is not None and source.event_time:
             by_column[PARTITION] = F.to_date(F.col(f"t_{source.event_time}"))
         return df.filter(F.col("reason").isNull()).select(
@@ -1199,7 +1211,10 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
     writes: list[tuple[tables.Table, Callable[[], DataFrame]]] = [
         (SOURCES[name].table, _const(_in_files(r.accepted_df, r.accepted, target)))
         for name, r in result.sources.items()
+        if SOURCES[name].table.mode != "merge"
     ]
+    # the type-2 dimensions: the export's changes, merged last of the sources (a failed merge commits nothing)
+    merges = [(SOURCES[n], r.accepted_df) for n, r in result.sources.items() if SOURCES[n].table.mode == "merge"]
     writes.append((tables.QUARANTINE, lambda: _in_files(quarantine, quarantined, target)))
     writes.append((tables.RUN_METRICS, lambda: _metrics(spark, result, started).coalesce(1)))
     # an import replaces every day it covers in the tables of facts (they land on their own days)
@@ -1207,6 +1222,22 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
     before: dict[tables.Table, int | None] = {}
     where: dict[tables.Table, dict[str, Any]] = {}
     try:
+        for source, accepted in merges:
+            table = source.table
+            before[table] = lake.version(table) if lake.exists(table) else None
+            where[table] = {}
+            changes = merge_source(
+                lake.read(table) if before[table] is not None else None,
+                accepted,
+                day,
+                source.key_column,
+                source.tracked,
+            )
+            # at most as many changes as the export has rows (and the rows of an earlier load of the date): a
+            # first load in as few files as lake.target_file_rows allows, not one per shuffle partition
+            changes = _in_files(changes, result.sources[source.name].accepted, target)
+            res = lake.merge(changes, table, description=f"{result.run_id}: ingest date {day}")
+            result.versions[table.name] = res.version
         for table, make in writes:
             before[table] = lake.version(table) if lake.exists(table) else None
             where[table] = {PARTITION: result.period.days if result.period and table in fact_tables else day}
@@ -1235,8 +1266,13 @@ def _in_files(df: DataFrame, rows: int, target_rows: int) -> DataFrame:
 
 
 def _restore(lake: Lake, table: tables.Table, version: int | None, where: dict[str, Any]) -> None:
-    """Put the partitions ``where`` selects in ``table`` back as they were at ``version`` (empty if none)."""
+    """Put the partitions ``where`` selects in ``table`` back as they were at ``version`` (empty if none); a
+    dimension (merged, not partitioned) whole."""
     try:
+        if table.mode == "merge":
+            old = lake.read(table, version=version) if version is not None else lake.read(table).limit(0)
+            lake.write(old, table, mode="overwrite", description="restore after failure")
+            return
         if version is None:
             old = lake.read(table).limit(0)
         else:

@@ -49,6 +49,7 @@ from pyspark.sql.types import DateType, DecimalType, StructField, StructType
 
 from coupon_spark import tables
 from coupon_spark.config import Config, FeaturesConfig
+from coupon_spark.dimension import VALID_FROM, in_force
 from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.runner import Context
@@ -437,11 +438,20 @@ def _pick_snapshot(table: DataFrame, as_of_dates: list[dt.date], strict: bool, e
 
 
 def users_as_of(users: DataFrame, as_of_dates: list[dt.date], earliest_fallback: bool = False) -> DataFrame:
-    """(as_of_date, user profile) for each date: the newest users snapshot ingested before it (see
-    :func:`_pick_snapshot` for ``earliest_fallback``), users signed up before it."""
-    pick = _pick_snapshot(users, as_of_dates, strict=True, earliest_fallback=earliest_fallback)
+    """(as_of_date, user profile) for each date: the versions of the users dimension (silver ``users``, type 2:
+    :mod:`coupon_spark.dimension`) in force on the ingest date before it, users signed up before it.
+    ``earliest_fallback``: a date before the dimension's first ingest date takes the versions of that date (an
+    imported past, whose users were landed once, at its end); otherwise such a date has none."""
+    spark = users.sparkSession
+    dates = spark.createDataFrame([(d,) for d in as_of_dates], StructType([StructField("as_of_date", DateType())]))
+    seen = F.date_sub(F.col("as_of_date"), 1)
+    if earliest_fallback:
+        first = users.agg(F.min(VALID_FROM).alias("_first"))
+        dates = dates.crossJoin(first).select("as_of_date", F.greatest(seen, F.col("_first")).alias("_seen"))
+    else:
+        dates = dates.select("as_of_date", seen.alias("_seen"))
     return (
-        users.join(F.broadcast(pick), on="ingest_date", how="inner")
+        in_force(users.join(F.broadcast(dates), F.col(VALID_FROM) <= F.col("_seen"), "inner"), F.col("_seen"))
         .where(F.col("signup_date").isNull() | (F.col("signup_date") < F.col("as_of_date")))
         .select("as_of_date", "user_id", "signup_date", "region", "device", "segment")
     )

@@ -105,9 +105,9 @@ def ensure_history(
 
     days = [run_date - dt.timedelta(days=i) for i in range(cfg.pipeline.history_days, 0, -1)]
     if cfg.shop.backfill_days > 0 and days:
-        # the shop's past before its first logged day: one bulk import (its users snapshot marks it done)
+        # the shop's past before its first logged day: one bulk import (its cleanse's run metrics mark it done)
         first, last = backfill_period(cfg.shop, days[0])
-        if last not in lake.dates(tables.USERS):
+        if last not in lake.dates(tables.RUN_METRICS):
             label = f"[past {first} .. {last}] {cfg.shop.backfill_days} days"
             progress.stage(
                 f"{label} generate (orders, the {cfg.shop.backfill_issue_rate:.0%}/day randomised promotion)",

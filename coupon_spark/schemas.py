@@ -99,13 +99,17 @@ USERS = StructType(
         StructField("device", StringType()),
         StructField("segment", StringType()),
         StructField("updated_at", TimestampType()),
-        StructField("ingest_date", DateType(), False),
+        StructField("valid_from", DateType(), False),
+        StructField("valid_to", DateType()),
     ]
 )
-"""silver ``users``: the full user snapshot exported on ``ingest_date`` (partition column), one row per
-``user_id`` (the latest ``updated_at`` wins). The snapshot of date D is the dimension as of D: read one
-partition for point-in-time joins, the newest for the current state. ``region`` is an upper-case country code,
-``device`` one of ios/android/web, ``segment`` lower case."""
+"""silver ``users``: a type-2 dimension (:mod:`coupon_spark.dimension`), one row per version of a user, in force
+over the ingest dates ``[valid_from, valid_to)`` (``valid_to`` null: the current version); key (``user_id``,
+``valid_from``). An ingest date adds a row for each user whose ``signup_date``, ``region``, ``city``, ``device``
+or ``segment`` changed in its export (or who is new), and closes the user's previous row; the export's
+``updated_at`` of a version is the one of the export that began it. The dimension as of D:
+``valid_from <= D AND (valid_to IS NULL OR valid_to > D)`` (:func:`coupon_spark.dimension.in_force`).
+``region`` is an upper-case country code, ``device`` one of ios/android/web, ``segment`` lower case."""
 
 COUPONS = StructType(
     [

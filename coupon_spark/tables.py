@@ -21,8 +21,9 @@ from pyspark.sql.types import StructType
 
 from coupon_spark import schemas
 
-WriteMode = Literal["append", "overwrite", "replace_partitions"]
-"""How a write replaces data (:meth:`coupon_spark.lake.Lake.write`); declared here, beside the tables."""
+WriteMode = Literal["append", "overwrite", "replace_partitions", "merge"]
+"""How a write replaces data (:meth:`coupon_spark.lake.Lake.write`; ``merge``: :meth:`coupon_spark.lake.Lake.merge`
+only, the type-2 dimensions); declared here, beside the tables."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,7 +36,7 @@ class Table:
         partition_by: Its partition columns.
         mode: How its writer replaces data: ``replace_partitions`` (the partitions present in the written
             frame), ``overwrite`` with a ``replace_where`` on the partition column (the date's partition, also
-            when the frame is empty), or ``append``.
+            when the frame is empty), ``append``, or ``merge`` (a type-2 dimension: :mod:`coupon_spark.dimension`).
         schema: Its contract (:mod:`coupon_spark.schemas`), or None where columns follow the configuration
             (the key columns are then :attr:`keys`).
         keys: The key columns (a row's identity within a partition).
@@ -72,7 +73,8 @@ def _silver(name: str, schema: StructType, keys: tuple[str, ...]) -> Table:
 
 
 # ---- silver (cleanse): one partition per ingest date, replaced by a rerun ------------------------------------
-USERS = _silver("users", schemas.USERS, ("user_id",))
+# users: a type-2 dimension (one row per version, valid_from / valid_to), merged date by date
+USERS = Table("users", "cleanse", (), "merge", schemas.USERS, ("user_id", "valid_from"))
 COUPONS = _silver("coupons", schemas.COUPONS, ("coupon_id",))
 EVENTS = _silver("events", schemas.EVENTS, ("event_id",))
 ORDERS = _silver("orders", schemas.ORDERS, ("order_id",))

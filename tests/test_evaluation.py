@@ -318,9 +318,9 @@ def test_evaluate_stage_writes_metrics_and_report(spark: SparkSession, lake: Lak
 
     # silver: users (fairness), the played issuances of the run date and a few orders on that day
     su = traits[["user_id", "signup_date", "region", "city", "device", "segment"]].assign(
-        updated_at=pd.Timestamp("2026-11-08"), ingest_date=RUN
+        updated_at=pd.Timestamp("2026-11-08"), valid_from=RUN, valid_to=None
     )
-    _write(spark, lake, su, USERS, "users", "ingest_date")
+    _write(spark, lake, su, USERS, "users", None)
     iss = treated[["user_id", "coupon_id"]].assign(
         issuance_id=[f"I{i}" for i in range(len(treated))], issued_at=pd.Timestamp("2026-11-09 08:00:00"),
         policy="coupon-spark/model", propensity=1.0, ingest_date=RUN)  # fmt: skip

@@ -35,11 +35,22 @@ def eur(x: float) -> Decimal:
 
 
 USERS_ROWS = [
-    # user_id, signup_date, region, city, device, segment, updated_at, ingest_date (a full snapshot per date)
-    ("u1", d("2026-01-01"), "DE", "Berlin", "android", "regular", ts(d("2026-01-01")), d("2026-10-01")),
-    ("u1", d("2026-01-01"), "DE", "Berlin", "ios", "regular", ts(d("2026-10-01")), d("2026-10-31")),
-    ("u2", d("2026-10-15"), "FR", "Paris", "web", "new", ts(d("2026-10-15")), d("2026-10-31")),
-    ("u3", d("2026-11-01"), "DE", "Bonn", "web", "new", ts(d("2026-11-01")), d("2026-10-31")),  # signs up on AS_OF
+    # user_id, signup_date, region, city, device, segment, updated_at, valid_from, valid_to (the type-2 dimension
+    # of two exports: 10-01 with u1 on android, 10-31 with u1 on ios, u2 and u3)
+    (
+        "u1",
+        d("2026-01-01"),
+        "DE",
+        "Berlin",
+        "android",
+        "regular",
+        ts(d("2026-01-01")),
+        d("2026-10-01"),
+        d("2026-10-31"),
+    ),  # noqa: E501
+    ("u1", d("2026-01-01"), "DE", "Berlin", "ios", "regular", ts(d("2026-10-01")), d("2026-10-31"), None),
+    ("u2", d("2026-10-15"), "FR", "Paris", "web", "new", ts(d("2026-10-15")), d("2026-10-31"), None),
+    ("u3", d("2026-11-01"), "DE", "Bonn", "web", "new", ts(d("2026-11-01")), d("2026-10-31"), None),  # signs up AS_OF
 ]
 COUPON_ROWS = [
     # coupon_id, campaign_id, kind, category, face, min_spend, cost, valid_from, valid_to, budget, updated_at, ingest
@@ -105,7 +116,7 @@ def shop(spark: SparkSession, cfg: Config) -> Lake:
         ("issuances", ISSUANCES, ISSUANCE_ROWS),
         ("redemptions", REDEMPTIONS, REDEMPTION_ROWS),
     ]:
-        lake.write(spark.createDataFrame(rows, schema), name, partition_by=["ingest_date"])
+        lake.write(spark.createDataFrame(rows, schema), name, partition_by=[] if name == "users" else ["ingest_date"])
     return lake
 
 
@@ -386,7 +397,7 @@ def random_shop(n_users: int, seed: int) -> dict[str, list[tuple]]:
     for u in range(n_users):
         uid = f"u{u:04d}"
         rows["users"].append((uid, start - dt.timedelta(days=int(rng.integers(0, 60))), "DE", "Berlin", "web",
-                              "regular", ts(start), start))  # fmt: skip
+                              "regular", ts(start), start, None))  # fmt: skip
         for k in range(int(rng.integers(0, 12))):
             day = start + dt.timedelta(days=int(rng.integers(0, 30)))
             amount, disc = eur(rng.integers(100, 30_000) / 100), eur(rng.integers(0, 3) * 1.37)
@@ -428,7 +439,7 @@ def test_features_do_not_depend_on_the_order_spark_adds_rows_in(spark, tmp_path)
             first = schema.fieldNames()[0]
             df = (df.coalesce(1).orderBy(first) if layout == "one"
                   else df.repartition(5).sortWithinPartitions(F.desc(first)))  # fmt: skip
-            lake.write(df, name, partition_by=["ingest_date"])
+            lake.write(df, name, partition_by=[] if name == "users" else ["ingest_date"])
         features.build_features(spark, lake, cfg, run_date)
         out.append({t: sorted(map(tuple, lake.read(t).drop("source_version").collect()), key=repr) for t in tables})
         # ...and the same files, which the training splits among its ranks: the same rows in each, in one order

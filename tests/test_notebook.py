@@ -40,9 +40,11 @@ def small_lake(spark, tmp_path) -> Path:
         alloc(D2, "u5", None, None, "model", None, None, "m/2"),
     ]
     lake.write(spark.createDataFrame(rows, ALLOCATIONS_SCHEMA), "allocations", partition_by=["run_date"])
-    users = [(f"u{i}", dt.date(2026, 1, 1), "DE", "Berlin", "web", "vip" if i % 2 else "regular", None, D2)
+    users = [(f"u{i}", dt.date(2026, 1, 1), "DE", "Berlin", "web", "vip" if i % 2 else "regular", None, D1, None)
              for i in range(1, 6)]  # fmt: skip
-    lake.write(spark.createDataFrame(users, USERS), "users", partition_by=["ingest_date"])
+    # a closed version the notebook must not count (u1 was "lapsed" before D1)
+    users.append(("u1", dt.date(2026, 1, 1), "DE", "Berlin", "web", "lapsed", None, dt.date(2026, 1, 1), D1))
+    lake.write(spark.createDataFrame(users, USERS), "users")
     now = dt.datetime(2026, 11, 18, tzinfo=UTC)
     metrics = [(D2, "holdout", "reward_per_user_uplift", "arm", "model-holdout", 0.42, 0.1, 0.7, 1000, None, "r", now)]
     lake.write(spark.createDataFrame(metrics, EVALUATION_METRICS), "evaluation_metrics", partition_by=["run_date"])

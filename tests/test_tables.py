@@ -20,7 +20,7 @@ from coupon_spark.stages import BY_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 LAKE_METHODS = {"read", "write", "exists", "location", "info", "partitions", "version", "history", "compact", "vacuum",
-                "dates", "files"}  # fmt: skip
+                "dates", "files", "merge"}  # fmt: skip
 
 
 def test_the_catalog_and_the_configuration_name_the_same_tables():
@@ -32,8 +32,9 @@ def test_each_table_is_written_by_a_stage_and_its_contract_holds_its_keys_and_pa
     assert WRITTEN_BY == {name: t.written_by for name, t in tables.CATALOG.items()}
     for t in tables.CATALOG.values():
         assert t.written_by in BY_NAME, t
-        assert t.mode in ("append", "overwrite", "replace_partitions"), t
-        assert t.partition_by, t
+        assert t.mode in ("append", "overwrite", "replace_partitions", "merge"), t
+        # partitioned by date, or a type-2 dimension: merged, keyed by the record's key and its valid_from
+        assert t.partition_by or (t.mode == "merge" and t.keys[-1] == "valid_from"), t
         if t.schema is not None:
             names = set(t.schema.fieldNames())
             assert set(t.partition_by) <= names and set(t.keys) <= names, t
@@ -55,7 +56,7 @@ def literal_table_names(path: Path) -> list[str]:
             isinstance(owner, ast.Attribute) and owner.attr == "lake"
         )):  # fmt: skip
             continue
-        arg = node.args[1] if node.func.attr == "write" and len(node.args) > 1 else (node.args or [None])[0]
+        arg = node.args[1] if node.func.attr in ("write", "merge") and len(node.args) > 1 else (node.args or [None])[0]
         if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
             out.append(f"{path.relative_to(ROOT)}:{node.lineno} {arg.value}")
     return out

@@ -40,6 +40,7 @@ from coupon_spark import tables
 from coupon_spark.allocation import POLICY_MODEL, Budget, make_budget
 from coupon_spark.allocation.job import budgets_from_config, params_from_config
 from coupon_spark.config import Config, join_uri
+from coupon_spark.dimension import in_force
 from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.evaluation.results import SECTIONS, Evaluation, Metric, PlotData, Section
 from coupon_spark.evaluation.sections import (
@@ -304,11 +305,10 @@ def played_allocation(lake: Lake, cfg: Config, run_date: dt.date) -> PlayedAlloc
 
 
 def users_snapshot(lake: Lake, run_date: dt.date) -> DataFrame | str:
-    """``user_id``, ``segment`` and ``region`` of the latest silver users snapshot up to ``run_date``."""
-    dates = [d for d in lake.dates(tables.USERS) if d <= run_date]
-    if not dates:
-        return "fairness: no silver users snapshot up to the run date"
-    return lake.read(tables.USERS, where={"ingest_date": dates[-1]}).select("user_id", "segment", "region")
+    """``user_id``, ``segment`` and ``region`` of the users as silver's dimension has them on ``run_date``."""
+    if not lake.exists(tables.USERS):
+        return "fairness: no silver users up to the run date"
+    return in_force(lake.read(tables.USERS), run_date).select("user_id", "segment", "region")
 
 
 def truth_sample(

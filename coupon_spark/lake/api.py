@@ -139,6 +139,8 @@ class Backend(Protocol):
 
     def vacuum(self, location: str, retention_hours: int, dry_run: bool) -> list[str]: ...
 
+    def merge(self, source: DataFrame, location: str, on: list[str], description: str | None) -> WriteResult: ...
+
 
 class Lake:
     """The lakehouse: Delta tables addressed by their catalog entry (:mod:`coupon_spark.tables`; the
@@ -225,6 +227,11 @@ class Lake:
                 delta-rs, a concurrent writer); the message names the table and its location.
         """
         if isinstance(table, Table):
+            if table.mode == "merge" and mode is None:
+                raise ValueError(
+                    f"table {table.name!r} is a type-2 dimension, changed by merges: write it with lake.merge "
+                    "(coupon_spark.dimension.merge_source builds the source), or give mode='overwrite' to replace it"
+                )
             if mode is None and table.mode == "overwrite" and replace_where is None:
                 raise ValueError(
                     f"table {table.name!r} is replaced date by date: give replace_where={{{table.partition_by[0]!r}: "
@@ -249,6 +256,34 @@ class Lake:
         except Exception as exc:
             name = location if str(table) == location else f"{str(table)!r} ({location})"
             raise CommitError(f"writing table {name} failed ({type(exc).__name__}): {one_line(exc, 500)}") from exc
+
+    def merge(
+        self, source: DataFrame, table: TableRef, on: list[str] | None = None, description: str | None = None
+    ) -> WriteResult:
+        """Apply ``source`` to ``table`` in one atomic commit (a Delta merge): each source row has the table's
+        columns plus ``_op``; matched with a row of the table on the columns ``on`` (default: the catalog
+        table's keys), ``delete`` deletes that row and ``upsert`` replaces it; an ``upsert`` that matches none
+        is inserted. A source with no row writes nothing (the result says ``skipped``); a table that does not
+        exist yet is created from the upserts. The type-2 dimensions are written so
+        (:mod:`coupon_spark.dimension`).
+
+        Raises:
+            SchemaMismatchError: The source's columns are not the table's (before anything is written).
+            CommitError: As :meth:`write`.
+        """
+        keys = list(on if on is not None else (table.keys if isinstance(table, Table) else ()))
+        if not keys:
+            raise ValueError("merge needs the columns to match on: give on=[...] (or a catalog table with keys)")
+        if "_op" not in source.columns or not set(keys) <= set(source.columns):
+            raise ValueError(f"a merge source has the table's columns and _op; got {source.columns}, keys {keys}")
+        location = self.location(table)
+        try:
+            return self.backend.merge(source, location, keys, description)
+        except (LakeError, ValueError, TypeError):
+            raise
+        except Exception as exc:
+            name = location if str(table) == location else f"{str(table)!r} ({location})"
+            raise CommitError(f"merging into table {name} failed ({type(exc).__name__}): {one_line(exc, 500)}") from exc
 
     def read(
         self,
@@ -284,10 +319,14 @@ class Lake:
 
     def dates(self, table: Table, column: str | None = None) -> list[dt.date]:
         """The values of a date partition column (default: the table's first) in the current version, sorted;
-        none when the table does not exist yet."""
-        column = column or table.partition_by[0]
+        none when the table does not exist yet. A type-2 dimension (no partition): the dates that began a
+        version (its distinct ``valid_from``, one Spark job)."""
         if not self.exists(table):
             return []
+        if column is None and not table.partition_by and table.mode == "merge":
+            rows = self.read(table).select("valid_from").distinct().collect()
+            return sorted(r[0] for r in rows)
+        column = column or table.partition_by[0]
         return sorted(p[column] for p in self.partitions(table) if p.get(column) is not None)
 
     def history(self, table: TableRef, limit: int | None = None) -> list[dict[str, Any]]:

@@ -336,6 +336,51 @@ class BridgeBackend:
         log.info("%s (%s, %.1fs%s)", result, mode, time.perf_counter() - started, ", schema evolved" if evolved else "")
         return result
 
+    def merge(self, source: DataFrame, location: str, on: list[str], description: str | None) -> WriteResult:
+        """delta-rs's MERGE of the source's rows, brought to the driver as Arrow (a type-2 dimension's changes
+        of one date: the records that changed, not the table); see :meth:`coupon_spark.lake.Lake.merge`."""
+        started = time.perf_counter()
+        columns = [c for c in source.columns if c != "_op"]
+        table = self._open(location)
+        if table is None:
+            upserts = source.where(F.col("_op") == "upsert").select(*columns)
+            return self.write(upserts, location, "append", None, None, None, "strict", description)
+        self._check_protocol(table, location)
+        incoming = delta_fields(delta_schema_of(source.select(*columns), location))
+        reconcile_schema(delta_fields(table.schema()), incoming, "strict", location)
+        data = source.select(*columns, "_op").toArrow()
+        if data.num_rows == 0:
+            return WriteResult(location, table.version(), skipped=True)
+        target = pa.schema(table.schema().to_arrow())
+        data = pa.Table.from_arrays(
+            [data.column(c).cast(target.field(c).type) for c in columns] + [data.column("_op")],
+            names=[*columns, "_op"],
+        )
+        values = {c: f"s.`{c}`" for c in columns}
+        props = CommitProperties(custom_metadata={"userMetadata": description} if description else None)
+        metrics = (
+            table.merge(
+                data,
+                predicate=" AND ".join(f"t.`{c}` = s.`{c}`" for c in on),
+                source_alias="s",
+                target_alias="t",
+                commit_properties=props,
+            )
+            .when_matched_delete(predicate="s._op = 'delete'")
+            .when_matched_update(updates=values, predicate="s._op = 'upsert'")
+            .when_not_matched_insert(updates=values, predicate="s._op = 'upsert'")
+            .execute()
+        )
+        result = WriteResult(
+            location,
+            DeltaTable(location).version(),
+            num_files=int(metrics.get("num_target_files_added", 0)),
+            num_rows=int(metrics.get("num_target_rows_inserted", 0)) + int(metrics.get("num_target_rows_updated", 0)),
+            removed_files=int(metrics.get("num_target_files_removed", 0)),
+        )
+        log.info("%s (merge of %d rows, %.1fs, bridge)", result, data.num_rows, time.perf_counter() - started)
+        return result
+
     @staticmethod
     def _plan_schema(
         table: DeltaTable | None,

@@ -161,6 +161,58 @@ class NativeBackend:
         log.info("%s (%s, %.1fs, native)", result, mode, time.perf_counter() - started)
         return result
 
+    def merge(self, source: DataFrame, location: str, on: list[str], description: str | None) -> WriteResult:
+        """Delta's MERGE (see :meth:`coupon_spark.lake.Lake.merge`): the source is cached and counted first, so
+        that an empty one commits nothing; its schema is checked before any data is touched."""
+        started = time.perf_counter()
+        columns = [c for c in source.columns if c != "_op"]
+        source = source.persist()
+        try:
+            n = source.count()
+            if not self.exists(location):
+                upserts = source.where(F.col("_op") == "upsert").select(*columns)
+                return self.write(upserts, location, "append", None, None, None, "strict", description)
+            table = self._log(location)
+            if n == 0:
+                return WriteResult(location, int(table.version()), skipped=True)
+            self._check_schema(source.select(*columns), location, table, None, "strict")
+            cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
+            values = {f"`{c}`": f"s.`{c}`" for c in columns}
+            merger = (
+                self._dt.forPath(self.spark, location)
+                .alias("t")
+                .merge(source.alias("s"), cond)
+                .whenMatchedDelete(condition="s._op = 'delete'")
+                .whenMatchedUpdate(condition="s._op = 'upsert'", set=values)
+                .whenNotMatchedInsert(condition="s._op = 'upsert'", values=values)
+            )
+            key = "spark.databricks.delta.commitInfo.userMetadata"
+            try:
+                if description:
+                    self.spark.conf.set(key, description)
+                merger.execute()
+            except Exception as exc:
+                err = _lake_error(exc, location, None)
+                if err is exc:
+                    raise
+                raise err from exc
+            finally:
+                if description:
+                    self.spark.conf.unset(key)
+        finally:
+            source.unpersist()
+        after = self._log(location)
+        metrics = after.history(1)[0].get("operationMetrics") or {}
+        result = WriteResult(
+            location,
+            int(after.version()),
+            num_files=int(metrics.get("numTargetFilesAdded", 0)),
+            num_rows=int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0)),
+            removed_files=int(metrics.get("numTargetFilesRemoved", 0)),
+        )
+        log.info("%s (merge of %d rows, %.1fs, native)", result, n, time.perf_counter() - started)
+        return result
+
     def _create_with_not_null(self, df: DataFrame, location: str, partition_by: list[str] | None) -> None:
         """Create the table from the DataFrame's schema first where that schema has NOT NULL columns.
 
