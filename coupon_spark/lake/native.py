@@ -26,7 +26,7 @@ import re
 import time
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from coupon_spark.errors import one_line
@@ -177,7 +177,7 @@ class NativeBackend:
                 return WriteResult(location, int(table.version()), skipped=True)
             self._check_schema(source.select(*columns), location, table, None, "strict")
             cond = " AND ".join(f"t.`{c}` = s.`{c}`" for c in on)
-            values = {f"`{c}`": f"s.`{c}`" for c in columns}
+            values: dict[str, str | Column] = {f"`{c}`": f"s.`{c}`" for c in columns}
             merger = (
                 self._dt.forPath(self.spark, location)
                 .alias("t")
