@@ -913,8 +913,9 @@ def select_accepted(
         for name in source.zero_when_null:
             by_column[name] = F.coalesce(by_column[name], F.lit(0))
         by_column[PARTITION] = F.lit(day)
-        by_column[VALID_FROM] = F.lit(day)  # a dimension's version of this export (merged by _write_all)
-        by_column[VALID_TO] = F.lit(None)
+        if source.table.mode == "merge":  # a type-2 dimension: the export's version (merged by _write_all)
+            by_column[VALID_FROM] = F.lit(day)
+            by_column[VALID_TO] = F.lit(None)
         if period is not None and source.event_time:
             by_column[PARTITION] = F.to_date(F.col(f"t_{source.event_time}"))
         return df.filter(F.col("reason").isNull()).select(

@@ -167,10 +167,13 @@ def test_accepted_rows_are_typed_and_normalised(spark: SparkSession, fixture_run
     assert_df_equality(lake.read("orders"), orders, ignore_row_order=True, ignore_nullable=True)
     users = {r.user_id: (r.region, r.device) for r in lake.read("users").collect()}
     assert users == {"U00000001": ("DE", "ios"), "U00000002": ("GB", "android"), "U00000003": ("US", "web")}
-    coupons = {r.coupon_id: (r.kind, r.category, r.campaign_budget_eur) for r in lake.read("coupons").collect()}
+    coupons = {
+        r.coupon_id: (r.kind, r.category, r.campaign_budget_eur, r.valid_from, r.valid_to)
+        for r in lake.read("coupons").collect()
+    }
     assert coupons == {  # a budget may exceed max_amount_eur: only transaction amounts are capped
-        "CPN0101": ("price_off", "all", Decimal("1000.00")),
-        "CPN0201": ("free_shipping", "electronics", Decimal("50000.00")),
+        "CPN0101": ("price_off", "all", Decimal("1000.00"), dt.date(2026, 10, 1), dt.date(2027, 1, 31)),
+        "CPN0201": ("free_shipping", "electronics", Decimal("50000.00"), dt.date(2026, 11, 1), dt.date(2026, 11, 30)),
     }
     issuances = {r.issuance_id: (r.coupon_id, r.propensity) for r in lake.read("issuances").collect()}
     assert issuances == {"I1": ("CPN0101", 0.25), "I2": (None, 0.25), "I6": ("CPN0201", 0.375)}
