@@ -99,6 +99,7 @@ bench: setup ## benchmarks: figures printed as ratios against a baseline measure
 	$(BIN)/python bench/cleanse.py
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/dimension.py
 
 package: setup ## build the wheel (dist/) that spark-submit --py-files ships to the cluster
 	rm -rf dist build

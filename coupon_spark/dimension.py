@@ -61,7 +61,8 @@ def merge_source(
     """The rows a merge applies to make ``current`` (the dimension; None when it has no table yet) hold
     ``day_rows`` (one row per ``key``, the columns of a version without ``valid_from`` / ``valid_to``) as the
     export of ``day``: every column of the dimension, plus :data:`OP`. Matching is on (``key``,
-    ``valid_from``). A record's history is rebuilt from its versions of other dates plus the day's row
+    ``valid_from``). The history of a record whose row is a change against its version in force on ``day`` (or
+    that an earlier load of ``day`` wrote) is rebuilt from its versions of other dates plus the day's row
     (:func:`versions`); only the rows that differ from the current ones are in the source, so a rerun of the
     same export yields none."""
     new = day_rows.withColumn(VALID_FROM, F.lit(day))
@@ -69,7 +70,20 @@ def merge_source(
         return versions(new, key, tracked).withColumn(OP, F.lit("upsert"))
     columns = current.columns
     new = new.select(*[c for c in columns if c != VALID_TO])
-    affected = new.select(key).unionByName(current.where(F.col(VALID_FROM) == F.lit(day)).select(key)).distinct()
+    # a record whose row equals its version in force on the day, with no row of an earlier load of the day, keeps
+    # its history as it is (the day's candidate is no change against that version): only the others are rebuilt
+    prev = in_force(current, day).select(key, *[F.col(c).alias(f"_p_{c}") for c in tracked])
+    same = F.lit(True)
+    for c in tracked:
+        same = same & F.col(c).eqNullSafe(F.col(f"_p_{c}"))
+    unchanged = new.join(prev, key).where(same).select(key)
+    affected = (
+        new.select(key)
+        .join(unchanged, key, "left_anti")
+        .unionByName(current.where(F.col(VALID_FROM) == F.lit(day)).select(key))
+        .distinct()
+    )
+    new = new.join(affected, key, "left_semi")
     old = current.join(affected, key, "left_semi")
     rebuilt = versions(old.where(F.col(VALID_FROM) != F.lit(day)).drop(VALID_TO).unionByName(new), key, tracked).select(
         *columns
