@@ -64,7 +64,7 @@ from pyspark.sql.types import StructType
 
 from coupon_spark import schemas, tables
 from coupon_spark.config import CleanseConfig, Config
-from coupon_spark.dimension import VALID_FROM, VALID_TO, merge_source
+from coupon_spark.dimension import VALID_FROM, VALID_TO, from_snapshots, is_snapshot_layout, merge_source
 from coupon_spark.errors import InputError, UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.runner import Context
@@ -1227,6 +1227,8 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
             table = source.table
             before[table] = lake.version(table) if lake.exists(table) else None
             where[table] = {}
+            if before[table] is not None and is_snapshot_layout(lake.read(table)):
+                _convert_snapshots(lake, source)
             changes = merge_source(
                 lake.read(table) if before[table] is not None else None,
                 accepted,
@@ -1259,6 +1261,28 @@ def _write_all(spark: SparkSession, lake: Lake, result: CleanseResult, started: 
             if table.name in result.versions:
                 _restore(lake, table, version, where[table])
         raise
+
+
+def _convert_snapshots(lake: Lake, source: Source) -> None:
+    """Rewrite a dimension an earlier release kept as a snapshot per ingest date as its type-2 versions, in
+    one commit (the merge that follows is another; should it fail, the cleanse puts back the snapshots)."""
+    table = source.table
+    old = lake.read(table)
+    log.warning(
+        "cleanse: silver %s is in the snapshot layout of earlier releases (%s); converting it to a type-2 "
+        "dimension (valid_from / valid_to) once",
+        table.name,
+        lake.location(table),
+    )
+    rows = from_snapshots(old, source.key_column, source.tracked).select(*source.schema.fieldNames())
+    lake.write(
+        rows,
+        table,
+        mode="overwrite",
+        partition_by=[],
+        schema_mode="overwrite",
+        description="convert the snapshots per ingest date to a type-2 dimension",
+    )
 
 
 def _in_files(df: DataFrame, rows: int, target_rows: int) -> DataFrame:

@@ -55,6 +55,19 @@ def versions(rows: DataFrame, key: str, tracked: Sequence[str]) -> DataFrame:
     return kept.withColumn(VALID_TO, F.lead(VALID_FROM).over(order))
 
 
+def from_snapshots(
+    snapshots: DataFrame, key: str, tracked: Sequence[str], date_column: str = "ingest_date"
+) -> DataFrame:
+    """The type-2 rows of a dimension kept as one snapshot per ``date_column`` (the layout of silver ``users``
+    before: a lake written by an earlier release): each record's snapshots are its candidate versions."""
+    return versions(snapshots.withColumnRenamed(date_column, VALID_FROM), key, tracked)
+
+
+def is_snapshot_layout(dim: DataFrame) -> bool:
+    """True for a dimension table still in the snapshot layout (an ``ingest_date`` column, no ``valid_from``)."""
+    return VALID_FROM not in dim.columns and "ingest_date" in dim.columns
+
+
 def merge_source(
     current: DataFrame | None, day_rows: DataFrame, day: dt.date, key: str, tracked: Sequence[str]
 ) -> DataFrame:

@@ -49,7 +49,7 @@ from pyspark.sql.types import DateType, DecimalType, StructField, StructType
 
 from coupon_spark import tables
 from coupon_spark.config import Config, FeaturesConfig
-from coupon_spark.dimension import VALID_FROM, in_force
+from coupon_spark.dimension import VALID_FROM, in_force, is_snapshot_layout
 from coupon_spark.errors import UpstreamNotReady
 from coupon_spark.lake import Lake
 from coupon_spark.runner import Context
@@ -913,6 +913,12 @@ def build_features(
             raise MissingInputError(
                 f"silver table {t.name!r} ({lake.location(t)}) does not exist: run `coupon-spark cleanse` first"
             )
+    if is_snapshot_layout(lake.read(tables.USERS)):
+        raise MissingInputError(
+            f"silver table 'users' ({lake.location(tables.USERS)}) is in the snapshot layout of earlier releases: "
+            "run `coupon-spark cleanse` for the next ingest date (or with --force for the last one) first; it "
+            "converts the table to a type-2 dimension once. Nothing was written"
+        )
     # a snapshot of D holds the users ingested before D and the catalogue ingested on or before D: without them
     # every table would be written empty, with placeholder statistics; refuse before writing anything
     for t, lag in ((tables.USERS, 1), (tables.COUPONS, 0)):

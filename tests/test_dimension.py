@@ -4,15 +4,18 @@ both backends (real Delta tables), and its point-in-time reads against the snaps
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from coupon_spark import tables
 from coupon_spark.dimension import OP, in_force, merge_source
 from coupon_spark.lake import Lake
 from coupon_spark.schemas import USERS
 
+ROOT = Path(__file__).resolve().parents[1]
 D0, D1, D2, D3 = (dt.date(2026, 11, d) for d in (1, 2, 3, 4))
 SIGNUP = dt.date(2026, 1, 1)
 TRACKED = ("signup_date", "region", "city", "device", "segment")
@@ -103,3 +106,35 @@ def test_a_merge_source_has_the_tables_columns_and_a_wrong_one_is_refused(spark:
     assert history(lake) == {("u1", "ios", "regular", D1, None)}
     with pytest.raises(ValueError, match="type-2 dimension"):
         lake.write(lake.read(tables.USERS), tables.USERS)
+
+
+def test_a_users_table_in_the_snapshot_layout_is_converted_once(spark: SparkSession, any_lake: Lake) -> None:
+    """A lake written by an earlier release keeps a users snapshot per ingest date: the cleanse converts it to the
+    type-2 dimension in one commit (the features refuse it with what to run until then)."""
+    from coupon_spark import features
+    from coupon_spark.cleanse import SOURCES, _convert_snapshots
+    from coupon_spark.config import Config
+
+    lake = any_lake
+    snaps = [
+        export(spark, [("u1", "ios", "regular"), ("u2", "web", "vip")]).withColumn("ingest_date", F.lit(D1)),
+        export(spark, [("u1", "android", "regular"), ("u2", "web", "vip")]).withColumn("ingest_date", F.lit(D2)),
+        export(spark, [("u1", "android", "regular"), ("u2", "web", "vip"), ("u3", "web", "new")]).withColumn(
+            "ingest_date", F.lit(D3)
+        ),
+    ]
+    legacy = snaps[0].unionByName(snaps[1]).unionByName(snaps[2])
+    lake.write(legacy, tables.USERS, mode="overwrite", partition_by=["ingest_date"])
+    cfg = Config.from_file(ROOT / "conf" / "local.yaml", overrides=[f"lake.root={lake.cfg.root}"])
+    for t in tables.SILVER[1:]:  # the other silver tables, empty: the features check the users first
+        lake.write(spark.createDataFrame([], t.schema), t, mode="overwrite")
+    with pytest.raises(features.MissingInputError, match="snapshot layout of earlier releases: run `coupon-spark"):
+        features.build_features(spark, lake, cfg, D3)
+    _convert_snapshots(lake, SOURCES["users"])
+    assert lake.read(tables.USERS).columns == USERS.fieldNames() and lake.info(tables.USERS).partition_columns == []
+    assert history(lake) == {
+        ("u1", "ios", "regular", D1, D2),
+        ("u1", "android", "regular", D2, None),
+        ("u2", "web", "vip", D1, None),
+        ("u3", "web", "new", D3, None),
+    }

@@ -33,7 +33,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, Field
+from deltalake import DeltaTable, Field, write_deltalake
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import TableNotFoundError as DeltaRsTableNotFound
 from deltalake.transaction import (
@@ -308,6 +308,23 @@ class BridgeBackend:
             table.alter.add_columns([Field.from_json(json.dumps(f)) for f in new])
             table = DeltaTable(location)
         target = DeltaSchema.from_json(json.dumps({"type": "struct", "fields": fields}))
+        if table is not None and schema_mode == "overwrite" and parts != list(table.metadata().partition_columns):
+            # a new partitioning: delta-rs's commit of staged files keeps the table's, its writer takes a new one
+            # (through the driver as Arrow: a one-time rewrite, e.g. a dimension leaving the snapshot layout)
+            data = df.toArrow()
+            write_deltalake(
+                location,
+                data.cast(pa.schema(target.to_arrow())),
+                mode="overwrite",
+                schema_mode="overwrite",
+                partition_by=parts,
+                commit_properties=CommitProperties(
+                    custom_metadata={"userMetadata": description} if description else None
+                ),
+            )
+            secs = time.perf_counter() - started
+            log.info("%s: rewritten with partitioning %s (%d rows, %.1fs)", location, parts, data.num_rows, secs)
+            return WriteResult(location, DeltaTable(location).version(), num_rows=data.num_rows)
         files = self._staged_files(df, location, fields, incoming, target, parts, where, replace_where)
         adds = [
             AddAction(f["path"], f["size"], f["partition_values"], f["modification_time"], True, f["stats"])
