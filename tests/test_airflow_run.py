@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from coupon_spark.config import Config
+from coupon_spark.dimension import in_force
 from coupon_spark.lake import Lake
 from coupon_spark.stages import DAILY
 
@@ -142,7 +143,13 @@ def test_airflow_runs_every_stage_with_spark_submit_and_a_retry_commits_nothing(
     assert "--py-files" in log and "coupon_spark-0.1.0-py3-none-any.whl" in log
     # the tables each task wrote, for the run date
     assert {p["ingest_date"] for p in lake.partitions("orders")} >= {RUN_DATE}
-    assert all(lake.version(t) > before.get(t, -1) for t in SILVER)
+    # every table of facts and the catalogue got a new version; the users dimension gets one only where the day's
+    # export changed or added a user (a type-2 merge): its run metrics show the export was read, and every
+    # accepted user is in force on the run date
+    assert all(lake.version(t) > before.get(t, -1) for t in SILVER if t != "users")
+    users = lake.read("run_metrics", where={"ingest_date": RUN_DATE}).where("source = 'users'").first()
+    assert users is not None and users.records_accepted > 0
+    assert in_force(lake.read("users"), RUN_DATE).count() >= users.records_accepted
     assert lake.read("user_features", where={"as_of_date": RUN_DATE}).count() > 0
     assert lake.read("candidates", where={"run_date": RUN_DATE}).count() > 0
     assert lake.read("allocations", where={"run_date": RUN_DATE}).count() > 0
