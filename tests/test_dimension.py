@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from coupon_spark import tables
 from coupon_spark.dimension import OP, in_force, merge_source
 from coupon_spark.lake import Lake
+from coupon_spark.lake.api import SchemaMismatchError
 from coupon_spark.schemas import USERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def test_a_merge_source_has_the_tables_columns_and_a_wrong_one_is_refused(spark:
     load(lake, spark, D1, [("u1", "ios", "regular")])
     source = merge_source(lake.read(tables.USERS), export(spark, [("u1", "web", "x")]), D2, "user_id", TRACKED)
     assert source.columns == [*EXPORT_COLUMNS, "valid_from", "valid_to", OP]
-    with pytest.raises(Exception, match="segment"):
+    with pytest.raises(SchemaMismatchError, match="segment"):
         lake.merge(source.drop("segment"), tables.USERS)
     assert history(lake) == {("u1", "ios", "regular", D1, None)}
     with pytest.raises(ValueError, match="type-2 dimension"):

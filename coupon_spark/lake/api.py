@@ -276,6 +276,9 @@ class Lake:
             raise ValueError("merge needs the columns to match on: give on=[...] (or a catalog table with keys)")
         if "_op" not in source.columns or not set(keys) <= set(source.columns):
             raise ValueError(f"a merge source has the table's columns and _op; got {source.columns}, keys {keys}")
+        if not self.exists(table):  # nothing to match: the upserts are the table (one place for both backends)
+            upserts = source.where("_op = 'upsert'").drop("_op")
+            return self.write(upserts, table, mode="append", description=description)
         location = self.location(table)
         try:
             return self.backend.merge(source, location, keys, description)

@@ -358,10 +358,7 @@ class BridgeBackend:
         of one date: the records that changed, not the table); see :meth:`coupon_spark.lake.Lake.merge`."""
         started = time.perf_counter()
         columns = [c for c in source.columns if c != "_op"]
-        table = self._open(location)
-        if table is None:
-            upserts = source.where(F.col("_op") == "upsert").select(*columns)
-            return self.write(upserts, location, "append", None, None, None, "strict", description)
+        table = self._require(location)  # Lake.merge created a missing table from the upserts
         self._check_protocol(table, location)
         incoming = delta_fields(delta_schema_of(source.select(*columns), location))
         reconcile_schema(delta_fields(table.schema()), incoming, "strict", location)

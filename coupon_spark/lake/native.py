@@ -169,10 +169,7 @@ class NativeBackend:
         source = source.persist()
         try:
             n = source.count()
-            if not self.exists(location):
-                upserts = source.where(F.col("_op") == "upsert").select(*columns)
-                return self.write(upserts, location, "append", None, None, None, "strict", description)
-            table = self._log(location)
+            table = self._log(location)  # Lake.merge created a missing table from the upserts
             if n == 0:
                 return WriteResult(location, int(table.version()), skipped=True)
             self._check_schema(source.select(*columns), location, table, None, "strict")
