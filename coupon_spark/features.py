@@ -964,10 +964,17 @@ def build_features(
     iss = lake.read(tables.ISSUANCES)
     # daily training examples come from the logged policies; an imported past promotion's come once (below)
     is_import = F.coalesce(F.col("policy"), F.lit("")).isin(*fcfg.import_policies)
+
+    def since(facts: DataFrame, day: dt.date) -> DataFrame:
+        """The ingest partitions of ``facts`` that can hold a record of ``day`` or later (a record's ingest date is
+        at most :func:`ingest_dates_of`'s slack before its day): Delta skips the older ones."""
+        return facts.where(F.col("ingest_date") >= F.lit(ingest_dates_of(day, day, cfg)[0]))
+
     trainable = iss.where(~is_import)
     wanted = sorted(
         r[0]
-        for r in trainable.select(F.to_date("issued_at").alias("d"))
+        for r in since(trainable, closed_from)
+        .select(F.to_date("issued_at").alias("d"))
         .where(F.col("d").between(closed_from, closed_to))
         .distinct()
         .collect()
@@ -1067,8 +1074,8 @@ def build_features(
         redo = [d for d in wanted if d not in have or d >= touched]
     if redo:
         ex = training_examples(
-            trainable,
-            orders,
+            since(trainable, min(redo)),
+            since(orders, min(redo)),
             redemptions,
             coupons,
             lake.read(tables.USER_FEATURES, where={"as_of_date": redo}),
